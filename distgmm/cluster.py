@@ -1,0 +1,137 @@
+"""Connection to a Dask cluster: an explicit scheduler, the current client, or an embedded LocalCluster.
+
+Resolution order used by every job and by :class:`distgmm.GaussianMixture`:
+
+1. an explicit scheduler address (``tcp://host:8786`` or ``tls://host:8786``, with a
+   :class:`distributed.security.Security` for TLS);
+2. the current client (``distributed.default_client()``), if the caller created one;
+3. an embedded :class:`distributed.LocalCluster` of worker *processes* sized to the machine
+   (one single-threaded worker per core, the machine's memory split between them). It is
+   created once per process, reused by later fits and closed at interpreter exit.
+"""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import os
+import threading
+
+from distributed import Client, LocalCluster
+from distributed.security import Security
+
+__all__ = ["get_client", "local_cluster_client", "make_security", "close_embedded_cluster"]
+
+logger = logging.getLogger(__name__)
+
+_lock = threading.Lock()
+_embedded: dict[str, object] = {}
+_remote: dict[str, Client] = {}
+
+
+def make_security(
+    tls_ca_file: str | None = None, tls_cert: str | None = None, tls_key: str | None = None
+) -> Security | None:
+    """Build a Dask ``Security`` from PEM files, or ``None`` when no file is given.
+
+    All three files are required together: a CA to verify the peer, and this client's
+    certificate and key to be verified by it.
+    """
+    given = [f for f in (tls_ca_file, tls_cert, tls_key) if f]
+    if not given:
+        return None
+    if len(given) != 3:
+        raise ValueError(
+            "TLS needs all of --tls-ca-file, --tls-cert and --tls-key; "
+            f"got {len(given)} of 3. Pass the missing files or none of them."
+        )
+    for path in (tls_ca_file, tls_cert, tls_key):
+        if not os.path.isfile(path):
+            raise ValueError(f"TLS file {path!r} does not exist; check the path.")
+    return Security(
+        tls_ca_file=tls_ca_file,
+        tls_client_cert=tls_cert,
+        tls_client_key=tls_key,
+        require_encryption=True,
+    )
+
+
+def local_cluster_client(
+    n_workers: int | None = None,
+    threads_per_worker: int = 1,
+    memory_limit: str | int | None = None,
+) -> Client:
+    """Start a new LocalCluster of worker processes and return a client connected to it.
+
+    Defaults: one worker per core, one thread each (so BLAS stays single-threaded per
+    worker and workers x threads = cores), the machine's memory split evenly.
+    """
+    n_workers = n_workers or os.cpu_count() or 1
+    if n_workers < 1 or threads_per_worker < 1:
+        raise ValueError(
+            f"workers and threads per worker must be at least 1, got {n_workers} and "
+            f"{threads_per_worker}."
+        )
+    cluster = LocalCluster(
+        n_workers=n_workers,
+        threads_per_worker=threads_per_worker,
+        processes=True,
+        memory_limit=memory_limit if memory_limit is not None else "auto",
+        dashboard_address=":0",
+    )
+    client = Client(cluster, set_as_default=False)
+    logger.info("started local cluster %s, dashboard %s", cluster.scheduler_address,
+                client.dashboard_link)
+    return client
+
+
+def _close_embedded() -> None:
+    client = _embedded.pop("client", None)
+    if client is not None:
+        cluster = client.cluster
+        client.close()
+        if cluster is not None:
+            cluster.close()
+    for remote in list(_remote.values()):
+        remote.close()
+    _remote.clear()
+
+
+def close_embedded_cluster() -> None:
+    """Close the embedded LocalCluster (and cached remote clients) if any were started."""
+    with _lock:
+        _close_embedded()
+
+
+atexit.register(close_embedded_cluster)
+
+
+def get_client(scheduler: str | None = None, security: Security | None = None) -> Client:
+    """Return the client a job should use (see the module docstring for the order).
+
+    Parameters
+    ----------
+    scheduler : str, optional
+        Address of a running scheduler. Clients to explicit addresses are cached per address.
+    security : distributed.security.Security, optional
+        TLS settings for ``tls://`` addresses.
+    """
+    with _lock:
+        if scheduler:
+            client = _remote.get(scheduler)
+            if client is None or client.status not in ("running", "connecting"):
+                client = Client(scheduler, security=security, set_as_default=False,
+                                timeout="20s")
+                _remote[scheduler] = client
+            return client
+        try:
+            from distributed import default_client
+
+            return default_client()
+        except ValueError:
+            pass
+        client = _embedded.get("client")
+        if client is None or client.status not in ("running", "connecting"):
+            client = local_cluster_client()
+            _embedded["client"] = client
+        return client

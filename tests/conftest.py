@@ -1,0 +1,38 @@
+"""Shared fixtures: one real LocalCluster of worker processes for the whole session."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+from distributed import Client, LocalCluster
+
+# Matplotlib must never try to open a window in tests.
+os.environ.setdefault("MPLBACKEND", "Agg")
+
+
+@pytest.fixture(scope="session")
+def cluster():
+    """A LocalCluster with two single-threaded worker processes, shared by the session."""
+    with LocalCluster(
+        n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0",
+        memory_limit="2GiB",
+    ) as cluster:
+        yield cluster
+
+
+@pytest.fixture(scope="session")
+def client(cluster):
+    """A client to the session cluster, installed as the default client.
+
+    distgmm picks up the current client, so library calls in tests run on the cluster's
+    worker processes.
+    """
+    with Client(cluster) as client:
+        yield client
+
+
+@pytest.fixture(scope="session")
+def scheduler_address(cluster):
+    """Address of the session cluster, for CLI subprocesses (``--scheduler``)."""
+    return cluster.scheduler_address
