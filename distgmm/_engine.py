@@ -1,0 +1,675 @@
+"""EM on Dask: one pass over the chunks per iteration, statistics merged in chunk order, restarts and checkpoints.
+
+The data is a dask array chunked along rows only. Every iteration is one graph: the current
+parameters are a single key shared by all tasks, every chunk becomes a
+:class:`~distgmm._statistics.SufficientStatistics`, and the statistics are merged in a tree of
+fixed shape in chunk-index order, so the result is bit-for-bit the same whatever the number
+of workers or the order in which tasks finish. The M-step runs on the client on the merged
+value (K x D x D numbers), so client memory does not grow with the number of points.
+
+Initialisation never pulls the data to the client:
+
+``kmeans``
+    k-means++ seeding by exact D^2 sampling (one pass per center) then distributed Lloyd
+    iterations, then one pass of hard-assignment statistics; scikit-learn's default.
+``k-means||``
+    Bahmani et al. (2012) parallel seeding: 5 rounds, each one pass that samples about
+    2K candidates, a pass weighting the candidates, weighted k-means++ on the client, then
+    Lloyd iterations as for ``kmeans``. Use it for large K: its pass count does not grow with K.
+``k-means++``
+    the k-means++ seeds themselves become the means, with covariance ``reg_covar`` (as
+    scikit-learn does).
+``random``
+    random responsibilities drawn per chunk, then one statistics pass.
+``random_from_data``
+    K distinct rows chosen uniformly, as means.
+
+Random streams come from ``numpy.random.SeedSequence`` with a spawn key made of
+(restart, purpose, round, chunk index), never from task order. Weights after initialisation
+are normalised to sum to one (scikit-learn leaves them at ``n_k / n`` for the first
+iteration of the ``random_from_data`` and ``k-means++`` methods).
+
+Input validation that needs the data (non-finite values, negative weights) is a summary
+reduction computed in the *same* graph as the first pass, so it costs no extra read.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import dask.array as da
+import numpy as np
+from dask import delayed
+
+from ._kernels import nearest_center
+from ._serialize import load_arrays, save_arrays
+from ._statistics import (
+    DataSummary,
+    MixtureParams,
+    SufficientStatistics,
+    chunk_statistics,
+    chunk_statistics_from_resp,
+    chunk_summary,
+    hard_assignment_statistics,
+    m_step,
+    merge_statistics,
+)
+
+__all__ = [
+    "EMConfig",
+    "EMResult",
+    "IterationInfo",
+    "ChunkedPoints",
+    "fit_em",
+    "seed_sequence",
+    "INIT_METHODS",
+]
+
+logger = logging.getLogger(__name__)
+
+INIT_METHODS = ("kmeans", "k-means||", "k-means++", "random", "random_from_data")
+
+_TREE_WIDTH = 8
+_KMEANS_PARALLEL_ROUNDS = 5
+_KMEANS_MAX_ITER = 300
+_KMEANS_TOL = 1e-4
+
+# Purposes in random-stream spawn keys.
+_P_FIRST, _P_KPP, _P_KPAR, _P_RANDOM, _P_FROM_DATA = range(5)
+
+
+def seed_sequence(random_state: Any) -> np.random.SeedSequence:
+    """Turn a scikit-learn style ``random_state`` into a ``SeedSequence``.
+
+    ``None`` draws fresh entropy; an int is used as entropy; a ``RandomState`` or
+    ``Generator`` contributes one draw.
+    """
+    if random_state is None:
+        return np.random.SeedSequence()
+    if isinstance(random_state, np.random.SeedSequence):
+        return random_state
+    if isinstance(random_state, (int, np.integer)):
+        if random_state < 0:
+            raise ValueError(f"random_state must be non-negative, got {random_state}.")
+        return np.random.SeedSequence(int(random_state))
+    if isinstance(random_state, np.random.RandomState):
+        return np.random.SeedSequence(int(random_state.randint(np.iinfo(np.int32).max)))
+    if isinstance(random_state, np.random.Generator):
+        return np.random.SeedSequence(int(random_state.integers(2**63)))
+    raise ValueError(
+        f"random_state must be None, an int, a RandomState or a Generator; got "
+        f"{type(random_state).__name__}."
+    )
+
+
+def _rng(root: np.random.SeedSequence, *keys: int) -> np.random.Generator:
+    seq = np.random.SeedSequence(root.entropy, spawn_key=tuple(root.spawn_key) + keys)
+    return np.random.default_rng(seq)
+
+
+# ---------------------------------------------------------------------------- data access
+def _sum_tuples(parts: list[tuple]) -> tuple:
+    return tuple(_ordered_sum([p[i] for p in parts]) for i in range(len(parts[0])))
+
+
+def _ordered_sum(values: list) -> Any:
+    total = values[0]
+    for v in values[1:]:
+        total = total + v
+    return total
+
+
+def _tree(parts: list, merge: Callable[[list], Any]) -> Any:
+    """Reduce delayed values with ``merge`` in a tree of fixed shape, in the given order."""
+    while len(parts) > 1:
+        parts = [
+            delayed(merge, pure=True)(parts[i : i + _TREE_WIDTH])
+            for i in range(0, len(parts), _TREE_WIDTH)
+        ]
+    return parts[0]
+
+
+class ChunkedPoints:
+    """Points (and optional per-point weights) as row chunks, with a map-reduce over them.
+
+    Parameters
+    ----------
+    points : dask.array.Array of shape (N, D)
+        Chunked along rows only.
+    sample_weight : dask.array.Array of shape (N,), optional
+        Chunked like ``points`` rows.
+    client : distributed.Client
+    """
+
+    def __init__(self, points: da.Array, sample_weight: da.Array | None, client):
+        self.points = points
+        self.sample_weight = sample_weight
+        self.client = client
+        self.n_rows, self.n_features = points.shape
+        self.row_chunks = points.chunks[0]
+        self._blocks = list(points.to_delayed()[:, 0])
+        if sample_weight is not None:
+            self._weights = list(sample_weight.to_delayed())
+        else:
+            self._weights = [None] * len(self._blocks)
+        self.summary: DataSummary | None = None
+
+    @property
+    def n_chunks(self) -> int:
+        return len(self._blocks)
+
+    def map_reduce(
+        self,
+        chunk_fn: Callable,
+        *args: Any,
+        merge: Callable[[list], Any] = merge_statistics,
+    ) -> Any:
+        """``merge`` of ``chunk_fn(block, weights, block_index, *args)`` over all chunks.
+
+        One ``compute``. The first call also computes the validation summary in the same
+        graph and raises if the data or weights are invalid.
+        """
+        shared = [delayed(a, pure=True) if isinstance(a, (np.ndarray, MixtureParams)) else a
+                  for a in args]
+        fn = delayed(chunk_fn, pure=True)
+        parts = [fn(b, w, i, *shared) for i, (b, w) in enumerate(zip(self._blocks, self._weights))]
+        root = _tree(parts, merge)
+        if self.summary is None:
+            summaries = [delayed(_summary_task, pure=True)(b, w)
+                         for b, w in zip(self._blocks, self._weights)]
+            summary_root = _tree(summaries, merge_statistics)
+            result, summary = self.client.gather(self.client.compute([root, summary_root]))
+            self.summary = summary
+            self.validate_summary()
+            return result
+        return self.client.compute(root).result()
+
+    def ensure_summary(self) -> DataSummary:
+        """Compute the validation summary if no pass has done so yet."""
+        if self.summary is None:
+            summaries = [delayed(_summary_task, pure=True)(b, w)
+                         for b, w in zip(self._blocks, self._weights)]
+            self.summary = self.client.compute(_tree(summaries, merge_statistics)).result()
+            self.validate_summary()
+        return self.summary
+
+    def validate_summary(self) -> None:
+        s = self.summary
+        if s.n_nonfinite_rows:
+            raise ValueError(
+                f"X contains NaN or infinite values in {s.n_nonfinite_rows} of {s.n_rows} rows; "
+                "drop or impute them before fitting (distgmm ingest --drop-nonfinite skips them)."
+            )
+        if s.n_nonfinite_weights:
+            raise ValueError(
+                f"sample_weight contains {s.n_nonfinite_weights} NaN or infinite values; "
+                "pass finite weights."
+            )
+        if s.n_negative_weights:
+            raise ValueError(
+                f"sample_weight contains {s.n_negative_weights} negative values; "
+                "weights must be >= 0."
+            )
+        if not s.weight_sum > 0:
+            raise ValueError(
+                "sample_weight sums to zero; give at least one point a positive weight."
+            )
+
+    def take_rows(self, indices: np.ndarray) -> np.ndarray:
+        """Rows at the given global indices, as float64 (a small gather, not a pass)."""
+        order = np.argsort(indices)
+        rows = self.client.compute(self.points[np.asarray(indices)[order]]).result()
+        out = np.empty_like(rows, dtype=np.float64)
+        out[order] = rows
+        return out
+
+
+def _summary_task(block, weights):
+    return chunk_summary(block, weights)
+
+
+# ---------------------------------------------------------------------------- chunk tasks
+def _em_task(block, weights, index, params: MixtureParams) -> SufficientStatistics:
+    return chunk_statistics(block, weights, params)
+
+
+def _hard_task(block, weights, index, centers, covariance_type) -> SufficientStatistics:
+    return hard_assignment_statistics(block, weights, centers, covariance_type)
+
+
+def _random_resp_task(block, weights, index, root, restart, n_components, covariance_type):
+    rng = _rng(root, restart, _P_RANDOM, 0, index)
+    resp = rng.uniform(size=(block.shape[0], n_components))
+    resp /= resp.sum(axis=1)[:, None]
+    return chunk_statistics_from_resp(block, resp, weights, covariance_type)
+
+
+def _scores(block, weights, centers):
+    X = np.asarray(block, dtype=np.float64)
+    if centers is None:
+        score = np.ones(X.shape[0])
+    else:
+        _, score = nearest_center(X, centers)
+    if weights is not None:
+        score = score * weights
+    score = np.where(np.isfinite(score) & (score > 0), score, 0.0)
+    return X, score
+
+
+def _d2_sample_task(block, weights, index, centers, root, keys):
+    """Total D^2 score of a block and one row drawn proportionally to it (or None)."""
+    X, score = _scores(block, weights, centers)
+    total = float(score.sum())
+    if total <= 0:
+        return [(0.0, None)]
+    rng = _rng(root, *keys, index)
+    i = int(np.searchsorted(np.cumsum(score), rng.random() * total, side="right"))
+    return [(total, X[min(i, X.shape[0] - 1)].copy())]
+
+
+def _kmeans_parallel_task(block, weights, index, centers, phi, oversampling, root, keys):
+    """Sample rows with probability min(1, l * w d^2 / phi); also return the cost."""
+    X, score = _scores(block, weights, centers)
+    cost = float(score.sum())
+    if phi is None or phi <= 0:
+        return (cost, np.empty((0, X.shape[1])))
+    rng = _rng(root, *keys, index)
+    keep = rng.random(X.shape[0]) < oversampling * score / phi
+    return (cost, X[keep])
+
+
+def _candidate_weight_task(block, weights, index, candidates):
+    labels, _ = nearest_center(np.asarray(block, dtype=np.float64), candidates)
+    w = None if weights is None else np.asarray(weights, dtype=np.float64)
+    return np.bincount(labels, weights=w, minlength=candidates.shape[0]).astype(np.float64)
+
+
+def _lloyd_task(block, weights, index, centers):
+    """Per-cluster weight, weighted sum of offsets from the current center, and inertia."""
+    X = np.asarray(block, dtype=np.float64)
+    labels, d2 = nearest_center(X, centers)
+    k = centers.shape[0]
+    w = np.ones(X.shape[0]) if weights is None else np.asarray(weights, dtype=np.float64)
+    onehot = np.zeros((X.shape[0], k))
+    onehot[np.arange(X.shape[0]), labels] = w
+    offsets = onehot.T @ X - onehot.sum(axis=0)[:, None] * centers
+    return (onehot.sum(axis=0), offsets, float(w @ d2))
+
+
+def _merge_samples(parts: list[tuple]) -> tuple:
+    return (_ordered_sum([p[0] for p in parts]), np.concatenate([p[1] for p in parts]))
+
+
+def _concat_lists(parts: list[list]) -> list:
+    return [item for part in parts for item in part]
+
+
+# ---------------------------------------------------------------------------- initialisation
+def _d2_sample(data: ChunkedPoints, centers: np.ndarray | None, root, keys) -> np.ndarray | None:
+    """One row drawn with probability proportional to w * D^2 (or w when no centers)."""
+    candidates = data.map_reduce(_d2_sample_task, centers, root, keys, merge=_concat_lists)
+    totals = np.array([c[0] for c in candidates])
+    if not totals.sum() > 0:
+        return None
+    rng = _rng(root, *keys, data.n_chunks)  # the client's own stream for this draw
+    chunk = int(np.searchsorted(np.cumsum(totals), rng.random() * totals.sum(), side="right"))
+    chunk = min(chunk, len(totals) - 1)
+    while totals[chunk] <= 0:
+        chunk -= 1
+    return candidates[chunk][1]
+
+
+def _too_few_distinct(n_found: int, n_components: int) -> ValueError:
+    return ValueError(
+        f"the data has only {n_found} distinct points with positive weight, fewer than "
+        f"n_components={n_components}; decrease n_components."
+    )
+
+
+def _kmeans_plusplus(data: ChunkedPoints, n_components: int, root, restart: int) -> np.ndarray:
+    """Exact k-means++ seeding: one pass per center."""
+    centers = None
+    for j in range(n_components):
+        row = _d2_sample(data, centers, root, (restart, _P_KPP, j))
+        if row is None:
+            raise _too_few_distinct(0 if centers is None else len(centers), n_components)
+        centers = row[None, :] if centers is None else np.vstack([centers, row])
+    return centers
+
+
+def _weighted_kmeans_plusplus(points, weights, n_components, rng) -> np.ndarray:
+    """k-means++ on a small weighted candidate set, on the client."""
+    first = rng.choice(len(points), p=weights / weights.sum())
+    centers = [points[first]]
+    d2 = ((points - centers[0]) ** 2).sum(axis=1)
+    for _ in range(1, n_components):
+        score = d2 * weights
+        if not score.sum() > 0:
+            raise _too_few_distinct(len(centers), n_components)
+        i = rng.choice(len(points), p=score / score.sum())
+        centers.append(points[i])
+        d2 = np.minimum(d2, ((points - points[i]) ** 2).sum(axis=1))
+    return np.array(centers)
+
+
+def _kmeans_parallel(data: ChunkedPoints, n_components: int, root, restart: int) -> np.ndarray:
+    """k-means|| seeding (Bahmani et al. 2012) with oversampling factor 2K."""
+    first = _d2_sample(data, None, root, (restart, _P_KPAR, 0))
+    candidates = first[None, :]
+    oversampling = 2.0 * n_components
+    phi = None
+    for r in range(_KMEANS_PARALLEL_ROUNDS + 1):
+        cost, sampled = data.map_reduce(_kmeans_parallel_task, candidates, phi, oversampling,
+                                        root, (restart, _P_KPAR, r + 1), merge=_merge_samples)
+        phi = cost
+        if sampled.shape[0]:
+            candidates = np.vstack([candidates, sampled])
+        if phi <= 0:
+            break
+    candidates = np.unique(candidates, axis=0)
+    if candidates.shape[0] < n_components:
+        raise _too_few_distinct(candidates.shape[0], n_components)
+    weights = data.map_reduce(_candidate_weight_task, candidates, merge=_ordered_sum)
+    rng = _rng(root, restart, _P_KPAR, _KMEANS_PARALLEL_ROUNDS + 2)
+    return _weighted_kmeans_plusplus(candidates, weights, n_components, rng)
+
+
+def _lloyd(data: ChunkedPoints, centers: np.ndarray) -> np.ndarray:
+    """Distributed Lloyd iterations until the squared center shift is below tolerance."""
+    summary = data.ensure_summary()
+    tol = _KMEANS_TOL * float(np.mean(summary.variance))
+    for it in range(_KMEANS_MAX_ITER):
+        counts, offsets, inertia = data.map_reduce(_lloyd_task, centers, merge=_sum_tuples)
+        shift = np.where(counts[:, None] > 0, offsets / np.maximum(counts, 1e-300)[:, None], 0.0)
+        centers = centers + shift
+        logger.debug("lloyd iteration %d: inertia %.6g, shift %.3g", it + 1, inertia,
+                     float((shift**2).sum()))
+        if float((shift**2).sum()) <= tol:
+            break
+    return centers
+
+
+def _initial_params(data: ChunkedPoints, cfg: "EMConfig", root, restart: int) -> MixtureParams:
+    K, cov = cfg.n_components, cfg.covariance_type
+    if cfg.weights_init is not None and cfg.means_init is not None and \
+            cfg.precisions_init is not None:
+        return _override(None, cfg)
+    method = cfg.init_params
+    if method in ("kmeans", "k-means||"):
+        seeds = (_kmeans_plusplus if method == "kmeans" else _kmeans_parallel)(
+            data, K, root, restart)
+        centers = _lloyd(data, seeds)
+        total = data.map_reduce(_hard_task, centers, cov)
+        params = m_step(total, cfg.reg_covar, cov)
+    elif method == "random":
+        total = data.map_reduce(_random_resp_task, root, restart, K, cov)
+        params = m_step(total, cfg.reg_covar, cov)
+    else:
+        if method == "k-means++":
+            means = _kmeans_plusplus(data, K, root, restart)
+        else:
+            rng = _rng(root, restart, _P_FROM_DATA)
+            means = data.take_rows(rng.choice(data.n_rows, size=K, replace=False))
+        params = _point_params(means, cfg)
+    return _override(params, cfg)
+
+
+def _point_params(means: np.ndarray, cfg: "EMConfig") -> MixtureParams:
+    """Parameters of components each made of one point: covariance ``reg_covar``."""
+    K, D = means.shape
+    reg = cfg.reg_covar
+    cov = {
+        "full": lambda: np.tile(np.eye(D) * reg, (K, 1, 1)),
+        "tied": lambda: np.eye(D) * reg,
+        "diag": lambda: np.full((K, D), reg),
+        "spherical": lambda: np.full(K, reg),
+    }[cfg.covariance_type]()
+    return MixtureParams.from_covariances(np.full(K, 1.0 / K), means, cov, cfg.covariance_type)
+
+
+def _override(params: MixtureParams | None, cfg: "EMConfig") -> MixtureParams:
+    """Apply user-given ``weights_init``, ``means_init`` and ``precisions_init``."""
+    weights = cfg.weights_init if cfg.weights_init is not None else params.weights
+    means = cfg.means_init if cfg.means_init is not None else params.means
+    if cfg.precisions_init is not None:
+        from ._kernels import precision_cholesky_from_precisions
+
+        chol = precision_cholesky_from_precisions(cfg.precisions_init, cfg.covariance_type)
+        return MixtureParams.from_precision_cholesky(weights, means, chol, cfg.covariance_type)
+    return MixtureParams(np.asarray(weights, dtype=np.float64), np.asarray(means, np.float64),
+                         params.covariances, params.precisions_cholesky, cfg.covariance_type)
+
+
+# ---------------------------------------------------------------------------- the EM loop
+@dataclass(frozen=True)
+class EMConfig:
+    """Validated settings of one fit (see :class:`distgmm.GaussianMixture` for meanings)."""
+
+    n_components: int
+    covariance_type: str = "full"
+    tol: float = 1e-3
+    reg_covar: float = 1e-6
+    max_iter: int = 100
+    n_init: int = 1
+    init_params: str = "kmeans"
+    weights_init: np.ndarray | None = None
+    means_init: np.ndarray | None = None
+    precisions_init: np.ndarray | None = None
+
+    def fingerprint(self, data: ChunkedPoints, entropy) -> str:
+        """Digest identifying a fit: config, data shape and chunking, seed."""
+        h = hashlib.sha256()
+        plain = {k: getattr(self, k) for k in ("n_components", "covariance_type", "tol",
+                                               "reg_covar", "max_iter", "n_init", "init_params")}
+        plain.update(shape=[data.n_rows, data.n_features], chunks=list(data.row_chunks),
+                     entropy=str(entropy), weighted=data.sample_weight is not None)
+        h.update(json.dumps(plain, sort_keys=True).encode())
+        for a in (self.weights_init, self.means_init, self.precisions_init):
+            h.update(b"-" if a is None else np.ascontiguousarray(a, dtype=np.float64).tobytes())
+        return h.hexdigest()
+
+
+@dataclass(frozen=True)
+class IterationInfo:
+    """Progress of one EM iteration, passed to ``on_iteration`` callbacks."""
+
+    restart: int
+    iteration: int
+    lower_bound: float
+    change: float
+    seconds: float
+    converged: bool
+
+
+@dataclass
+class EMResult:
+    """Outcome of :func:`fit_em`: the best restart's parameters and every restart's history."""
+
+    params: MixtureParams
+    converged: bool
+    n_iter: int
+    lower_bound: float
+    lower_bounds: list[float]
+    histories: list[list[float]] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+@dataclass
+class _State:
+    restart: int
+    iteration: int
+    params: MixtureParams | None
+    lower_bound: float
+    lower_bounds: list[float]
+    histories: list[list[float]]
+    best: EMResult | None
+
+
+def _params_arrays(prefix: str, p: MixtureParams) -> dict[str, np.ndarray]:
+    return {f"{prefix}weights": p.weights, f"{prefix}means": p.means,
+            f"{prefix}precisions_cholesky": p.precisions_cholesky}
+
+
+def _params_from(arrays, prefix, covariance_type) -> MixtureParams:
+    return MixtureParams.from_precision_cholesky(
+        arrays[f"{prefix}weights"], arrays[f"{prefix}means"],
+        arrays[f"{prefix}precisions_cholesky"], covariance_type)
+
+
+class FileCheckpoint:
+    """Atomic checkpoint of a fit's state after every iteration (one ``.npz`` file).
+
+    Parameters
+    ----------
+    path : str
+        File to write; replaced atomically, so a kill at any moment leaves the previous
+        complete checkpoint.
+    """
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = os.fspath(path)
+
+    def save(self, state: _State, fingerprint: str, entropy) -> None:
+        arrays: dict[str, np.ndarray] = {}
+        meta: dict[str, Any] = {
+            "kind": "distgmm-checkpoint", "version": 1, "fingerprint": fingerprint,
+            "entropy": str(entropy), "restart": state.restart, "iteration": state.iteration,
+            "lower_bound": state.lower_bound, "lower_bounds": state.lower_bounds,
+            "histories": state.histories, "best": None,
+            "covariance_type": None if state.params is None else state.params.covariance_type,
+        }
+        if state.params is not None:
+            arrays.update(_params_arrays("current_", state.params))
+        if state.best is not None:
+            b = state.best
+            arrays.update(_params_arrays("best_", b.params))
+            meta["best"] = {"converged": b.converged, "n_iter": b.n_iter,
+                            "lower_bound": b.lower_bound, "lower_bounds": b.lower_bounds}
+            meta["covariance_type"] = b.params.covariance_type
+        save_arrays(self.path, arrays, meta)
+
+    def load(self, fingerprint_of: Callable[[Any], str]) -> tuple[_State, Any] | None:
+        """The saved state and seed entropy, or None if there is no checkpoint yet."""
+        if not os.path.exists(self.path):
+            return None
+        arrays, meta, _ = load_arrays(self.path)
+        if meta.get("kind") != "distgmm-checkpoint" or meta.get("version") != 1:
+            raise ValueError(f"{self.path} is not a distgmm checkpoint; remove it or pick "
+                             "another checkpoint path.")
+        entropy = int(meta["entropy"])
+        if fingerprint_of(entropy) != meta["fingerprint"]:
+            raise ValueError(
+                f"checkpoint {self.path} was written by a different fit (other data, options "
+                "or seed); rerun with the original options, or delete the checkpoint to start "
+                "over."
+            )
+        cov = meta["covariance_type"]
+        best = None
+        if meta["best"] is not None:
+            best = EMResult(_params_from(arrays, "best_", cov), **meta["best"])
+        params = _params_from(arrays, "current_", cov) if "current_weights" in arrays else None
+        lb = meta["lower_bound"]
+        state = _State(meta["restart"], meta["iteration"], params,
+                       -math.inf if lb is None else lb, meta["lower_bounds"],
+                       meta["histories"], best)
+        return state, entropy
+
+
+def fit_em(
+    data: ChunkedPoints,
+    cfg: EMConfig,
+    random_state: Any = None,
+    *,
+    warm_start: tuple[MixtureParams, float] | None = None,
+    on_iteration: Callable[[IterationInfo], None] | None = None,
+    checkpoint: FileCheckpoint | None = None,
+) -> EMResult:
+    """Fit a Gaussian mixture by EM over the chunks of ``data``.
+
+    Parameters
+    ----------
+    data : ChunkedPoints
+    cfg : EMConfig
+    random_state : None, int, RandomState, Generator or SeedSequence
+    warm_start : (MixtureParams, float), optional
+        Start a single run from these parameters and this previous lower bound.
+    on_iteration : callable, optional
+        Called with an :class:`IterationInfo` after every iteration.
+    checkpoint : FileCheckpoint, optional
+        Save the state after initialisation and every iteration; if the file exists and
+        belongs to the same fit, continue from it.
+
+    Returns
+    -------
+    EMResult
+    """
+    started = time.perf_counter()
+    root = seed_sequence(random_state)
+    n_init = 1 if warm_start is not None else cfg.n_init
+    state = None
+    if checkpoint is not None:
+        loaded = checkpoint.load(lambda e: cfg.fingerprint(data, e))
+        if loaded is not None:
+            state, entropy = loaded
+            root = np.random.SeedSequence(entropy)
+            logger.info("resuming from %s: restart %d, iteration %d", checkpoint.path,
+                        state.restart, state.iteration)
+    fingerprint = cfg.fingerprint(data, root.entropy)
+    if state is None:
+        state = _State(0, 0, None, -math.inf, [], [], None)
+
+    def save():
+        if checkpoint is not None:
+            checkpoint.save(state, fingerprint, root.entropy)
+
+    while state.restart < n_init:
+        if state.params is None:
+            if warm_start is not None:
+                state.params, state.lower_bound = warm_start
+            else:
+                state.params = _initial_params(data, cfg, root, state.restart)
+                state.lower_bound = -math.inf
+            state.iteration, state.lower_bounds = 0, []
+            save()
+        converged = False
+        params = state.params
+        while state.iteration < cfg.max_iter:
+            t0 = time.perf_counter()
+            total = data.map_reduce(_em_task, params)
+            params = m_step(total, cfg.reg_covar, cfg.covariance_type)
+            lower_bound = total.log_likelihood / total.weight_sum
+            change = lower_bound - state.lower_bound
+            state.iteration += 1
+            state.params, state.lower_bound = params, lower_bound
+            state.lower_bounds.append(lower_bound)
+            converged = abs(change) < cfg.tol
+            save()
+            if on_iteration is not None:
+                on_iteration(IterationInfo(state.restart, state.iteration, lower_bound, change,
+                                           time.perf_counter() - t0, converged))
+            if converged:
+                break
+        if cfg.max_iter == 0 and warm_start is None:
+            data.ensure_summary()
+        run = EMResult(params, converged, state.iteration, state.lower_bound,
+                       list(state.lower_bounds))
+        best = state.best
+        if best is None or run.lower_bound > best.lower_bound:
+            state.best = run
+        state.histories.append(list(state.lower_bounds))
+        state.restart += 1
+        state.params, state.iteration, state.lower_bound, state.lower_bounds = None, 0, \
+            -math.inf, []
+        save()
+    best = state.best
+    best.histories = state.histories
+    best.seconds = time.perf_counter() - started
+    return best
+

@@ -1,0 +1,112 @@
+"""Safe, atomic storage of named NumPy arrays plus JSON metadata in one ``.npz`` file (no pickle).
+
+The metadata is stored as UTF-8 JSON bytes in the array ``__meta__``; files are read with
+``allow_pickle=False`` so loading never executes code. Writes go to a temporary file in the
+same directory and are renamed over the target, so a reader sees the old file or the new one,
+never a torn one. A SHA-256 over the arrays (names, dtypes, shapes, bytes) and metadata is
+stored alongside and checked on load, so a corrupted or edited file is rejected.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import tempfile
+import zipfile
+
+import numpy as np
+
+__all__ = ["save_arrays", "load_arrays", "content_digest", "CorruptFileError"]
+
+_META = "__meta__"
+_DIGEST = "__sha256__"
+
+
+class CorruptFileError(ValueError):
+    """A file is not a readable distgmm array file, or its checksum does not match."""
+
+
+def content_digest(arrays: dict[str, np.ndarray], meta: dict) -> str:
+    """SHA-256 hex digest of arrays (sorted by name) and canonical JSON metadata."""
+    h = hashlib.sha256()
+    h.update(json.dumps(meta, sort_keys=True, separators=(",", ":")).encode())
+    for name in sorted(arrays):
+        a = np.ascontiguousarray(arrays[name])
+        h.update(name.encode())
+        h.update(str(a.dtype.str).encode())
+        h.update(repr(a.shape).encode())
+        h.update(a.tobytes())
+    return h.hexdigest()
+
+
+def save_arrays(path: str | os.PathLike, arrays: dict[str, np.ndarray], meta: dict) -> str:
+    """Write ``arrays`` and ``meta`` to ``path`` atomically; return the content digest."""
+    path = os.fspath(path)
+    arrays = {k: np.asarray(v) for k, v in arrays.items()}
+    for name, a in arrays.items():
+        if a.dtype == object:
+            raise TypeError(f"array {name!r} has dtype object, which cannot be stored safely")
+    digest = content_digest(arrays, meta)
+    payload = dict(arrays)
+    payload[_META] = np.frombuffer(json.dumps(meta, sort_keys=True).encode(), dtype=np.uint8)
+    payload[_DIGEST] = np.frombuffer(digest.encode(), dtype=np.uint8)
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".npz", dir=directory)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            np.savez(f, **payload)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return digest
+
+
+def load_arrays(path: str | os.PathLike) -> tuple[dict[str, np.ndarray], dict, str]:
+    """Read a file written by :func:`save_arrays`.
+
+    Returns
+    -------
+    arrays : dict of str to ndarray
+    meta : dict
+    digest : str
+
+    Raises
+    ------
+    CorruptFileError
+        The file is not an ``.npz`` written by distgmm, or its checksum does not match.
+    """
+    path = os.fspath(path)
+    try:
+        with open(path, "rb") as f:
+            raw = f.read()
+        with np.load(io.BytesIO(raw), allow_pickle=False) as npz:
+            data = {name: npz[name] for name in npz.files}
+    except FileNotFoundError:
+        raise
+    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as exc:
+        raise CorruptFileError(
+            f"{path} is not a readable distgmm file ({exc.__class__.__name__}); "
+            "it may be truncated or not a distgmm file: write it again"
+        ) from None
+    if _META not in data or _DIGEST not in data:
+        raise CorruptFileError(
+            f"{path} is not a distgmm file (no metadata); write it again with distgmm"
+        )
+    try:
+        meta = json.loads(data.pop(_META).tobytes().decode())
+        stored = data.pop(_DIGEST).tobytes().decode()
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        raise CorruptFileError(f"{path} has unreadable metadata; write it again") from None
+    if content_digest(data, meta) != stored:
+        raise CorruptFileError(
+            f"{path} failed its checksum: the file was modified or corrupted after it was "
+            "written; write it again"
+        )
+    return data, meta, stored

@@ -1,0 +1,337 @@
+"""Mergeable sufficient statistics of a Gaussian mixture and the M-step that turns them into parameters.
+
+A :class:`SufficientStatistics` is computed for every chunk by :func:`chunk_statistics`
+(one pass: E-step, log-likelihood and statistics together) and the values are merged with
+:meth:`SufficientStatistics.combine` in a fixed tree order. Second moments are kept
+*centered* on each chunk's own per-component weighted means and merged with the pairwise
+correction of Chan, Golub and LeVeque::
+
+    n = n_a + n_b,   delta = m_b - m_a
+    m = m_a + delta * n_b / n
+    S = S_a + S_b + (n_a n_b / n) delta delta^T
+
+so data far from the origin, or stored as float32, keeps float64 accuracy. All accumulation
+is in float64 whatever the stored dtype.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from ._kernels import (
+    CollapsedComponentError,
+    covariances_from_precision_cholesky,
+    log_responsibilities,
+    nearest_center,
+    precision_cholesky,
+    precisions_from_cholesky,
+)
+
+__all__ = [
+    "MixtureParams",
+    "SufficientStatistics",
+    "DataSummary",
+    "chunk_statistics",
+    "chunk_statistics_from_resp",
+    "chunk_summary",
+    "merge_statistics",
+    "hard_assignment_statistics",
+    "m_step",
+]
+
+
+@dataclass(frozen=True)
+class MixtureParams:
+    """Parameters of a Gaussian mixture.
+
+    Attributes
+    ----------
+    weights : ndarray of shape (K,)
+    means : ndarray of shape (K, D)
+    covariances : ndarray
+        Shape depends on ``covariance_type`` (see :mod:`distgmm._kernels`).
+    precisions_cholesky : ndarray
+        Same shape as ``covariances``.
+    covariance_type : str
+    """
+
+    weights: np.ndarray
+    means: np.ndarray
+    covariances: np.ndarray
+    precisions_cholesky: np.ndarray
+    covariance_type: str
+
+    @property
+    def n_components(self) -> int:
+        return self.means.shape[0]
+
+    @property
+    def n_features(self) -> int:
+        return self.means.shape[1]
+
+    @property
+    def precisions(self) -> np.ndarray:
+        return precisions_from_cholesky(self.precisions_cholesky, self.covariance_type)
+
+    @classmethod
+    def from_covariances(cls, weights, means, covariances, covariance_type) -> "MixtureParams":
+        covariances = np.asarray(covariances, dtype=np.float64)
+        return cls(
+            np.asarray(weights, dtype=np.float64),
+            np.asarray(means, dtype=np.float64),
+            covariances,
+            precision_cholesky(covariances, covariance_type),
+            covariance_type,
+        )
+
+    @classmethod
+    def from_precision_cholesky(cls, weights, means, prec_chol, covariance_type) -> "MixtureParams":
+        prec_chol = np.asarray(prec_chol, dtype=np.float64)
+        return cls(
+            np.asarray(weights, dtype=np.float64),
+            np.asarray(means, dtype=np.float64),
+            covariances_from_precision_cholesky(prec_chol, covariance_type),
+            prec_chol,
+            covariance_type,
+        )
+
+    def log_responsibilities(self, X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """``(log p(x_i), log p(k | x_i))`` for a block ``X`` of shape (n, D)."""
+        return log_responsibilities(
+            X, self.weights, self.means, self.precisions_cholesky, self.covariance_type
+        )
+
+
+@dataclass(frozen=True)
+class SufficientStatistics:
+    """Per-component weighted counts, means and centered scatter, plus the log-likelihood.
+
+    Attributes
+    ----------
+    resp_sum : ndarray of shape (K,)
+        ``sum_i w_i r_ik``.
+    means : ndarray of shape (K, D)
+        ``sum_i w_i r_ik x_i / resp_sum_k`` (zero where ``resp_sum_k == 0``).
+    scatter : ndarray
+        ``sum_i w_i r_ik (x_i - m_k)(x_i - m_k)^T`` as (K, D, D) for full and tied, or its
+        diagonal (K, D) for diag and spherical.
+    log_likelihood : float
+        ``sum_i w_i log p(x_i)``.
+    weight_sum : float
+        ``sum_i w_i``.
+    n_points : int
+    """
+
+    resp_sum: np.ndarray
+    means: np.ndarray
+    scatter: np.ndarray
+    log_likelihood: float
+    weight_sum: float
+    n_points: int
+
+    def combine(self, other: "SufficientStatistics") -> "SufficientStatistics":
+        """Merge two statistics exactly (pairwise update of means and centered scatter)."""
+        na, nb = self.resp_sum, other.resp_sum
+        n = na + nb
+        with np.errstate(invalid="ignore", divide="ignore"):
+            frac_b = np.where(n > 0, nb / n, 0.0)
+            cross = np.where(n > 0, na * nb / n, 0.0)
+        delta = other.means - self.means
+        means = self.means + delta * frac_b[:, None]
+        if self.scatter.ndim == 3:
+            correction = cross[:, None, None] * (delta[:, :, None] * delta[:, None, :])
+        else:
+            correction = cross[:, None] * delta**2
+        return SufficientStatistics(
+            resp_sum=n,
+            means=means,
+            scatter=self.scatter + other.scatter + correction,
+            log_likelihood=self.log_likelihood + other.log_likelihood,
+            weight_sum=self.weight_sum + other.weight_sum,
+            n_points=self.n_points + other.n_points,
+        )
+
+
+def merge_statistics(parts: list[SufficientStatistics]) -> SufficientStatistics:
+    """Merge statistics left to right, in the order given (chunk-index order)."""
+    total = parts[0]
+    for part in parts[1:]:
+        total = total.combine(part)
+    return total
+
+
+def chunk_statistics_from_resp(
+    X: np.ndarray,
+    resp: np.ndarray,
+    sample_weight: np.ndarray | None,
+    covariance_type: str,
+    log_likelihood: float = 0.0,
+) -> SufficientStatistics:
+    """Sufficient statistics of a block given its responsibilities.
+
+    Parameters
+    ----------
+    X : ndarray of shape (n, D)
+    resp : ndarray of shape (n, K)
+        Responsibilities (rows sum to one), or hard one-hot assignments.
+    sample_weight : ndarray of shape (n,) or None
+    covariance_type : str
+    log_likelihood : float
+        ``sum_i w_i log p(x_i)`` if known.
+    """
+    X = np.asarray(X, dtype=np.float64)
+    wr = resp if sample_weight is None else resp * sample_weight[:, None]
+    n_components = wr.shape[1]
+    resp_sum = wr.sum(axis=0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        means = np.where(resp_sum[:, None] > 0, (wr.T @ X) / resp_sum[:, None], 0.0)
+    n_features = X.shape[1]
+    if covariance_type in ("full", "tied"):
+        scatter = np.empty((n_components, n_features, n_features))
+        for k in range(n_components):
+            diff = X - means[k]
+            scatter[k] = (diff * wr[:, k : k + 1]).T @ diff
+    else:
+        scatter = np.empty((n_components, n_features))
+        for k in range(n_components):
+            diff = X - means[k]
+            scatter[k] = wr[:, k] @ (diff * diff)
+    weight_sum = float(X.shape[0] if sample_weight is None else sample_weight.sum())
+    return SufficientStatistics(resp_sum, means, scatter, float(log_likelihood), weight_sum,
+                                X.shape[0])
+
+
+def chunk_statistics(
+    X: np.ndarray, sample_weight: np.ndarray | None, params: MixtureParams
+) -> SufficientStatistics:
+    """One EM pass over a block: E-step, log-likelihood and sufficient statistics together.
+
+    Parameters
+    ----------
+    X : ndarray of shape (n, D)
+    sample_weight : ndarray of shape (n,) or None
+    params : MixtureParams
+    """
+    log_prob_norm, log_resp = params.log_responsibilities(X)
+    if sample_weight is None:
+        ll = float(log_prob_norm.sum())
+    else:
+        ll = float(sample_weight @ log_prob_norm)
+    return chunk_statistics_from_resp(X, np.exp(log_resp), sample_weight,
+                                      params.covariance_type, ll)
+
+
+def hard_assignment_statistics(
+    X: np.ndarray, sample_weight: np.ndarray | None, centers: np.ndarray, covariance_type: str
+) -> SufficientStatistics:
+    """Statistics of a block with every point assigned wholly to its nearest center."""
+    labels, _ = nearest_center(X, centers)
+    resp = np.zeros((X.shape[0], centers.shape[0]))
+    resp[np.arange(X.shape[0]), labels] = 1.0
+    return chunk_statistics_from_resp(X, resp, sample_weight, covariance_type)
+
+
+@dataclass(frozen=True)
+class DataSummary:
+    """What validation needs to know about the data, gathered during the first pass.
+
+    Attributes
+    ----------
+    n_rows, n_nonfinite_rows : int
+    n_negative_weights, n_nonfinite_weights : int
+    weight_sum : float
+    mean : ndarray of shape (D,)
+        Weight-free per-feature mean of the finite rows.
+    m2 : ndarray of shape (D,)
+        Centered sum of squares per feature of the finite rows.
+    n_finite : int
+    """
+
+    n_rows: int
+    n_nonfinite_rows: int
+    n_negative_weights: int
+    n_nonfinite_weights: int
+    weight_sum: float
+    mean: np.ndarray
+    m2: np.ndarray
+    n_finite: int
+
+    def combine(self, other: "DataSummary") -> "DataSummary":
+        n = self.n_finite + other.n_finite
+        delta = other.mean - self.mean
+        frac = other.n_finite / n if n else 0.0
+        cross = self.n_finite * other.n_finite / n if n else 0.0
+        return DataSummary(
+            self.n_rows + other.n_rows,
+            self.n_nonfinite_rows + other.n_nonfinite_rows,
+            self.n_negative_weights + other.n_negative_weights,
+            self.n_nonfinite_weights + other.n_nonfinite_weights,
+            self.weight_sum + other.weight_sum,
+            self.mean + delta * frac,
+            self.m2 + other.m2 + cross * delta**2,
+            n,
+        )
+
+    @property
+    def variance(self) -> np.ndarray:
+        return self.m2 / max(self.n_finite, 1)
+
+
+def chunk_summary(X: np.ndarray, sample_weight: np.ndarray | None) -> DataSummary:
+    """Validation summary of one block: non-finite rows, bad weights, per-feature moments."""
+    X = np.asarray(X, dtype=np.float64)
+    finite = np.isfinite(X).all(axis=1)
+    good = X[finite] if not finite.all() else X
+    n_finite = good.shape[0]
+    mean = good.mean(axis=0) if n_finite else np.zeros(X.shape[1])
+    m2 = ((good - mean) ** 2).sum(axis=0) if n_finite else np.zeros(X.shape[1])
+    if sample_weight is None:
+        neg = bad_w = 0
+        wsum = float(X.shape[0])
+    else:
+        w = np.asarray(sample_weight, dtype=np.float64)
+        w_finite = np.isfinite(w)
+        bad_w = int((~w_finite).sum())
+        neg = int((w[w_finite] < 0).sum())
+        wsum = float(w[w_finite].sum())
+    return DataSummary(X.shape[0], int((~finite).sum()), neg, bad_w, wsum, mean, m2, n_finite)
+
+
+def m_step(
+    total: SufficientStatistics, reg_covar: float, covariance_type: str
+) -> MixtureParams:
+    """New parameters from the merged statistics (scikit-learn's M-step).
+
+    Raises
+    ------
+    CollapsedComponentError
+        If a component received no weight or its covariance is singular.
+    """
+    resp_sum = total.resp_sum
+    empty = np.flatnonzero(resp_sum <= 10 * np.finfo(np.float64).eps * total.weight_sum)
+    if empty.size:
+        k = int(empty[0])
+        raise CollapsedComponentError(
+            f"component {k} is empty: it received {resp_sum[k]:.3g} of the total weight "
+            f"{total.weight_sum:.6g}; decrease n_components, use another init_params or "
+            "random_state, or scale the input data.",
+            k,
+        )
+    nk = resp_sum + 10 * np.finfo(np.float64).eps
+    n_features = total.means.shape[1]
+    if covariance_type == "full":
+        covariances = total.scatter / nk[:, None, None]
+        covariances[:, np.arange(n_features), np.arange(n_features)] += reg_covar
+    elif covariance_type == "tied":
+        covariances = total.scatter.sum(axis=0) / nk.sum()
+        covariances[np.arange(n_features), np.arange(n_features)] += reg_covar
+    elif covariance_type == "diag":
+        covariances = total.scatter / nk[:, None] + reg_covar
+    else:
+        covariances = (total.scatter / nk[:, None] + reg_covar).mean(axis=1)
+    weights = nk / nk.sum()
+    return MixtureParams.from_covariances(weights, total.means.copy(), covariances,
+                                          covariance_type)
+
