@@ -1,6 +1,16 @@
 """Zarr point stores: open, create, ingest, append, generate, inspect, label state."""
 
+from distgmm.store._generate import PRESETS, GenerateReport, generate, mixture_parameters
+from distgmm.store._info import feature_stats, store_info
 from distgmm.store._ingest import IngestReport, append, ingest
+from distgmm.store._labels import (
+    LABELS_ATTR,
+    LabelState,
+    label_names,
+    label_state,
+    prepare_labels,
+    record_chunks_done,
+)
 from distgmm.store._location import StoreLocation
 from distgmm.store._points import (
     DEFAULT_CHUNK_BYTES,
@@ -9,15 +19,29 @@ from distgmm.store._points import (
     default_chunk_rows,
     open_points,
 )
+from distgmm.store._sources import SOURCE_FORMATS
 
 __all__ = [
     "DEFAULT_CHUNK_BYTES",
+    "LABELS_ATTR",
+    "PRESETS",
     "SCHEMA_VERSION",
+    "SOURCE_FORMATS",
+    "GenerateReport",
     "IngestReport",
+    "LabelState",
     "PointStore",
     "StoreLocation",
     "append",
     "default_chunk_rows",
+    "feature_stats",
+    "generate",
     "ingest",
+    "label_names",
+    "label_state",
+    "mixture_parameters",
     "open_points",
+    "prepare_labels",
+    "record_chunks_done",
+    "store_info",
 ]

@@ -1,0 +1,187 @@
+"""Label arrays in a point store and their per-chunk progress record (``labels/<name>`` attributes).
+
+Attribute schema (on the array ``labels/<name>``, key ``"distgmm_labels"``)::
+
+    {
+        "schema_version": 1,
+        "model_fingerprint": "<str>",   # identifies the model that wrote the labels
+        "n_components": <int or null>,
+        "chunks_done": [0, 1, 5, ...]   # sorted indices of row chunks (of ``points``) written
+    }
+
+Rules (shared by :func:`label_state`, :func:`prepare_labels` and the label job):
+
+* The array has ``points``' row chunking, dtype int32 and fill value -1 (unlabelled).
+* Chunk ``i`` covers rows ``[i*chunk_rows, min((i+1)*chunk_rows, n_rows))`` of the *current*
+  ``points``. It counts as done only if listed in ``chunks_done`` **and** the labels array is
+  at least as long as that range. So after an append, the old partial last chunk (which now
+  has more rows) and every new chunk are pending without anyone editing the record.
+* A different ``model_fingerprint`` means nothing is done for the new model:
+  :func:`prepare_labels` resets the record.
+* The record is written by one process (the job's client) after chunk writes succeed, in
+  the same atomic ``zarr.json`` write as any resize: a crash can lose the record of a chunk
+  that was written (it is redone), never record a chunk that was not.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import zarr
+from zarr.core.metadata.io import save_metadata
+from zarr.core.sync import sync
+
+from distgmm.errors import DistgmmInputError
+from distgmm.store._location import StoreLocation
+from distgmm.store._points import _compressors, open_group_checked
+
+__all__ = ["LABELS_ATTR", "LabelState", "label_state", "label_names", "prepare_labels",
+           "record_chunks_done"]
+
+LABELS_ATTR = "distgmm_labels"
+LABELS_SCHEMA_VERSION = 1
+
+
+@dataclass(frozen=True)
+class LabelState:
+    """Progress of one label set against the current ``points``.
+
+    Attributes
+    ----------
+    name : str
+        Label set name (``labels/<name>``).
+    model_fingerprint : str
+        Model that wrote it.
+    n_components : int or None
+        Components of that model, if recorded.
+    n_chunks : int
+        Row chunks of the current ``points``.
+    chunks_done, chunks_pending : list of int
+        Chunk indices done (see the module rules) and still to do.
+    """
+
+    name: str
+    model_fingerprint: str
+    n_components: int | None
+    n_chunks: int
+    chunks_done: list[int]
+    chunks_pending: list[int]
+
+    @property
+    def complete(self) -> bool:
+        """Whether every chunk of the current points is labelled."""
+        return not self.chunks_pending
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready dictionary."""
+        return {**asdict(self), "complete": self.complete}
+
+
+def _group(store: str | StoreLocation | zarr.Group, mode: str = "r") -> zarr.Group:
+    if isinstance(store, zarr.Group):
+        return store
+    location = store if isinstance(store, StoreLocation) else StoreLocation(store)
+    return open_group_checked(location, mode=mode)
+
+
+def label_names(store: str | StoreLocation | zarr.Group) -> list[str]:
+    """Names of the label sets in a store (arrays under ``labels/``), sorted."""
+    group = _group(store)
+    if "labels" not in group:
+        return []
+    return sorted(name for name, _ in group["labels"].arrays())
+
+
+def _state_from(name: str, labels: zarr.Array, n_rows: int, chunk_rows: int) -> LabelState:
+    record = labels.attrs.get(LABELS_ATTR) or {}
+    n_chunks = math.ceil(n_rows / chunk_rows) if n_rows else 0
+    covered = labels.shape[0]
+    done = sorted(
+        i for i in set(record.get("chunks_done", []))
+        if 0 <= i < n_chunks and min((i + 1) * chunk_rows, n_rows) <= covered
+    )
+    done_set = set(done)
+    return LabelState(
+        name=name,
+        model_fingerprint=str(record.get("model_fingerprint", "")),
+        n_components=record.get("n_components"),
+        n_chunks=n_chunks,
+        chunks_done=done,
+        chunks_pending=[i for i in range(n_chunks) if i not in done_set],
+    )
+
+
+def label_state(store: str | StoreLocation | zarr.Group, name: str) -> LabelState:
+    """Read which chunks of ``labels/<name>`` are done, against the store's current rows.
+
+    Parameters
+    ----------
+    store : str, StoreLocation or zarr.Group
+        The point store.
+    name : str
+        Label set name.
+
+    Raises
+    ------
+    DistgmmInputError
+        If the store has no label set of that name.
+    """
+    group = _group(store)
+    path = f"labels/{name}"
+    if path not in group:
+        raise DistgmmInputError(
+            f"{store}: no label set {name!r}; existing: {', '.join(label_names(group)) or 'none'}."
+        )
+    points = group["points"]
+    return _state_from(name, group[path], points.shape[0], points.chunks[0])
+
+
+def _save(array: zarr.Array, n_rows: int, record: dict[str, Any]) -> None:
+    """Save shape and record in one ``zarr.json`` write."""
+    aa = array._async_array
+    attrs = {**aa.metadata.attributes, LABELS_ATTR: record}
+    metadata = aa.metadata.update_shape((n_rows, *aa.metadata.shape[1:])).update_attributes(attrs)
+    sync(save_metadata(aa.store_path, metadata))
+    object.__setattr__(aa, "metadata", metadata)
+
+
+def prepare_labels(store: str | StoreLocation | zarr.Group, name: str, model_fingerprint: str,
+                   n_components: int | None = None) -> LabelState:
+    """Create or extend ``labels/<name>`` for a model and return what is left to do.
+
+    A new array, or one written by another model, starts with nothing done. An existing
+    array for the same model is resized to the current row count, keeping the record of
+    chunks that were complete (the grown partial chunk is dropped from it).
+    """
+    group = _group(store, mode="r+")
+    points = group["points"]
+    n_rows, chunk_rows = points.shape[0], points.chunks[0]
+    path = f"labels/{name}"
+    record = {"schema_version": LABELS_SCHEMA_VERSION, "model_fingerprint": model_fingerprint,
+              "n_components": n_components, "chunks_done": []}
+    if path in group:
+        labels = group[path]
+        old = _state_from(name, labels, n_rows, chunk_rows)
+        if old.model_fingerprint == model_fingerprint:
+            record["chunks_done"] = old.chunks_done
+    else:
+        labels = group.require_group("labels").create_array(
+            name, shape=(n_rows,), chunks=(chunk_rows,), dtype="int32", fill_value=-1,
+            compressors=_compressors(), dimension_names=("row",))
+    _save(labels, n_rows, record)
+    return _state_from(name, labels, n_rows, chunk_rows)
+
+
+def record_chunks_done(store: str | StoreLocation | zarr.Group, name: str,
+                       chunks: Iterable[int]) -> LabelState:
+    """Add chunk indices to the done record of ``labels/<name>`` (call from one process only)."""
+    group = _group(store, mode="r+")
+    labels = group[f"labels/{name}"]
+    record = dict(labels.attrs.get(LABELS_ATTR) or {})
+    record["chunks_done"] = sorted(set(record.get("chunks_done", [])) | {int(c) for c in chunks})
+    _save(labels, labels.shape[0], record)
+    points = group["points"]
+    return _state_from(name, labels, points.shape[0], points.chunks[0])
