@@ -234,7 +234,9 @@ def ingest(source: str, store: str, *, format: str | None = None,
     stored = check_dtype(dtype or src.native_dtype or "float64")
     if chunk_rows is None:
         chunk_rows = default_chunk_rows(src.n_features, stored)
-        known = getattr(src, "n_rows", None)
+        # Known row count (npy/Parquet), or an upper bound for text: each cell needs at
+        # least one character and one separator.
+        known = getattr(src, "n_rows", None) or os.path.getsize(source) // (2 * src.n_features)
         if known:
             chunk_rows = min(chunk_rows, known)
     location = StoreLocation(store, storage_options)

@@ -1,0 +1,181 @@
+"""Options and helpers shared by every distgmm command: cluster, output, logging, errors."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import sys
+import traceback
+from collections.abc import Iterator
+from dataclasses import dataclass
+from enum import Enum
+from typing import Annotated, Any
+
+import click
+import typer
+from rich.console import Console
+
+from distgmm.errors import DistgmmInputError
+
+__all__ = [
+    "Scheduler", "Workers", "ThreadsPerWorker", "MemoryLimit", "TlsCaFile", "TlsCert", "TlsKey",
+    "Verbose", "Quiet", "Json", "StorageOption", "DType",
+    "ClusterOptions", "Output", "dask_client", "handle_errors", "storage_options",
+    "EXIT_BAD_INPUT", "EXIT_FAILURE",
+]
+
+EXIT_FAILURE = 1
+EXIT_BAD_INPUT = 2
+
+_CLUSTER = "Cluster"
+_OUTPUT = "Output"
+
+Scheduler = Annotated[str | None, typer.Option(
+    "--scheduler", envvar="DISTGMM_SCHEDULER", metavar="ADDRESS", rich_help_panel=_CLUSTER,
+    help="Dask scheduler to use (tcp://host:8786 or tls://...); default: a local cluster.")]
+Workers = Annotated[int | None, typer.Option(
+    "--workers", min=1, rich_help_panel=_CLUSTER,
+    help="Local cluster: worker processes (default: one per core).")]
+ThreadsPerWorker = Annotated[int, typer.Option(
+    "--threads-per-worker", min=1, rich_help_panel=_CLUSTER,
+    help="Local cluster: threads per worker.")]
+MemoryLimit = Annotated[str | None, typer.Option(
+    "--memory-limit", rich_help_panel=_CLUSTER,
+    help="Local cluster: memory per worker (e.g. 4GiB; default: machine memory split evenly).")]
+TlsCaFile = Annotated[str | None, typer.Option(
+    "--tls-ca-file", rich_help_panel=_CLUSTER, help="TLS: CA certificate (PEM) of the cluster.")]
+TlsCert = Annotated[str | None, typer.Option(
+    "--tls-cert", rich_help_panel=_CLUSTER, help="TLS: this client's certificate (PEM).")]
+TlsKey = Annotated[str | None, typer.Option(
+    "--tls-key", rich_help_panel=_CLUSTER, help="TLS: this client's private key (PEM).")]
+Verbose = Annotated[int, typer.Option(
+    "-v", "--verbose", count=True, rich_help_panel=_OUTPUT,
+    help="More log output (-v info, -vv debug); tracebacks on unexpected errors.")]
+Quiet = Annotated[bool, typer.Option(
+    "-q", "--quiet", rich_help_panel=_OUTPUT, help="Only errors on stderr.")]
+Json = Annotated[bool, typer.Option(
+    "--json", rich_help_panel=_OUTPUT, help="Print one JSON object on stdout instead of tables.")]
+StorageOption = Annotated[list[str] | None, typer.Option(
+    "--storage-option", metavar="KEY=VALUE",
+    help="fsspec option for remote store URLs, repeatable (e.g. endpoint_url=http://...).")]
+
+
+class DType(str, Enum):
+    """Stored point dtypes."""
+
+    float32 = "float32"
+    float64 = "float64"
+
+
+def storage_options(pairs: list[str] | None) -> dict[str, Any] | None:
+    """Turn ``KEY=VALUE`` strings into an fsspec ``storage_options`` dict (``None`` if empty)."""
+    if not pairs:
+        return None
+    options: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise DistgmmInputError(f"--storage-option {pair!r} is not KEY=VALUE; write e.g. anon=true.")
+        lowered = value.lower()
+        options[key] = {"true": True, "false": False}.get(lowered, value)
+    return options
+
+
+@dataclass
+class Output:
+    """Where a command writes: JSON or rich tables on stdout, messages and logs on stderr."""
+
+    verbose: int = 0
+    quiet: bool = False
+    json: bool = False
+
+    def __post_init__(self) -> None:
+        self.out = Console()
+        self.err = Console(stderr=True)
+        level = logging.ERROR if self.quiet else (
+            logging.WARNING, logging.INFO, logging.DEBUG)[min(self.verbose, 2)]
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+        root = logging.getLogger()
+        root.handlers[:] = [handler]
+        root.setLevel(level)
+        # Dask's own chatter (ports, shutdown) only at -vv.
+        for noisy in ("distributed", "tornado", "asyncio"):
+            logging.getLogger(noisy).setLevel(logging.DEBUG if self.verbose >= 2 else logging.ERROR)
+
+    def message(self, text: str) -> None:
+        """A status line on stderr (suppressed by --quiet)."""
+        if not self.quiet:
+            self.err.print(text, highlight=False)
+
+    def emit_json(self, obj: Any) -> None:
+        """Print one JSON object on stdout."""
+        sys.stdout.write(json.dumps(obj, default=str) + "\n")
+        sys.stdout.flush()
+
+
+@dataclass
+class ClusterOptions:
+    """The cluster options of a command, turned into a client by :func:`dask_client`."""
+
+    scheduler: str | None = None
+    workers: int | None = None
+    threads_per_worker: int = 1
+    memory_limit: str | None = None
+    tls_ca_file: str | None = None
+    tls_cert: str | None = None
+    tls_key: str | None = None
+
+
+@contextlib.contextmanager
+def dask_client(options: ClusterOptions, output: Output) -> Iterator[Any]:
+    """Connect to ``--scheduler`` or start a local cluster; print the dashboard; close what we made.
+
+    A client to an explicit scheduler is closed on exit but the cluster is left running;
+    a local cluster started here is closed with its client.
+    """
+    from distgmm.cluster import get_client, local_cluster_client, make_security
+
+    if options.scheduler:
+        security = make_security(options.tls_ca_file, options.tls_cert, options.tls_key)
+        client = get_client(options.scheduler, security)
+        cluster = None
+    else:
+        if any((options.tls_ca_file, options.tls_cert, options.tls_key)):
+            raise DistgmmInputError("--tls-* options need --scheduler; a local cluster does not use TLS.")
+        client = local_cluster_client(options.workers, options.threads_per_worker,
+                                      options.memory_limit)
+        cluster = client.cluster
+    output.message(f"Dask dashboard: {client.dashboard_link}")
+    try:
+        yield client
+    finally:
+        client.close()
+        if cluster is not None:
+            cluster.close()
+
+
+@contextlib.contextmanager
+def handle_errors(output: Output) -> Iterator[None]:
+    """Turn exceptions into ``error: <message>`` on stderr and an exit code.
+
+    Bad input (``ValueError``, including :class:`DistgmmInputError`) exits 2; anything
+    unexpected exits 1 (with the traceback at ``-v``).
+    """
+    try:
+        yield
+    except (click.exceptions.Exit, click.exceptions.ClickException, click.exceptions.Abort):
+        raise
+    except ValueError as exc:
+        sys.stderr.write(f"error: {' '.join(str(exc).split())}\n")
+        raise typer.Exit(EXIT_BAD_INPUT) from None
+    except KeyboardInterrupt:
+        sys.stderr.write("error: interrupted\n")
+        raise typer.Exit(130) from None
+    except Exception as exc:  # the CLI boundary: report anything, exit non-zero
+        if output.verbose:
+            traceback.print_exc()
+        sys.stderr.write(f"error: unexpected {type(exc).__name__}: {' '.join(str(exc).split())} "
+                         "(run with -v for the traceback)\n")
+        raise typer.Exit(EXIT_FAILURE) from None
