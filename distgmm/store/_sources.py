@@ -127,7 +127,7 @@ class Source:
         i = int(np.argmax(bad))
         j = int(np.argmax(~np.isfinite(block[i])))
         raise DistgmmInputError(
-            f"{locate(i, j)}: value {block[i, j]!r} is not finite; clean the data or pass "
+            f"{locate(i, j)}: value {float(block[i, j])!r} is not finite; clean the data or pass "
             "--drop-nonfinite (drop_nonfinite=True) to skip such rows."
         )
 
