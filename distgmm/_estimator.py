@@ -274,7 +274,8 @@ class GaussianMixture(DensityMixin, BaseEstimator):
         if not lazy:
             rows = _chunk_rows_for(n_rows, n_features)
             starts = range(0, n_rows, rows)
-            futures = client.scatter([np.ascontiguousarray(X[s:s + rows]) for s in starts])
+            futures = client.scatter([np.ascontiguousarray(X[s:s + rows]) for s in starts],
+                                     hash=False)
             X = da.concatenate([
                 da.from_delayed(f, shape=(min(rows, n_rows - s), n_features), dtype=X.dtype)
                 for f, s in zip(futures, starts)])
@@ -295,7 +296,7 @@ class GaussianMixture(DensityMixin, BaseEstimator):
             else:
                 offsets = np.cumsum((0,) + X.chunks[0][:-1])
                 futures = client.scatter([weights[a:a + c] for a, c in
-                                          zip(offsets, X.chunks[0])])
+                                          zip(offsets, X.chunks[0])], hash=False)
                 weights = da.concatenate([da.from_delayed(f, shape=(c,), dtype=np.float64)
                                           for f, c in zip(futures, X.chunks[0])])
                 keepalive.extend(futures)

@@ -1,0 +1,182 @@
+"""Kernels and statistics against independent references (SciPy, scikit-learn, NumPy)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from scipy.stats import multivariate_normal
+from sklearn.covariance import EmpiricalCovariance
+
+from distgmm._kernels import (
+    CollapsedComponentError,
+    covariances_from_precision_cholesky,
+    log_gaussian_prob,
+    log_responsibilities,
+    nearest_center,
+    precision_cholesky,
+    precision_cholesky_from_precisions,
+    precisions_from_cholesky,
+)
+from distgmm._statistics import (
+    chunk_statistics,
+    chunk_statistics_from_resp,
+    chunk_summary,
+    m_step,
+    merge_statistics,
+    MixtureParams,
+)
+
+COV_TYPES = ["full", "tied", "diag", "spherical"]
+
+
+def random_covariances(rng, cov, K, D):
+    if cov == "full":
+        A = rng.normal(size=(K, D, D))
+        return A @ A.transpose(0, 2, 1) + D * np.eye(D)
+    if cov == "tied":
+        A = rng.normal(size=(D, D))
+        return A @ A.T + D * np.eye(D)
+    if cov == "diag":
+        return rng.uniform(0.5, 2.0, size=(K, D))
+    return rng.uniform(0.5, 2.0, size=K)
+
+
+def dense(cov_type, covariances, K, D):
+    """Each component's covariance as a D x D matrix."""
+    if cov_type == "full":
+        return covariances
+    if cov_type == "tied":
+        return np.repeat(covariances[None], K, axis=0)
+    if cov_type == "diag":
+        return np.stack([np.diag(c) for c in covariances])
+    return np.stack([c * np.eye(D) for c in covariances])
+
+
+@pytest.mark.parametrize("cov", COV_TYPES)
+@pytest.mark.parametrize("offset", [0.0, 1e4])
+def test_log_gaussian_prob_matches_scipy(cov, offset):
+    rng = np.random.default_rng(1)
+    K, D = 3, 4
+    means = rng.normal(size=(K, D)) + offset
+    covariances = random_covariances(rng, cov, K, D)
+    X = rng.normal(size=(50, D)) * 2 + offset
+    got = log_gaussian_prob(X, means, precision_cholesky(covariances, cov), cov)
+    full = dense(cov, covariances, K, D)
+    want = np.column_stack([multivariate_normal(means[k], full[k]).logpdf(X) for k in range(K)])
+    np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-8)
+
+
+@pytest.mark.parametrize("cov", COV_TYPES)
+def test_precision_cholesky_round_trips(cov):
+    rng = np.random.default_rng(2)
+    covariances = random_covariances(rng, cov, 3, 4)
+    chol = precision_cholesky(covariances, cov)
+    np.testing.assert_allclose(covariances_from_precision_cholesky(chol, cov), covariances,
+                               rtol=1e-10)
+    precisions = precisions_from_cholesky(chol, cov)
+    np.testing.assert_allclose(precision_cholesky_from_precisions(precisions, cov), chol,
+                               rtol=1e-8, atol=1e-12)
+
+
+def test_singular_covariance_names_component():
+    covariances = np.stack([np.eye(2), np.zeros((2, 2))])
+    with pytest.raises(CollapsedComponentError, match="component 1 .*increase reg_covar") as e:
+        precision_cholesky(covariances, "full")
+    assert e.value.component == 1
+    with pytest.raises(CollapsedComponentError, match="component 2"):
+        precision_cholesky(np.array([1.0, 2.0, 0.0]), "spherical")
+
+
+def test_log_responsibilities_normalise():
+    rng = np.random.default_rng(3)
+    X = rng.normal(size=(40, 2))
+    weights = np.array([0.2, 0.8])
+    means = np.array([[0.0, 0.0], [1.0, 1.0]])
+    chol = precision_cholesky(np.ones((2, 2)), "diag")
+    log_norm, log_resp = log_responsibilities(X, weights, means, chol, "diag")
+    np.testing.assert_allclose(np.exp(log_resp).sum(axis=1), 1.0, rtol=1e-12)
+    joint = log_gaussian_prob(X, means, chol, "diag") + np.log(weights)
+    np.testing.assert_allclose(log_norm, np.log(np.exp(joint).sum(axis=1)), rtol=1e-12)
+
+
+def test_nearest_center_matches_brute_force():
+    rng = np.random.default_rng(4)
+    X = rng.normal(size=(100, 3)) + 500.0
+    C = rng.normal(size=(5, 3)) + 500.0
+    labels, d2 = nearest_center(X, C)
+    brute = ((X[:, None, :] - C[None]) ** 2).sum(-1)
+    np.testing.assert_array_equal(labels, brute.argmin(1))
+    np.testing.assert_allclose(d2, brute.min(1), rtol=1e-9)
+
+
+@pytest.mark.parametrize("cov", ["full", "diag"])
+def test_hard_statistics_match_empirical_covariance(cov):
+    rng = np.random.default_rng(5)
+    X = rng.normal(size=(200, 3)) * [1, 2, 3] + 1e6
+    resp = np.zeros((200, 2))
+    resp[:120, 0] = 1
+    resp[120:, 1] = 1
+    stats = chunk_statistics_from_resp(X, resp, None, cov)
+    for k, rows in enumerate([slice(0, 120), slice(120, 200)]):
+        ref = EmpiricalCovariance().fit(X[rows])
+        np.testing.assert_allclose(stats.means[k], ref.location_, rtol=1e-14)
+        expected = ref.covariance_ * (rows.stop - rows.start)
+        got = stats.scatter[k]
+        np.testing.assert_allclose(got, expected if cov == "full" else np.diag(expected),
+                                   rtol=1e-8)
+
+
+@settings(max_examples=25, deadline=None)
+@given(cuts=st.lists(st.integers(1, 299), max_size=6, unique=True),
+       cov=st.sampled_from(COV_TYPES), weighted=st.booleans())
+def test_merged_statistics_equal_whole_block(cuts, cov, weighted):
+    """Statistics merged over any split of the rows equal those of the whole block."""
+    rng = np.random.default_rng(6)
+    X = rng.normal(size=(300, 3)) + 1e5
+    w = rng.uniform(0, 3, size=300) if weighted else None
+    K = 3
+    params = MixtureParams.from_covariances(
+        np.full(K, 1 / K), X[[0, 100, 200]], random_covariances(rng, cov, K, 3), cov)
+    whole = chunk_statistics(X, w, params)
+    bounds = [0, *sorted(cuts), 300]
+    parts = [chunk_statistics(X[a:b], None if w is None else w[a:b], params)
+             for a, b in zip(bounds[:-1], bounds[1:])]
+    merged = merge_statistics(parts)
+    np.testing.assert_allclose(merged.resp_sum, whole.resp_sum, rtol=1e-12)
+    np.testing.assert_allclose(merged.means, whole.means, rtol=1e-13)
+    np.testing.assert_allclose(merged.scatter, whole.scatter, rtol=1e-9, atol=1e-9)
+    assert merged.log_likelihood == pytest.approx(whole.log_likelihood, rel=1e-12)
+    assert merged.n_points == 300
+
+
+def test_m_step_matches_sklearn_estimator():
+    from sklearn.mixture._gaussian_mixture import _estimate_gaussian_parameters
+
+    rng = np.random.default_rng(7)
+    X = rng.normal(size=(150, 3))
+    resp = rng.dirichlet(np.ones(3), size=150)
+    for cov in COV_TYPES:
+        params = m_step(chunk_statistics_from_resp(X, resp, None, cov), 1e-6, cov)
+        nk, means, covariances = _estimate_gaussian_parameters(X, resp, 1e-6, cov)
+        np.testing.assert_allclose(params.weights, nk / nk.sum(), rtol=1e-12)
+        np.testing.assert_allclose(params.means, means, rtol=1e-12)
+        np.testing.assert_allclose(params.covariances, covariances, rtol=1e-10)
+
+
+def test_m_step_refuses_empty_component():
+    X = np.random.default_rng(8).normal(size=(20, 2))
+    resp = np.zeros((20, 2))
+    resp[:, 0] = 1
+    with pytest.raises(CollapsedComponentError, match="component 1 is empty.*n_components"):
+        m_step(chunk_statistics_from_resp(X, resp, None, "full"), 1e-6, "full")
+
+
+def test_chunk_summary_counts_nonfinite_and_negative():
+    X = np.ones((6, 2))
+    X[1, 0] = np.nan
+    X[4, 1] = np.inf
+    s = chunk_summary(X, np.array([1.0, -1, 2, np.nan, 1, 1]))
+    assert (s.n_rows, s.n_nonfinite_rows, s.n_negative_weights, s.n_nonfinite_weights) == \
+        (6, 2, 1, 1)
