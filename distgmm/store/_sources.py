@@ -220,8 +220,11 @@ class DelimitedSource(Source):
                 if self._is_data(self._text(line))]
 
     def blocks(self) -> Iterator[np.ndarray]:
+        # With all columns, loadtxt itself rejects ragged rows; with a subset it ignores extra
+        # fields, so field counts are then checked in Python (slower).
+        every = self._usecols == list(range(self._n_fields))
         kwargs = dict(delimiter=self.delimiter, comments="#", ndmin=2, dtype=np.float64,
-                      usecols=self._usecols)
+                      usecols=None if every else self._usecols)
         if self.delimiter is not None:
             kwargs["quotechar"] = '"'
         with open(self.path, encoding="utf-8", errors="replace") as f:
@@ -230,10 +233,13 @@ class DelimitedSource(Source):
                     with warnings.catch_warnings():
                         warnings.simplefilter("ignore")
                         block = np.loadtxt(lines, **kwargs)
-                    texts = (self._text(ln) for ln in lines)
-                    counts = {self._count_fields(t) for t in texts if self._is_data(t)}
-                    if counts - {self._n_fields}:
+                    if block.shape[0] and block.shape[1] != self._n_fields and every:
                         raise ValueError("ragged")
+                    if not every:
+                        texts = (self._text(ln) for ln in lines)
+                        counts = {self._count_fields(t) for t in texts if self._is_data(t)}
+                        if counts - {self._n_fields}:
+                            raise ValueError("ragged")
                 except ValueError:
                     self._locate_problem(first_lineno, lines)
                     raise  # the slow pass always finds what loadtxt did
