@@ -149,33 +149,59 @@ class _Axis:
     label: str
 
 
-def _chunk_moments(block: np.ndarray) -> tuple[int, np.ndarray, np.ndarray]:
-    """Count, mean and centered scatter matrix of one chunk, in float64."""
-    x = np.asarray(block, dtype=np.float64)
-    n = x.shape[0]
-    if n == 0:
-        d = x.shape[1]
-        return 0, np.zeros(d), np.zeros((d, d))
+#: Rows processed at a time inside a chunk task, so temporaries stay a few MB whatever the
+#: chunk size.
+_SLICE_ROWS = 65_536
+
+
+def _slices(n_rows: int) -> range:
+    return range(0, n_rows, _SLICE_ROWS)
+
+
+def _slice_moments(x: np.ndarray) -> tuple[int, np.ndarray, np.ndarray]:
     mean = x.mean(axis=0)
     centered = x - mean
-    return n, mean, centered.T @ centered
+    return x.shape[0], mean, centered.T @ centered
+
+
+def _chunk_moments(block: np.ndarray) -> tuple[int, np.ndarray, np.ndarray]:
+    """Count, mean and centered scatter matrix of one chunk, in float64.
+
+    Parameters
+    ----------
+    block : numpy.ndarray of shape (n, D)
+
+    Returns
+    -------
+    n : int
+    mean : numpy.ndarray of shape (D,)
+    scatter : numpy.ndarray of shape (D, D)
+        ``sum((x - mean)(x - mean)^T)`` over the chunk.
+    """
+    n_features = block.shape[1]
+    total: tuple[int, np.ndarray, np.ndarray] = (
+        0, np.zeros(n_features), np.zeros((n_features, n_features)))
+    for start in _slices(block.shape[0]):
+        x = np.asarray(block[start:start + _SLICE_ROWS], dtype=np.float64)
+        total = _merge_moments(total, _slice_moments(x))
+    return total
 
 
 def _merge_moments(a: tuple, b: tuple) -> tuple[int, np.ndarray, np.ndarray]:
     """Merge two ``(n, mean, scatter)`` partials with the pairwise (Chan) correction."""
     n_a, mean_a, m2_a = a
     n_b, mean_b, m2_b = b
-    n = n_a + n_b
     if n_a == 0 or n_b == 0:
         return a if n_b == 0 else b
+    n = n_a + n_b
     delta = mean_b - mean_a
     return n, mean_a + delta * (n_b / n), m2_a + m2_b + np.outer(delta, delta) * (n_a * n_b / n)
 
 
-def _tree_merge(parts: list) -> Any:
-    """Merge delayed partials pairwise in chunk-index order."""
+def _tree_merge(parts: list, merge: Any) -> Any:
+    """Merge delayed partials pairwise, always in chunk-index order, to one delayed value."""
     while len(parts) > 1:
-        merged = [dask.delayed(_merge_moments)(parts[i], parts[i + 1])
+        merged = [dask.delayed(merge, pure=True)(parts[i], parts[i + 1])
                   for i in range(0, len(parts) - 1, 2)]
         if len(parts) % 2:
             merged.append(parts[-1])
@@ -204,7 +230,8 @@ def pca_axes(points: da.Array) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """
     points = _as_dask(points)
     blocks = points.to_delayed().ravel()
-    total = _tree_merge([dask.delayed(_chunk_moments)(b) for b in blocks])
+    total = _tree_merge([dask.delayed(_chunk_moments, pure=True)(b) for b in blocks],
+                        _merge_moments)
     n, mean, scatter = dask.compute(total)[0]
     if n < 2:
         raise ValueError(f"PCA needs at least 2 points; got {n}")
@@ -228,14 +255,8 @@ def _as_dask(points: Any) -> da.Array:
     return da.from_array(array, chunks=(262_144,) + array.shape[1:])
 
 
-def _predict_block(block: np.ndarray, model: GaussianMixtureLike) -> np.ndarray:
-    return np.asarray(model.predict(np.asarray(block)), dtype=np.int64)
-
-
-def _lazy_labels(model: GaussianMixtureLike, points: da.Array, labels: Any) -> da.Array:
-    """Labels as a dask array chunked like ``points`` rows; predicted lazily if not given."""
-    if labels is None:
-        return points.map_blocks(_predict_block, model, drop_axis=1, dtype=np.int64)
+def _checked_labels(points: da.Array, labels: Any) -> da.Array:
+    """Caller's labels as a dask array chunked like the rows of ``points``."""
     labels = labels if isinstance(labels, da.Array) else da.from_array(np.asarray(labels))
     if labels.shape != points.shape[:1]:
         raise ValueError(
@@ -246,52 +267,76 @@ def _lazy_labels(model: GaussianMixtureLike, points: da.Array, labels: Any) -> d
 
 
 def _chunk_histograms(
-    block: np.ndarray, labels: np.ndarray, *, directions: np.ndarray, offsets: np.ndarray,
-    lows: np.ndarray, widths: np.ndarray, bins: int, n_components: int,
-) -> np.ndarray:
+    block: np.ndarray, labels: np.ndarray | None, model: GaussianMixtureLike, *,
+    directions: np.ndarray, offsets: np.ndarray, lows: np.ndarray, widths: np.ndarray,
+    bins: int,
+) -> tuple[np.ndarray, np.ndarray]:
     """Per-label 2-D histograms of one chunk in several planes.
+
+    The chunk is processed in slices of rows; when no labels are given each slice is
+    labelled with ``model.predict``, so no label array is ever materialised.
 
     Parameters
     ----------
     block : numpy.ndarray of shape (n, D)
-    labels : numpy.ndarray of shape (n,)
+    labels : numpy.ndarray of shape (n,), or None
+    model : GaussianMixtureLike
+        Predicts labels when ``labels`` is None; gives ``K = model.n_components``.
     directions : numpy.ndarray of shape (P, D, 2)
     offsets, lows, widths : numpy.ndarray of shape (P, 2)
         Plane coordinates are ``block @ directions[p] - offsets[p]``; bin ``i`` of axis ``a``
         covers ``[lows[p, a] + i * widths[p, a], lows[p, a] + (i + 1) * widths[p, a])``.
-    bins, n_components : int
+    bins : int
 
     Returns
     -------
-    numpy.ndarray of shape (1, P, K, bins * bins), int64
-        Counts; points outside the plane's extent or with a label outside ``[0, K)`` are
-        not counted.
+    counts : numpy.ndarray of shape (P, K, bins, bins), int64
+        Points outside a plane's extent, or with a label outside ``[0, K)``, are not counted.
+    label_totals : numpy.ndarray of shape (K,), int64
+        Points per label, inside the extent or not.
     """
-    x = np.asarray(block, dtype=np.float64)
-    label = np.asarray(labels).astype(np.intp, copy=False)
-    known = (label >= 0) & (label < n_components)
-    out = np.empty((1, len(directions), n_components, bins * bins), dtype=np.int64)
-    for p in range(len(directions)):
-        index = np.floor((x @ directions[p] - offsets[p] - lows[p]) / widths[p])
-        inside = known & np.all((index >= 0) & (index < bins), axis=1)
-        index = index[inside].astype(np.intp)
-        flat = (label[inside] * bins + index[:, 0]) * bins + index[:, 1]
-        out[0, p] = np.bincount(flat, minlength=n_components * bins * bins).reshape(
-            n_components, bins * bins)
-    return out
+    n_components = int(model.n_components)
+    n_planes = len(directions)
+    counts = np.zeros((n_planes, n_components * bins * bins), dtype=np.int64)
+    totals = np.zeros(n_components, dtype=np.int64)
+    for start in _slices(block.shape[0]):
+        x = np.asarray(block[start:start + _SLICE_ROWS], dtype=np.float64)
+        label = model.predict(x) if labels is None else labels[start:start + _SLICE_ROWS]
+        label = np.asarray(label).astype(np.intp, copy=False)
+        known = (label >= 0) & (label < n_components)
+        totals += np.bincount(label[known], minlength=n_components)
+        for p in range(n_planes):
+            # einsum without optimize stays out of BLAS: no nested thread pools in a task.
+            coords = np.einsum("nd,dk->nk", x, directions[p]) - (offsets[p] + lows[p])
+            index = np.floor(coords / widths[p], out=coords)
+            inside = known & np.all((index >= 0) & (index < bins), axis=1)
+            cell = index[inside].astype(np.intp)
+            flat = (label[inside] * bins + cell[:, 0]) * bins + cell[:, 1]
+            counts[p] += np.bincount(flat, minlength=n_components * bins * bins)
+    return counts.reshape(n_planes, n_components, bins, bins), totals
 
 
-def _chunk_label_counts(labels: np.ndarray, n_components: int) -> np.ndarray:
-    label = np.asarray(labels).astype(np.intp, copy=False)
-    label = label[(label >= 0) & (label < n_components)]
-    return np.bincount(label, minlength=n_components)[None, :]
+def _add_histograms(a: tuple, b: tuple) -> tuple[np.ndarray, np.ndarray]:
+    return a[0] + b[0], a[1] + b[1]
 
 
 def _density_histograms(
-    points: da.Array, labels: da.Array, planes: list[tuple[_Axis, _Axis]],
-    extents: list[tuple[float, float, float, float]], bins: int, n_components: int,
+    model: GaussianMixtureLike, points: da.Array, labels: da.Array | None,
+    planes: list[tuple[_Axis, _Axis]], extents: list[tuple[float, float, float, float]],
+    bins: int,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Per-label histograms of every plane, summed over chunks on Dask.
+    """Per-label histograms of every plane: one task per chunk, partials summed as a tree.
+
+    Parameters
+    ----------
+    model : GaussianMixtureLike
+    points : dask.array.Array of shape (N, D)
+        One chunk along the columns.
+    labels : dask.array.Array of shape (N,), optional
+        Chunked like the rows of ``points``; predicted per chunk when None.
+    planes : list of (x axis, y axis)
+    extents : list of (xmin, xmax, ymin, ymax), one per plane
+    bins : int
 
     Returns
     -------
@@ -299,23 +344,20 @@ def _density_histograms(
         ``counts[p, k, i, j]``: points of label ``k`` in x-bin ``i`` and y-bin ``j`` of plane ``p``.
     label_totals : numpy.ndarray of shape (K,)
     """
-    directions = np.stack([np.stack([a.direction, b.direction], axis=1) for a, b in planes])
-    offsets = np.array([[a.offset, b.offset] for a, b in planes])
-    lows = np.array([[e[0], e[2]] for e in extents])
-    widths = np.array([[(e[1] - e[0]) / bins, (e[3] - e[2]) / bins] for e in extents])
-    parts = da.blockwise(
-        _chunk_histograms, "ipkb", points, "ij", labels, "i",
-        new_axes={"p": len(planes), "k": n_components, "b": bins * bins},
-        adjust_chunks={"i": 1}, concatenate=True, dtype=np.int64,
-        directions=directions, offsets=offsets, lows=lows, widths=widths, bins=bins,
-        n_components=n_components,
-    )
-    totals = labels.map_blocks(
-        _chunk_label_counts, n_components, new_axis=1, dtype=np.int64,
-        chunks=((1,) * labels.numblocks[0], (n_components,)),
-    )
-    counts, label_totals = dask.compute(parts.sum(axis=0), totals.sum(axis=0))
-    return counts.reshape(len(planes), n_components, bins, bins), label_totals
+    options = {
+        "directions": np.stack([np.stack([a.direction, b.direction], axis=1) for a, b in planes]),
+        "offsets": np.array([[a.offset, b.offset] for a, b in planes]),
+        "lows": np.array([[e[0], e[2]] for e in extents]),
+        "widths": np.array([[(e[1] - e[0]) / bins, (e[3] - e[2]) / bins] for e in extents]),
+        "bins": bins,
+    }
+    point_blocks = points.to_delayed().ravel()
+    label_blocks = ([None] * len(point_blocks) if labels is None
+                    else list(labels.to_delayed().ravel()))
+    shared_model = dask.delayed(model, pure=True, traverse=False)
+    parts = [dask.delayed(_chunk_histograms, pure=True)(block, lab, shared_model, **options)
+             for block, lab in zip(point_blocks, label_blocks, strict=True)]
+    return dask.compute(_tree_merge(parts, _add_histograms))[0]
 
 
 def _sample_rows(n_rows: int, size: int, seed: int) -> np.ndarray | None:
@@ -568,7 +610,7 @@ def plot_clusters(
             shown = np.asarray(sample.compute(), dtype=np.float64)
             shown_labels = np.asarray(model.predict(shown))
         else:
-            lab = _lazy_labels(model, points, labels)
+            lab = _checked_labels(points, labels)
             shown, shown_labels = dask.compute(sample, lab if rows is None else lab[rows])
             shown = np.asarray(shown, dtype=np.float64)
         shown_labels = np.asarray(shown_labels).astype(np.intp)
@@ -590,9 +632,9 @@ def plot_clusters(
     plane_extents = [(*limits[j], *limits[i]) for i, j in pairs]
     counts = None
     if use_density:
-        lab = _lazy_labels(model, points, labels)
+        lab = None if labels is None else _checked_labels(points, labels)
         counts, label_totals = _density_histograms(
-            points, lab, planes, plane_extents, bins, n_components)
+            model, points, lab, planes, plane_extents, bins)
         logger.info("density of %d points in %d plane(s), %d bins per axis",
                     n_points, len(planes), bins)
 
