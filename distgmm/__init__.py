@@ -1,7 +1,28 @@
-"""distgmm: Gaussian mixture models fitted by EM on chunked Zarr point stores, on Dask."""
+"""distgmm: Gaussian mixture models fitted by EM on chunked Zarr point stores, on Dask.
 
-from ._estimator import GaussianMixture
-from ._kernels import CollapsedComponentError
+The package namespace is loaded lazily so that the command line starts quickly.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
 
 __all__ = ["GaussianMixture", "CollapsedComponentError"]
 __version__ = "0.1.0"
+
+_LAZY = {
+    "GaussianMixture": "distgmm._estimator",
+    "CollapsedComponentError": "distgmm._kernels",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'distgmm' has no attribute {name!r}")
+    return getattr(importlib.import_module(module), name)
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__ + ["__version__"])

@@ -514,13 +514,14 @@ class _State:
 
 def _params_arrays(prefix: str, p: MixtureParams) -> dict[str, np.ndarray]:
     return {f"{prefix}weights": p.weights, f"{prefix}means": p.means,
+            f"{prefix}covariances": p.covariances,
             f"{prefix}precisions_cholesky": p.precisions_cholesky}
 
 
 def _params_from(arrays, prefix, covariance_type) -> MixtureParams:
-    return MixtureParams.from_precision_cholesky(
-        arrays[f"{prefix}weights"], arrays[f"{prefix}means"],
-        arrays[f"{prefix}precisions_cholesky"], covariance_type)
+    return MixtureParams(*(arrays[f"{prefix}{name}"] for name in
+                           ("weights", "means", "covariances", "precisions_cholesky")),
+                         covariance_type)
 
 
 class FileCheckpoint:

@@ -1,0 +1,127 @@
+"""The distributed EM engine: chunk invariance, determinism across workers, checkpoints."""
+
+from __future__ import annotations
+
+import dask.array as da
+import numpy as np
+import pytest
+from distributed import LocalCluster
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from distgmm import GaussianMixture
+from distgmm.cluster import close_embedded_cluster
+
+N = 240
+
+
+def data():
+    rng = np.random.default_rng(10)
+    return np.vstack([rng.normal(0, 1.0, (100, 3)), rng.normal(3, 0.8, (140, 3))]) + 50.0
+
+
+def start(cov):
+    X = data()
+    prec = {"full": np.tile(np.eye(3), (2, 1, 1)), "tied": np.eye(3), "diag": np.ones((2, 3)),
+            "spherical": np.ones(2)}[cov]
+    return dict(weights_init=[0.5, 0.5], means_init=X[[0, 200]], precisions_init=prec)
+
+
+def fit_chunked(chunks, cov, **kw):
+    X = da.from_array(data(), chunks=(tuple(chunks), 3))
+    return GaussianMixture(2, covariance_type=cov, tol=1e-9, max_iter=200, **start(cov),
+                           **kw).fit(X)
+
+
+def sizes_from_cuts(cuts):
+    bounds = [0, *sorted(set(cuts)), N]
+    return [b - a for a, b in zip(bounds[:-1], bounds[1:])]
+
+
+@pytest.fixture(scope="module")
+def reference(client):
+    return {cov: fit_chunked([N], cov) for cov in ("full", "tied", "diag", "spherical")}
+
+
+def assert_close_fit(a, b, rtol=1e-10):
+    assert a.n_iter_ == b.n_iter_
+    assert a.lower_bound_ == pytest.approx(b.lower_bound_, rel=rtol)
+    for attr in ("weights_", "means_", "covariances_"):
+        np.testing.assert_allclose(getattr(a, attr), getattr(b, attr), rtol=rtol, atol=1e-12)
+
+
+@settings(max_examples=8, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(cuts=st.lists(st.integers(1, N - 1), min_size=1, max_size=12),
+       cov=st.sampled_from(["full", "tied", "diag", "spherical"]))
+def test_fit_does_not_depend_on_chunking(client, reference, cuts, cov):
+    """Uneven chunkings give the one-chunk fit to 1e-10 relative."""
+    assert_close_fit(fit_chunked(sizes_from_cuts(cuts), cov), reference[cov])
+
+
+@pytest.mark.parametrize("cov", ["full", "diag"])
+def test_one_row_chunks(client, reference, cov):
+    assert_close_fit(fit_chunked([1] * N, cov), reference[cov])
+
+
+def test_same_bits_on_one_and_three_workers(client):
+    """Same data, chunking and seed: identical bits whatever the number of workers.
+
+    Uses k-means|| initialisation and restarts so every random stream is exercised.
+    """
+    X = da.from_array(data(), chunks=(37, 3))
+    results = []
+    for n_workers in (1, 3):
+        with LocalCluster(n_workers=n_workers, threads_per_worker=1, processes=True,
+                          dashboard_address=":0") as cluster:
+            gm = GaussianMixture(2, init_params="k-means||", n_init=2, random_state=5,
+                                 scheduler=cluster.scheduler_address).fit(X)
+            results.append(gm)
+            close_embedded_cluster()  # drop the cached client before its cluster goes away
+    a, b = results
+    assert a.lower_bounds_per_init_ == b.lower_bounds_per_init_
+    for attr in ("weights_", "means_", "covariances_", "precisions_cholesky_"):
+        assert np.array_equal(getattr(a, attr), getattr(b, attr)), attr
+
+
+class Interrupt(Exception):
+    pass
+
+
+def test_checkpoint_resume_gives_uninterrupted_result(client, tmp_path):
+    X = da.from_array(data(), chunks=(50, 3))
+    kw = dict(n_components=2, init_params="random", n_init=2, random_state=1, tol=1e-6)
+    whole = GaussianMixture(**kw).fit(X)
+    ckpt = tmp_path / "fit.ckpt.npz"
+
+    def stop_in_second_restart(info):
+        if info.restart == 1 and info.iteration == 3:
+            raise Interrupt
+
+    with pytest.raises(Interrupt):
+        GaussianMixture(**kw).fit(X, on_iteration=stop_in_second_restart, checkpoint=ckpt)
+    assert ckpt.exists()
+    seen = []
+    resumed = GaussianMixture(**kw).fit(X, checkpoint=ckpt, on_iteration=seen.append)
+    assert seen[0].restart == 1 and seen[0].iteration == 4, "resumed after the last iteration"
+    assert resumed.lower_bounds_per_init_ == whole.lower_bounds_per_init_
+    for attr in ("weights_", "means_", "covariances_"):
+        assert np.array_equal(getattr(resumed, attr), getattr(whole, attr))
+
+
+def test_checkpoint_of_another_fit_is_refused(client, tmp_path):
+    X = data()
+    ckpt = tmp_path / "fit.ckpt.npz"
+    GaussianMixture(2, random_state=0, max_iter=3, tol=0).fit(X, checkpoint=ckpt)
+    with pytest.raises(ValueError, match="written by a different fit"):
+        GaussianMixture(3, random_state=0).fit(X, checkpoint=ckpt)
+
+
+def test_tampered_checkpoint_is_refused(client, tmp_path):
+    X = data()
+    ckpt = tmp_path / "fit.ckpt.npz"
+    GaussianMixture(2, random_state=0, max_iter=3, tol=0).fit(X, checkpoint=ckpt)
+    raw = bytearray(ckpt.read_bytes())
+    raw[len(raw) // 2] ^= 0xFF
+    ckpt.write_bytes(bytes(raw))
+    with pytest.raises(ValueError, match="checksum|not a readable distgmm file"):
+        GaussianMixture(2, random_state=0, max_iter=3, tol=0).fit(X, checkpoint=ckpt)
