@@ -477,8 +477,9 @@ def _legend_handles(model: GaussianMixtureLike, counts: np.ndarray | None, bound
         handles.append(Line2D([], [], color="0.3", linestyle=style, linewidth=linewidth,
                               label=f"{n_sigma}\u03c3 ellipse"))
     if boundary:
-        handles.append(Line2D([], [], color="black", linestyle="--", linewidth=1.4,
-                              label="boundary (p = 0.5)"))
+        text = ("boundary (p = 0.5)" if len(handles) == 2 + len(_SIGMAS)
+                else "boundary (top two p equal)")
+        handles.append(Line2D([], [], color="black", linestyle="--", linewidth=1.4, label=text))
     return handles
 
 
