@@ -491,7 +491,7 @@ def _score_samples(params: MixtureParams, X: np.ndarray) -> np.ndarray:
 
 
 def _predict(params: MixtureParams, X: np.ndarray) -> np.ndarray:
-    return params.log_responsibilities(X)[1].argmax(axis=1)
+    return params.weighted_log_prob(X).argmax(axis=1)
 
 
 def _predict_proba(params: MixtureParams, X: np.ndarray) -> np.ndarray:

@@ -31,6 +31,7 @@ __all__ = [
     "log_det_cholesky",
     "log_gaussian_prob",
     "log_responsibilities",
+    "normalize_log_prob",
     "nearest_center",
 ]
 
@@ -245,6 +246,11 @@ def log_responsibilities(
     weighted = log_gaussian_prob(X, means, prec_chol, covariance_type)
     with np.errstate(divide="ignore"):
         weighted += np.log(weights)
+    return normalize_log_prob(weighted)
+
+
+def normalize_log_prob(weighted: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Split weighted log-probabilities (n, K) into ``log p(x_i)`` (n,) and ``log p(k | x_i)``."""
     log_prob_norm = logsumexp(weighted, axis=1)
     with np.errstate(invalid="ignore"):
         log_resp = weighted - log_prob_norm[:, None]

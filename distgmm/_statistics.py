@@ -20,11 +20,14 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ._fused import fused_log_prob, fused_statistics, use_fused
 from ._kernels import (
     CollapsedComponentError,
     covariances_from_precision_cholesky,
+    log_gaussian_prob,
     log_responsibilities,
     nearest_center,
+    normalize_log_prob,
     precision_cholesky,
     precisions_from_cholesky,
 )
@@ -34,6 +37,7 @@ __all__ = [
     "SufficientStatistics",
     "DataSummary",
     "chunk_statistics",
+    "chunk_statistics_reference",
     "chunk_statistics_from_resp",
     "chunk_summary",
     "merge_statistics",
@@ -99,9 +103,20 @@ class MixtureParams:
 
     def log_responsibilities(self, X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """``(log p(x_i), log p(k | x_i))`` for a block ``X`` of shape (n, D)."""
+        if use_fused():
+            return normalize_log_prob(self.weighted_log_prob(X))
         return log_responsibilities(
             X, self.weights, self.means, self.precisions_cholesky, self.covariance_type
         )
+
+    def weighted_log_prob(self, X: np.ndarray) -> np.ndarray:
+        """``log w_k + log N(x_i | k)`` for a block ``X``, shape (n, K)."""
+        if use_fused():
+            return fused_log_prob(X, self.weights, self.means, self.precisions_cholesky,
+                                  self.covariance_type)
+        with np.errstate(divide="ignore"):
+            return log_gaussian_prob(X, self.means, self.precisions_cholesky,
+                                     self.covariance_type) + np.log(self.weights)
 
 
 @dataclass(frozen=True)
@@ -208,12 +223,28 @@ def chunk_statistics(
 ) -> SufficientStatistics:
     """One EM pass over a block: E-step, log-likelihood and sufficient statistics together.
 
+    Uses the compiled fused kernel (:mod:`distgmm._fused`) when available, else
+    :func:`chunk_statistics_reference`; the two agree to rounding.
+
     Parameters
     ----------
     X : ndarray of shape (n, D)
     sample_weight : ndarray of shape (n,) or None
     params : MixtureParams
     """
+    if not use_fused():
+        return chunk_statistics_reference(X, sample_weight, params)
+    resp_sum, means, scatter, ll = fused_statistics(
+        X, sample_weight, params.weights, params.means, params.precisions_cholesky,
+        params.covariance_type)
+    weight_sum = float(X.shape[0] if sample_weight is None else np.sum(sample_weight))
+    return SufficientStatistics(resp_sum, means, scatter, ll, weight_sum, X.shape[0])
+
+
+def chunk_statistics_reference(
+    X: np.ndarray, sample_weight: np.ndarray | None, params: MixtureParams
+) -> SufficientStatistics:
+    """NumPy reference of :func:`chunk_statistics` (E-step then statistics from responsibilities)."""
     log_prob_norm, log_resp = params.log_responsibilities(X)
     if sample_weight is None:
         ll = float(log_prob_norm.sum())

@@ -180,3 +180,36 @@ def test_chunk_summary_counts_nonfinite_and_negative():
     s = chunk_summary(X, np.array([1.0, -1, 2, np.nan, 1, 1]))
     assert (s.n_rows, s.n_nonfinite_rows, s.n_negative_weights, s.n_nonfinite_weights) == \
         (6, 2, 1, 1)
+
+
+@settings(max_examples=30, deadline=None)
+@given(n=st.integers(1, 700), D=st.integers(1, 6), K=st.integers(1, 5),
+       cov=st.sampled_from(COV_TYPES), weighted=st.booleans(),
+       dtype=st.sampled_from([np.float32, np.float64]), seed=st.integers(0, 2**16))
+def test_fused_kernel_matches_numpy_reference(n, D, K, cov, weighted, dtype, seed):
+    """The compiled kernel computes what the NumPy reference computes, to rounding."""
+    from distgmm._fused import fused_log_prob, fused_statistics
+    from distgmm._statistics import chunk_statistics_reference
+
+    rng = np.random.default_rng(seed)
+    X = (rng.normal(size=(n, D)) * 3 + 1e3).astype(dtype)
+    w = rng.uniform(0, 2, size=n) * (rng.uniform(size=n) > 0.2) if weighted else None
+    params = MixtureParams.from_covariances(
+        rng.dirichlet(np.ones(K)), rng.normal(size=(K, D)) * 3 + 1e3,
+        random_covariances(rng, cov, K, D), cov)
+    ref = chunk_statistics_reference(X, w, params)
+    resp_sum, means, scatter, ll = fused_statistics(
+        X, w, params.weights, params.means, params.precisions_cholesky, cov)
+    scale = max(ref.resp_sum.max(), 1e-300)
+    np.testing.assert_allclose(resp_sum, ref.resp_sum, rtol=1e-9, atol=1e-12 * scale)
+    live = ref.resp_sum > 1e-8 * scale
+    np.testing.assert_allclose(means[live], ref.means[live], rtol=1e-11)
+    spread = float(np.var(X.astype(np.float64))) + 1.0
+    np.testing.assert_allclose(scatter[live], ref.scatter[live], rtol=1e-7,
+                               atol=1e-9 * scale * spread)
+    assert ll == pytest.approx(ref.log_likelihood, rel=1e-10, abs=1e-8)
+    weighted_lp = log_gaussian_prob(X, params.means, params.precisions_cholesky, cov) + \
+        np.log(params.weights)
+    np.testing.assert_allclose(
+        fused_log_prob(X, params.weights, params.means, params.precisions_cholesky, cov),
+        weighted_lp, rtol=1e-10, atol=1e-9)
