@@ -14,6 +14,8 @@ __version__ = "0.1.0"
 _LAZY = {
     "GaussianMixture": "distgmm._estimator",
     "CollapsedComponentError": "distgmm._kernels",
+    "load_model": "distgmm.store._model",
+    "save_model": "distgmm.store._model",
 }
 
 

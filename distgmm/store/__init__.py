@@ -1,4 +1,4 @@
-"""Zarr point stores: open, create, ingest, append, generate, inspect, label state."""
+"""Zarr point stores: open, create, ingest, append, generate, inspect, label state, model files."""
 
 from distgmm.store._generate import PRESETS, GenerateReport, generate, mixture_parameters
 from distgmm.store._info import feature_stats, store_info
@@ -12,6 +12,7 @@ from distgmm.store._labels import (
     record_chunks_done,
 )
 from distgmm.store._location import StoreLocation
+from distgmm.store._model import ModelFile, load_model, read_model, save_model
 from distgmm.store._points import (
     DEFAULT_CHUNK_BYTES,
     SCHEMA_VERSION,
@@ -30,6 +31,7 @@ __all__ = [
     "GenerateReport",
     "IngestReport",
     "LabelState",
+    "ModelFile",
     "PointStore",
     "StoreLocation",
     "append",
@@ -39,9 +41,12 @@ __all__ = [
     "ingest",
     "label_names",
     "label_state",
+    "load_model",
     "mixture_parameters",
     "open_points",
     "prepare_labels",
+    "read_model",
     "record_chunks_done",
+    "save_model",
     "store_info",
 ]

@@ -149,23 +149,25 @@ def _save(array: zarr.Array, n_rows: int, record: dict[str, Any]) -> None:
 
 
 def prepare_labels(store: str | StoreLocation | zarr.Group, name: str, model_fingerprint: str,
-                   n_components: int | None = None) -> LabelState:
+                   n_components: int | None = None, *, reset: bool = False,
+                   extra: dict[str, Any] | None = None) -> LabelState:
     """Create or extend ``labels/<name>`` for a model and return what is left to do.
 
     A new array, or one written by another model, starts with nothing done. An existing
     array for the same model is resized to the current row count, keeping the record of
-    chunks that were complete (the grown partial chunk is dropped from it).
+    chunks that were complete (the grown partial chunk is dropped from it) unless ``reset``.
+    ``extra`` adds JSON keys to the record (e.g. the label job's ``"proba"`` flag).
     """
     group = _group(store, mode="r+")
     points = group["points"]
     n_rows, chunk_rows = points.shape[0], points.chunks[0]
     path = f"labels/{name}"
     record = {"schema_version": LABELS_SCHEMA_VERSION, "model_fingerprint": model_fingerprint,
-              "n_components": n_components, "chunks_done": []}
+              "n_components": n_components, "chunks_done": [], **(extra or {})}
     if path in group:
         labels = group[path]
         old = _state_from(name, labels, n_rows, chunk_rows)
-        if old.model_fingerprint == model_fingerprint:
+        if old.model_fingerprint == model_fingerprint and not reset:
             record["chunks_done"] = old.chunks_done
     else:
         labels = group.require_group("labels").create_array(

@@ -1,0 +1,244 @@
+"""Model files: a fitted mixture as a versioned, checksummed ``.npz`` (no pickle) and its fingerprint.
+
+Format (``kind = "distgmm-model"``, ``format_version = 1``), written with
+:func:`distgmm._serialize.save_arrays` (atomic rename, SHA-256 over arrays and metadata)::
+
+    arrays   weights (K,), means (K, D), covariances, precisions_cholesky   (float64)
+             covariances / precisions_cholesky: (K, D, D) full, (D, D) tied,
+             (K, D) diag, (K,) spherical
+    meta     {"kind", "format_version", "distgmm_version", "covariance_type",
+              "n_components", "n_features",
+              "estimator": {"tol", "reg_covar", "max_iter", "n_init", "init_params",
+                            "random_state"},
+              "fit": {"converged", "n_iter", "lower_bound", "lower_bounds",
+                      "lower_bounds_per_init"},
+              "provenance": {...free-form JSON: store, rows, alignment...}}
+
+The file's SHA-256 digest is the model **fingerprint** recorded by label jobs. Nothing time-
+or host-dependent is stored, so the same fit (including one resumed from a checkpoint) gives
+the same bytes and the same fingerprint. Loading checks the kind, the version, the array set,
+every shape against ``covariance_type``/K/D, finiteness, the weights, and that the precision
+factors are those of the covariances; anything else is refused with a one-line message.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from distgmm._serialize import CorruptFileError, load_arrays, save_arrays
+from distgmm.errors import DistgmmInputError
+
+__all__ = ["MODEL_KIND", "MODEL_FORMAT_VERSION", "ModelFile", "save_model", "load_model",
+           "read_model"]
+
+logger = logging.getLogger(__name__)
+
+MODEL_KIND = "distgmm-model"
+MODEL_FORMAT_VERSION = 1
+_ARRAYS = ("weights", "means", "covariances", "precisions_cholesky")
+_ESTIMATOR_KEYS = ("tol", "reg_covar", "max_iter", "n_init", "init_params", "random_state")
+_META_KEYS = {"kind", "format_version", "distgmm_version", "covariance_type", "n_components",
+              "n_features", "estimator", "fit", "provenance"}
+
+
+@dataclass(frozen=True)
+class ModelFile:
+    """A loaded model file.
+
+    Attributes
+    ----------
+    model : distgmm.GaussianMixture
+        The fitted estimator.
+    fingerprint : str
+        SHA-256 digest of the file's content (what label state records).
+    path : str
+    provenance : dict
+        Free-form JSON the writer recorded (store, rows, alignment, ...).
+    """
+
+    model: Any
+    fingerprint: str
+    path: str
+    provenance: dict[str, Any] = field(default_factory=dict)
+
+
+def _cov_shape(covariance_type: str, k: int, d: int) -> tuple[int, ...]:
+    return {"full": (k, d, d), "tied": (d, d), "diag": (k, d), "spherical": (k,)}[covariance_type]
+
+
+def _plain(value: Any) -> Any:
+    """``random_state`` as JSON: an int or None (a RandomState/Generator is not reproducible)."""
+    if isinstance(value, (int, np.integer)) and not isinstance(value, bool):
+        return int(value)
+    return None
+
+
+def save_model(model: Any, path: str | os.PathLike, *,
+               provenance: dict[str, Any] | None = None) -> str:
+    """Write a fitted :class:`distgmm.GaussianMixture` to ``path`` atomically.
+
+    Parameters
+    ----------
+    model : distgmm.GaussianMixture
+        Fitted (``means_`` etc. set).
+    path : path-like
+        Destination ``.npz`` file; replaced atomically if it exists.
+    provenance : dict, optional
+        JSON-serialisable facts stored with the model (part of the fingerprint).
+
+    Returns
+    -------
+    str
+        The fingerprint (SHA-256 digest) of the written file.
+    """
+    from distgmm import __version__
+    from sklearn.utils.validation import check_is_fitted
+
+    check_is_fitted(model, "precisions_cholesky_")
+    arrays = {name: np.asarray(getattr(model, f"{name}_"), dtype=np.float64) for name in _ARRAYS}
+    k, d = arrays["means"].shape
+    meta = {
+        "kind": MODEL_KIND,
+        "format_version": MODEL_FORMAT_VERSION,
+        "distgmm_version": __version__,
+        "covariance_type": model.covariance_type,
+        "n_components": int(k),
+        "n_features": int(d),
+        "estimator": {key: (_plain(model.random_state) if key == "random_state"
+                            else getattr(model, key)) for key in _ESTIMATOR_KEYS},
+        "fit": {
+            "converged": bool(getattr(model, "converged_", False)),
+            "n_iter": int(getattr(model, "n_iter_", 0)),
+            "lower_bound": float(getattr(model, "lower_bound_", math.nan)),
+            "lower_bounds": [float(v) for v in getattr(model, "lower_bounds_", [])],
+            "lower_bounds_per_init": [[float(v) for v in h]
+                                      for h in getattr(model, "lower_bounds_per_init_", [])],
+        },
+        "provenance": dict(provenance or {}),
+    }
+    digest = save_arrays(path, arrays, meta)
+    logger.info("wrote model %s (K=%d, D=%d, %s), fingerprint %s", os.fspath(path), k, d,
+                model.covariance_type, digest[:12])
+    return digest
+
+
+def _refuse(path: str, problem: str) -> DistgmmInputError:
+    return DistgmmInputError(f"model file {path} {problem}; write it again with `distgmm fit` "
+                             "or distgmm.save_model.")
+
+
+def _check_meta(path: str, meta: dict) -> tuple[str, int, int]:
+    if not isinstance(meta, dict) or meta.get("kind") != MODEL_KIND:
+        raise DistgmmInputError(
+            f"{path} is not a distgmm model file (kind {meta.get('kind')!r} instead of "
+            f"{MODEL_KIND!r}); pass a file written by `distgmm fit` or `distgmm select`.")
+    version = meta.get("format_version")
+    if not isinstance(version, int) or version > MODEL_FORMAT_VERSION:
+        raise DistgmmInputError(
+            f"model file {path} has format version {version!r}, but this distgmm reads "
+            f"version {MODEL_FORMAT_VERSION}; upgrade distgmm or refit the model.")
+    if version != MODEL_FORMAT_VERSION:
+        raise _refuse(path, f"has unsupported format version {version!r}")
+    missing = sorted(_META_KEYS - set(meta))
+    extra = sorted(set(meta) - _META_KEYS)
+    if missing or extra:
+        raise _refuse(path, f"has metadata keys missing {missing} / unexpected {extra}")
+    from distgmm._kernels import COVARIANCE_TYPES
+
+    cov = meta["covariance_type"]
+    if cov not in COVARIANCE_TYPES:
+        raise _refuse(path, f"has covariance type {cov!r}, not one of {', '.join(COVARIANCE_TYPES)}")
+    k, d = meta["n_components"], meta["n_features"]
+    if not (isinstance(k, int) and isinstance(d, int) and k >= 1 and d >= 1):
+        raise _refuse(path, f"has invalid n_components={k!r} / n_features={d!r}")
+    estimator, fit = meta["estimator"], meta["fit"]
+    if not isinstance(estimator, dict) or set(estimator) != set(_ESTIMATOR_KEYS):
+        raise _refuse(path, "has invalid estimator settings")
+    if not isinstance(fit, dict) or not {"converged", "n_iter", "lower_bound"} <= set(fit):
+        raise _refuse(path, "has an invalid fit record")
+    if not isinstance(meta["provenance"], dict):
+        raise _refuse(path, "has invalid provenance")
+    return cov, k, d
+
+
+def _check_arrays(path: str, arrays: dict[str, np.ndarray], cov: str, k: int, d: int) -> None:
+    if set(arrays) != set(_ARRAYS):
+        raise _refuse(path, f"holds arrays {sorted(arrays)} instead of {sorted(_ARRAYS)}")
+    expected = {"weights": (k,), "means": (k, d), "covariances": _cov_shape(cov, k, d),
+                "precisions_cholesky": _cov_shape(cov, k, d)}
+    for name, shape in expected.items():
+        a = arrays[name]
+        if a.shape != shape or a.dtype != np.float64:
+            raise _refuse(path, f"has {name} of shape {a.shape} and dtype {a.dtype}, expected "
+                          f"{shape} float64 for {k} {cov} components in {d} features")
+        if not np.all(np.isfinite(a)):
+            raise _refuse(path, f"has non-finite values in {name}")
+    w = arrays["weights"]
+    if (w < 0).any() or not abs(w.sum() - 1.0) < 1e-6:
+        raise _refuse(path, f"has mixture weights that are not a distribution (sum {w.sum():.9g})")
+    from distgmm._kernels import precision_cholesky
+
+    try:
+        expected_chol = precision_cholesky(arrays["covariances"], cov)
+    except ValueError:
+        raise _refuse(path, "has a covariance that is not positive definite") from None
+    if not np.allclose(expected_chol, arrays["precisions_cholesky"], rtol=1e-6, atol=1e-12):
+        raise _refuse(path, "has precision factors that do not match its covariances")
+
+
+def read_model(path: str | os.PathLike) -> ModelFile:
+    """Load and validate a model file; return the estimator with its fingerprint.
+
+    Raises
+    ------
+    DistgmmInputError
+        Missing file, not a distgmm model, unknown version, or inconsistent content.
+    distgmm._serialize.CorruptFileError
+        Truncated, damaged or edited file (checksum mismatch).
+    """
+    from distgmm._estimator import GaussianMixture
+    from distgmm._kernels import precisions_from_cholesky
+
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise DistgmmInputError(f"model file {path} does not exist; check the path or fit one "
+                                "with `distgmm fit`.")
+    try:
+        arrays, meta, digest = load_arrays(path)
+    except CorruptFileError as exc:
+        raise CorruptFileError(f"model {exc}") from None
+    cov, k, d = _check_meta(path, meta)
+    _check_arrays(path, arrays, cov, k, d)
+    est = meta["estimator"]
+    model = GaussianMixture(
+        n_components=k, covariance_type=cov, tol=est["tol"], reg_covar=est["reg_covar"],
+        max_iter=est["max_iter"], n_init=est["n_init"], init_params=est["init_params"],
+        random_state=est["random_state"])
+    for name in _ARRAYS:
+        setattr(model, f"{name}_", arrays[name])
+    model.precisions_ = precisions_from_cholesky(arrays["precisions_cholesky"], cov)
+    fit = meta["fit"]
+    model.converged_ = bool(fit["converged"])
+    model.n_iter_ = int(fit["n_iter"])
+    model.lower_bound_ = float(fit["lower_bound"])
+    model.lower_bounds_ = list(fit.get("lower_bounds", []))
+    model.lower_bounds_per_init_ = [list(h) for h in fit.get("lower_bounds_per_init", [])]
+    model.n_features_in_ = d
+    return ModelFile(model=model, fingerprint=digest, path=path,
+                     provenance=dict(meta["provenance"]))
+
+
+def load_model(path: str | os.PathLike) -> Any:
+    """Load a model file written by :func:`save_model` as a fitted ``GaussianMixture``.
+
+    Never unpickles: the file is NumPy arrays plus JSON, checked against its SHA-256 and
+    validated (version, shapes, covariance type) before use. Use :func:`read_model` to also
+    get the fingerprint.
+    """
+    return read_model(path).model
