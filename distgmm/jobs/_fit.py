@@ -1,0 +1,213 @@
+"""The fit job: fit a mixture on a point store, checkpointing every iteration, and write the model file.
+
+Checkpoints: with ``checkpoint_dir``, the engine writes ``<dir>/<model-name>.ckpt.npz``
+atomically after every completed iteration. An existing checkpoint is only used with
+``resume=True`` (without it the fit refuses to start, so an old run is never clobbered or
+silently continued); ``resume=True`` with no checkpoint yet starts from scratch, so a
+scheduled job can always pass it. A resumed fit ends with exactly the model file an
+uninterrupted fit writes (same bytes, same fingerprint). The checkpoint is deleted once the
+model file is written.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+import warnings
+from dataclasses import asdict, dataclass, field
+from typing import Any, Callable
+
+from sklearn.exceptions import ConvergenceWarning
+
+from distgmm.errors import DistgmmInputError
+from distgmm.jobs._align import alignment_permutation, permute_components
+from distgmm.jobs._common import pause_for_tests, resolve_client
+from distgmm.store import open_points, read_model, save_model
+
+__all__ = ["FitReport", "fit_store", "checkpoint_path", "fit_points", "PAUSE_ENV"]
+
+logger = logging.getLogger(__name__)
+
+#: Test hook: after this many EM iterations (checkpoint written), sleep so a test can kill us.
+PAUSE_ENV = "DISTGMM_TEST_PAUSE_AFTER_ITERATIONS"
+
+
+@dataclass(frozen=True)
+class FitReport:
+    """What :func:`fit_store` did (JSON-ready through :meth:`to_dict`)."""
+
+    model: str
+    store: str
+    fingerprint: str
+    n_rows: int
+    n_features: int
+    n_components: int
+    covariance_type: str
+    n_iter: int
+    converged: bool
+    lower_bound: float
+    n_init: int
+    seed: int | None
+    weighted: bool
+    checkpoint: str | None
+    resumed: bool
+    aligned_to: str | None
+    permutation: list[int] | None
+    fit_seconds: float
+    seconds: float
+    lower_bounds: list[float] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready dictionary."""
+        return asdict(self)
+
+
+def checkpoint_path(checkpoint_dir: str | os.PathLike, model_path: str | os.PathLike) -> str:
+    """``<checkpoint_dir>/<model file name without extension>.ckpt.npz``."""
+    stem = os.path.splitext(os.path.basename(os.fspath(model_path)))[0]
+    return os.path.join(os.fspath(checkpoint_dir), f"{stem}.ckpt.npz")
+
+
+def fit_points(points: Any, *, n_components: int, covariance_type: str = "full",
+               tol: float = 1e-3, max_iter: int = 100, n_init: int = 1,
+               init_params: str = "kmeans", reg_covar: float = 1e-6, seed: int | None = None,
+               sample_weight: Any = None, checkpoint: str | None = None, client: Any = None,
+               on_iteration: Callable | None = None) -> Any:
+    """Fit a ``GaussianMixture`` on the current cluster; convergence warnings go to the log."""
+    from distgmm._estimator import GaussianMixture
+
+    model = GaussianMixture(n_components, covariance_type=covariance_type, tol=tol,
+                            reg_covar=reg_covar, max_iter=max_iter, n_init=n_init,
+                            init_params=init_params, random_state=seed)
+    iterations = 0
+
+    def report(info):
+        nonlocal iterations
+        iterations += 1
+        if on_iteration is not None:
+            on_iteration(info)
+        pause_for_tests(PAUSE_ENV, iterations, "EM iterations")
+
+    with resolve_client(client).as_current(), warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", ConvergenceWarning)
+        model.fit(points, sample_weight=sample_weight, on_iteration=report,
+                  checkpoint=checkpoint)
+    for w in caught:
+        if issubclass(w.category, ConvergenceWarning):
+            logger.warning("%s (K=%d, %s)", w.message, n_components, covariance_type)
+    return model
+
+
+def fit_store(
+    store: str,
+    model_path: str | os.PathLike,
+    *,
+    n_components: int,
+    covariance_type: str = "full",
+    tol: float = 1e-3,
+    max_iter: int = 100,
+    n_init: int = 1,
+    init_params: str = "kmeans",
+    reg_covar: float = 1e-6,
+    seed: int | None = None,
+    weights: bool = False,
+    checkpoint_dir: str | os.PathLike | None = None,
+    resume: bool = False,
+    align_to: str | os.PathLike | None = None,
+    overwrite: bool = False,
+    client: Any = None,
+    storage_options: dict[str, Any] | None = None,
+    on_iteration: Callable | None = None,
+) -> FitReport:
+    """Fit a Gaussian mixture to a point store and write the model file.
+
+    Parameters
+    ----------
+    store : str
+        Point store path or URL.
+    model_path : path
+        Model file to write (``.npz``); refused if it exists unless ``overwrite``.
+    n_components, covariance_type, tol, max_iter, n_init, init_params, reg_covar
+        As for :class:`distgmm.GaussianMixture`.
+    seed : int, optional
+        ``random_state``.
+    weights : bool
+        Use the store's ``weights`` array as ``sample_weight``.
+    checkpoint_dir : path, optional
+        Directory for the per-iteration checkpoint (see the module docstring).
+    resume : bool
+        Continue from the checkpoint if there is one.
+    align_to : path, optional
+        Reference model file: renumber the new components to match its ids.
+    overwrite : bool
+        Replace an existing model file.
+    client : distributed.Client, optional
+    storage_options : dict, optional
+    on_iteration : callable, optional
+        Called with every :class:`distgmm._engine.IterationInfo`.
+
+    Returns
+    -------
+    FitReport
+    """
+    t0 = time.perf_counter()
+    model_path = os.fspath(model_path)
+    if os.path.exists(model_path) and not overwrite:
+        raise DistgmmInputError(f"model file {model_path} already exists; pass --overwrite to "
+                                "replace it, or choose another --model path.")
+    if resume and checkpoint_dir is None:
+        raise DistgmmInputError("--resume needs --checkpoint DIR (where the checkpoint is).")
+    points = open_points(store, storage_options)
+    reference = None
+    if align_to is not None:
+        reference = read_model(align_to)
+        if reference.model.n_features_in_ != points.n_features:
+            raise DistgmmInputError(
+                f"--align-to model {reference.path} has {reference.model.n_features_in_} "
+                f"features but store {store} has {points.n_features}; align to a model "
+                "fitted on this kind of data.")
+    sample_weight = None
+    if weights:
+        if points.weights is None:
+            raise DistgmmInputError(f"store {store} has no 'weights' array; drop --weights or "
+                                    "ingest a store with weights.")
+        sample_weight = points.weights
+    checkpoint = None
+    resumed = False
+    if checkpoint_dir is not None:
+        checkpoint = checkpoint_path(checkpoint_dir, model_path)
+        if os.path.exists(checkpoint):
+            if not resume:
+                raise DistgmmInputError(
+                    f"checkpoint {checkpoint} exists from an earlier run; pass --resume to "
+                    "continue it, or delete it to start over.")
+            resumed = True
+            logger.info("resuming from checkpoint %s", checkpoint)
+        elif resume:
+            logger.info("no checkpoint at %s yet: starting from scratch", checkpoint)
+        os.makedirs(os.fspath(checkpoint_dir), exist_ok=True)
+    model = fit_points(points.points, n_components=n_components,
+                       covariance_type=covariance_type, tol=tol, max_iter=max_iter,
+                       n_init=n_init, init_params=init_params, reg_covar=reg_covar, seed=seed,
+                       sample_weight=sample_weight, checkpoint=checkpoint, client=client,
+                       on_iteration=on_iteration)
+    permutation = None
+    if reference is not None:
+        permutation = [int(p) for p in alignment_permutation(model, reference.model)]
+        permute_components(model, permutation)
+    provenance = {"store": store, "n_rows": points.n_rows, "weighted": weights, "seed": seed,
+                  "aligned_to": reference.fingerprint if reference else None,
+                  "permutation": permutation}
+    fingerprint = save_model(model, model_path, provenance=provenance)
+    if checkpoint is not None and os.path.exists(checkpoint):
+        os.unlink(checkpoint)
+    return FitReport(
+        model=model_path, store=store, fingerprint=fingerprint, n_rows=points.n_rows,
+        n_features=points.n_features, n_components=n_components,
+        covariance_type=covariance_type, n_iter=int(model.n_iter_),
+        converged=bool(model.converged_), lower_bound=float(model.lower_bound_), n_init=n_init,
+        seed=seed, weighted=weights, checkpoint=checkpoint, resumed=resumed,
+        aligned_to=reference.path if reference else None, permutation=permutation,
+        fit_seconds=float(getattr(model, "fit_seconds_", 0.0)), seconds=time.perf_counter() - t0,
+        lower_bounds=[float(v) for v in model.lower_bounds_])

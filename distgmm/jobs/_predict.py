@@ -1,0 +1,87 @@
+"""Predict for a small file without a store: read text/CSV/npy rows, label them in this process."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from distgmm.errors import DistgmmInputError
+from distgmm.jobs._label import label_block, model_params
+from distgmm.store import ModelFile, read_model
+from distgmm.store._sources import open_source
+
+__all__ = ["Prediction", "predict_file", "write_prediction"]
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """Labels (N,) int32 and, if asked, probabilities (N, K) float32 of a file's rows."""
+
+    file: str
+    model: str
+    fingerprint: str
+    labels: np.ndarray
+    proba: np.ndarray | None
+
+    @property
+    def n_rows(self) -> int:
+        """Rows read from the file."""
+        return int(self.labels.shape[0])
+
+
+def predict_file(model: str | os.PathLike | ModelFile, path: str, *, proba: bool = False,
+                 format: str | None = None, columns: str | None = None,
+                 header: bool | None = None) -> Prediction:
+    """Label every row of a text, CSV or ``.npy`` file with a model file.
+
+    The file is read block by block (the same readers as ``ingest``), so errors name the
+    line and column; the feature count must match the model's.
+    """
+    loaded = model if isinstance(model, ModelFile) else read_model(model)
+    source = open_source(path, format=format, columns=columns, header=header)
+    d = loaded.model.n_features_in_
+    if source.n_features != d:
+        raise DistgmmInputError(
+            f"{path} has {source.n_features} columns but model {loaded.path} was fitted on {d} "
+            "features; select the right columns with --columns.")
+    params = model_params(loaded.model)
+    labels, probs = [], []
+    for block in source.blocks():
+        lab, pro = label_block(params, block, proba)
+        labels.append(lab)
+        if proba:
+            probs.append(pro)
+    k = params.n_components
+    all_labels = np.concatenate(labels) if labels else np.empty(0, np.int32)
+    all_proba = (np.concatenate(probs) if probs else np.empty((0, k), np.float32)) \
+        if proba else None
+    return Prediction(file=path, model=loaded.path, fingerprint=loaded.fingerprint,
+                      labels=all_labels, proba=all_proba)
+
+
+def write_prediction(prediction: Prediction, out: str) -> str:
+    """Write probabilities (if computed) else labels to ``out`` atomically.
+
+    ``.npy``: the array itself. Anything else: text, one row per line (labels as integers,
+    probabilities as ``%.6g`` separated by spaces).
+    """
+    data: Any = prediction.proba if prediction.proba is not None else prediction.labels
+    directory = os.path.dirname(os.path.abspath(out))
+    os.makedirs(directory, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=directory)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            if out.lower().endswith(".npy"):
+                np.save(f, data)
+            else:
+                np.savetxt(f, data, fmt="%d" if data.ndim == 1 else "%.6g")
+        os.replace(tmp, out)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return out

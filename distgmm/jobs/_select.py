@@ -1,0 +1,168 @@
+"""The select job: fit every candidate (K, covariance type), tabulate BIC/AIC, keep the best model."""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any, Callable
+
+from distgmm._kernels import CollapsedComponentError
+from distgmm.errors import DistgmmInputError
+from distgmm.jobs._common import parse_components, parse_covariance_types, resolve_client
+from distgmm.jobs._fit import fit_points
+from distgmm.store import open_points, save_model
+
+__all__ = ["SelectReport", "select_store", "selection_plot_path", "CRITERIA"]
+
+logger = logging.getLogger(__name__)
+
+CRITERIA = ("bic", "aic")
+
+
+@dataclass(frozen=True)
+class SelectReport:
+    """What :func:`select_store` did (JSON-ready through :meth:`to_dict`).
+
+    ``records`` has one dict per candidate: ``n_components``, ``covariance_type``, ``bic``,
+    ``aic`` (``None`` if the fit failed), ``n_iter``, ``converged``, ``lower_bound``,
+    ``seconds`` and ``error`` (the reason a fit failed, else ``None``).
+    """
+
+    store: str
+    model: str
+    fingerprint: str
+    criterion: str
+    n_components: int
+    covariance_type: str
+    n_iter: int
+    converged: bool
+    lower_bound: float
+    plot: str | None
+    seconds: float
+    records: list[dict[str, Any]] = field(default_factory=list)
+    lower_bounds: list[float] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready dictionary."""
+        return asdict(self)
+
+
+def selection_plot_path(model_path: str) -> str:
+    """``<model without extension>.selection.png``, next to the model file."""
+    return os.path.splitext(os.fspath(model_path))[0] + ".selection.png"
+
+
+def select_store(
+    store: str,
+    model_path: str | os.PathLike,
+    *,
+    components: str | int | list[int] = "1..12",
+    covariance_types: str | list[str] = "full",
+    criterion: str = "bic",
+    tol: float = 1e-3,
+    max_iter: int = 100,
+    n_init: int = 1,
+    init_params: str = "kmeans",
+    reg_covar: float = 1e-6,
+    seed: int | None = None,
+    overwrite: bool = False,
+    plot: bool = True,
+    client: Any = None,
+    storage_options: dict[str, Any] | None = None,
+    on_candidate: Callable[[dict[str, Any]], None] | None = None,
+) -> SelectReport:
+    """Fit each candidate on the store, pick the lowest ``criterion``, write it and the curve.
+
+    Parameters
+    ----------
+    store : str
+    model_path : path
+        Where the chosen model is written (refused if it exists unless ``overwrite``); the
+        selection curve goes to :func:`selection_plot_path` when ``plot``.
+    components : str, int or list of int
+        Candidate K values: ``"1..12"``, ``"2,4,8"``, ``3`` or a list.
+    covariance_types : str or list of str
+        ``"full,diag"`` or a list.
+    criterion : {"bic", "aic"}
+    tol, max_iter, n_init, init_params, reg_covar, seed
+        Passed to every candidate fit (same seed for each).
+    on_candidate : callable, optional
+        Called with each candidate's record as soon as it is fitted.
+
+    Returns
+    -------
+    SelectReport
+    """
+    t0 = time.perf_counter()
+    model_path = os.fspath(model_path)
+    ks = parse_components(components)
+    kinds = parse_covariance_types(covariance_types)
+    if criterion not in CRITERIA:
+        raise DistgmmInputError(f"--criterion {criterion!r} is not one of {', '.join(CRITERIA)}.")
+    if os.path.exists(model_path) and not overwrite:
+        raise DistgmmInputError(f"model file {model_path} already exists; pass --overwrite to "
+                                "replace it, or choose another --model path.")
+    points = open_points(store, storage_options)
+    if ks[0] > points.n_rows:
+        raise DistgmmInputError(f"--components {components!r}: the store {store} has only "
+                                f"{points.n_rows} rows; choose fewer components.")
+    client = resolve_client(client)
+    records: list[dict[str, Any]] = []
+    best: tuple[float, Any] | None = None
+    for kind in kinds:
+        for k in ks:
+            start = time.perf_counter()
+            record: dict[str, Any] = {"n_components": k, "covariance_type": kind, "bic": None,
+                                      "aic": None, "n_iter": None, "converged": None,
+                                      "lower_bound": None, "seconds": None, "error": None}
+            if k > points.n_rows:
+                record["error"] = f"more components than the {points.n_rows} rows"
+            else:
+                try:
+                    model = fit_points(points.points, n_components=k, covariance_type=kind,
+                                       tol=tol, max_iter=max_iter, n_init=n_init,
+                                       init_params=init_params, reg_covar=reg_covar, seed=seed,
+                                       client=client)
+                    with client.as_current():
+                        record.update(bic=model.bic(points.points),
+                                      aic=model.aic(points.points))
+                    record.update(n_iter=int(model.n_iter_), converged=bool(model.converged_),
+                                  lower_bound=float(model.lower_bound_))
+                    value = record[criterion]
+                    if math.isfinite(value) and (best is None or value < best[0]):
+                        best = (value, model)
+                except CollapsedComponentError as exc:
+                    record["error"] = str(exc)
+                    logger.warning("K=%d %s failed: %s", k, kind, exc)
+            record["seconds"] = time.perf_counter() - start
+            records.append(record)
+            if on_candidate is not None:
+                on_candidate(record)
+    if best is None:
+        raise DistgmmInputError(
+            f"no candidate could be fitted on {store} ({records[-1]['error']}); try fewer "
+            "components or a larger --reg-covar.")
+    model = best[1]
+    provenance = {"store": store, "n_rows": points.n_rows, "seed": seed,
+                  "selected_by": criterion,
+                  "candidates": [{k: r[k] for k in ("n_components", "covariance_type", "bic",
+                                                    "aic")} for r in records]}
+    fingerprint = save_model(model, model_path, provenance=provenance)
+    plot_path = None
+    if plot:
+        from distgmm.plotting import plot_selection, save_figure
+
+        curve = [{k: r[k] for k in ("n_components", "covariance_type", "bic", "aic")}
+                 for r in records]
+        fig = plot_selection(curve, chosen=(model.n_components, model.covariance_type))
+        plot_path = save_figure(fig, selection_plot_path(model_path))
+    return SelectReport(
+        store=store, model=model_path, fingerprint=fingerprint, criterion=criterion,
+        n_components=int(model.n_components), covariance_type=model.covariance_type,
+        n_iter=int(model.n_iter_), converged=bool(model.converged_),
+        lower_bound=float(model.lower_bound_), plot=plot_path,
+        seconds=time.perf_counter() - t0, records=records,
+        lower_bounds=[float(v) for v in model.lower_bounds_])

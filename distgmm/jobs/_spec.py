@@ -1,0 +1,328 @@
+"""Job files: a TOML list of ingest / generate / fit / label / select steps, validated strictly, then run.
+
+Schema (every key is checked; anything unknown is an error naming the allowed keys)::
+
+    [job]                       # optional
+    description = "text"
+
+    [vars]                      # optional: text substituted for ${name} in step values
+    work = "out"
+
+    [[step]]                    # one table per step, run in order
+    run = "ingest"              # generate | ingest | fit | label | select
+    source = "${work}/batch.txt"
+    store = "${work}/points.zarr"
+    append = true
+
+Step keys are the command's options with ``_`` for ``-`` (``covariance_type``, ``max_iter``,
+``align_to``...), see :data:`STEP_KEYS`. Rules:
+
+* ``${name}`` is replaced in string values by the variable's value. A variable is set in
+  ``[vars]``, overridden by the environment variable ``DISTGMM_VAR_<name>``, overridden by
+  ``--set name=value``; only declared variables can be set, and an undefined reference is an
+  error. A numeric or boolean key may be given as exactly ``"${name}"`` (then parsed).
+* Relative paths (``source``, ``store``, ``model``, ``checkpoint``, ``align_to``) are resolved
+  against the directory of the job file, after substitution; URLs and absolute paths are
+  used as they are.
+* A job file is data: there is no step that runs a command or Python code.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import time
+import tomllib
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from distgmm.errors import DistgmmInputError
+
+__all__ = ["STEP_KEYS", "JobStep", "Job", "JobHooks", "load_job", "run_job", "parse_sets"]
+
+_STR, _INT, _FLOAT, _BOOL, _PATH = "string", "integer", "number", "boolean", "path"
+_RANGE = "component range (\"1..12\", \"2,4,8\", an integer or a list of integers)"
+_KINDS = "string or list of strings"
+
+_FIT_OPTIONS = {"covariance_type": _STR, "tol": _FLOAT, "max_iter": _INT, "n_init": _INT,
+                "init": _STR, "reg_covar": _FLOAT, "seed": _INT, "overwrite": _BOOL}
+
+#: Allowed keys of each step kind and their types (``run`` is the kind itself).
+STEP_KEYS: dict[str, dict[str, str]] = {
+    "generate": {"store": _PATH, "preset": _STR, "points": _INT, "features": _INT,
+                 "components": _INT, "seed": _INT, "dtype": _STR, "chunk_rows": _INT,
+                 "overwrite": _BOOL},
+    "ingest": {"source": _PATH, "store": _PATH, "format": _STR, "columns": _STR,
+               "header": _BOOL, "dtype": _STR, "chunk_rows": _INT, "append": _BOOL,
+               "overwrite": _BOOL, "drop_nonfinite": _BOOL},
+    "fit": {"store": _PATH, "model": _PATH, "components": _INT, **_FIT_OPTIONS,
+            "weights": _BOOL, "checkpoint": _PATH, "resume": _BOOL, "align_to": _PATH},
+    "label": {"model": _PATH, "store": _PATH, "name": _STR, "proba": _BOOL, "replace": _BOOL},
+    "select": {"store": _PATH, "model": _PATH, "components": _RANGE, **_FIT_OPTIONS,
+               "covariance_type": _KINDS, "criterion": _STR, "plot": _BOOL},
+}
+_REQUIRED = {"generate": ("store",), "ingest": ("source", "store"),
+             "fit": ("store", "model", "components"), "label": ("model", "store"),
+             "select": ("store", "model")}
+_TOP = ("job", "vars", "step")
+_JOB_KEYS = ("description",)
+_VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+_VAR_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+ENV_PREFIX = "DISTGMM_VAR_"
+
+
+@dataclass(frozen=True)
+class JobStep:
+    """One validated step: its kind, 1-based position and resolved options."""
+
+    index: int
+    kind: str
+    options: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Job:
+    """A validated job file."""
+
+    path: str
+    description: str
+    variables: dict[str, str]
+    steps: list[JobStep]
+
+
+@dataclass
+class JobHooks:
+    """Callbacks a runner (the CLI) passes to :func:`run_job` to show progress."""
+
+    step_started: Callable[[JobStep], None] | None = None
+    step_finished: Callable[[JobStep, Any], None] | None = None
+    on_iteration: Callable[[Any], None] | None = None
+    on_label_progress: Callable[[int, int], None] | None = None
+    on_candidate: Callable[[dict[str, Any]], None] | None = None
+
+
+def parse_sets(pairs: list[str] | None) -> dict[str, str]:
+    """``["name=value", ...]`` -> dict; a pair without ``=`` is an error."""
+    out: dict[str, str] = {}
+    for pair in pairs or []:
+        key, sep, value = pair.partition("=")
+        if not sep or not _VAR_NAME.match(key):
+            raise DistgmmInputError(f"--set {pair!r} is not NAME=VALUE; write e.g. "
+                                    "--set work=/tmp/out.")
+        out[key] = value
+    return out
+
+
+def _type_name(value: Any) -> str:
+    return {str: _STR, int: _INT, float: _FLOAT, bool: _BOOL, list: "list",
+            dict: "table"}.get(type(value), type(value).__name__)
+
+
+class _Resolver:
+    def __init__(self, path: str, variables: dict[str, str]):
+        self.path = path
+        self.base = os.path.dirname(os.path.abspath(path))
+        self.variables = variables
+
+    def where(self, step: int, kind: str, key: str) -> str:
+        return f"{self.path}: step {step} ({kind}), key {key!r}"
+
+    def text(self, value: str, where: str) -> str:
+        def substitute(match: re.Match) -> str:
+            name = match.group(1)
+            if name not in self.variables:
+                known = ", ".join(sorted(self.variables)) or "none"
+                raise DistgmmInputError(f"{where}: undefined variable ${{{name}}}; declare it "
+                                        f"in [vars] (declared: {known}).")
+            return self.variables[name]
+
+        return _VAR.sub(substitute, value)
+
+    def path_value(self, value: str) -> str:
+        value = os.path.expanduser(value)
+        if "://" in value or os.path.isabs(value):
+            return value
+        return os.path.normpath(os.path.join(self.base, value))
+
+    def value(self, kind: str, step: int, key: str, expected: str, value: Any) -> Any:
+        where = self.where(step, kind, key)
+        if isinstance(value, str) and expected in (_INT, _FLOAT, _BOOL) and \
+                _VAR.fullmatch(value):
+            value = self.text(value, where)
+            try:
+                value = {_INT: int, _FLOAT: float,
+                         _BOOL: lambda v: {"true": True, "false": False}[v.lower()]}[expected](value)
+            except (ValueError, KeyError):
+                raise DistgmmInputError(f"{where}: {value!r} is not a {expected}.") from None
+        ok = {
+            _STR: lambda v: isinstance(v, str),
+            _PATH: lambda v: isinstance(v, str) and v != "",
+            _INT: lambda v: isinstance(v, int) and not isinstance(v, bool),
+            _FLOAT: lambda v: isinstance(v, (int, float)) and not isinstance(v, bool),
+            _BOOL: lambda v: isinstance(v, bool),
+            _RANGE: lambda v: isinstance(v, (str, int)) and not isinstance(v, bool) or (
+                isinstance(v, list) and all(isinstance(i, int) and not isinstance(i, bool)
+                                            for i in v)),
+            _KINDS: lambda v: isinstance(v, str) or (isinstance(v, list) and
+                                                     all(isinstance(i, str) for i in v)),
+        }[expected](value)
+        if not ok:
+            raise DistgmmInputError(f"{where} must be a {expected}, got {_type_name(value)} "
+                                    f"{value!r}.")
+        if isinstance(value, str):
+            value = self.text(value, where)
+            if expected == _PATH:
+                value = self.path_value(value)
+        elif isinstance(value, list):
+            value = [self.text(v, where) if isinstance(v, str) else v for v in value]
+        return value
+
+
+def load_job(path: str | os.PathLike, sets: dict[str, str] | None = None,
+             environ: dict[str, str] | None = None) -> Job:
+    """Read and validate a job file (nothing runs).
+
+    Parameters
+    ----------
+    path : path
+        The TOML job file.
+    sets : dict, optional
+        ``--set`` overrides of ``[vars]``.
+    environ : dict, optional
+        Environment to read ``DISTGMM_VAR_<name>`` from (default ``os.environ``).
+
+    Raises
+    ------
+    DistgmmInputError
+        Unreadable or malformed TOML, unknown sections, steps or keys, wrong types, missing
+        required keys, undefined variables.
+    """
+    path = os.fspath(path)
+    environ = os.environ if environ is None else environ
+    try:
+        with open(path, "rb") as f:
+            doc = tomllib.load(f)
+    except FileNotFoundError:
+        raise DistgmmInputError(f"job file {path} does not exist; check the path.") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise DistgmmInputError(f"job file {path} is not valid TOML: {exc}.") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise DistgmmInputError(f"job file {path} cannot be read: {exc}.") from None
+    for key in doc:
+        if key not in _TOP:
+            raise DistgmmInputError(f"{path}: unknown top-level key {key!r}; allowed: "
+                                    f"{', '.join(_TOP)}.")
+    job = doc.get("job", {})
+    if not isinstance(job, dict):
+        raise DistgmmInputError(f"{path}: 'job' must be a table.")
+    for key in job:
+        if key not in _JOB_KEYS:
+            raise DistgmmInputError(f"{path}: unknown key {key!r} in [job]; allowed: "
+                                    f"{', '.join(_JOB_KEYS)}.")
+    description = job.get("description", "")
+    if not isinstance(description, str):
+        raise DistgmmInputError(f"{path}: [job] description must be a string.")
+    declared = doc.get("vars", {})
+    if not isinstance(declared, dict):
+        raise DistgmmInputError(f"{path}: 'vars' must be a table of strings.")
+    variables: dict[str, str] = {}
+    for name, value in declared.items():
+        if not _VAR_NAME.match(name) or not isinstance(value, (str, int, float)) or \
+                isinstance(value, bool):
+            raise DistgmmInputError(f"{path}: [vars] {name!r} must be a name made of letters, "
+                                    "digits and '_' with a string or number value.")
+        variables[name] = environ.get(ENV_PREFIX + name, str(value))
+    for name, value in (sets or {}).items():
+        if name not in variables:
+            raise DistgmmInputError(f"--set {name}: {path} declares no variable {name!r}; "
+                                    f"declared: {', '.join(sorted(variables)) or 'none'}.")
+        variables[name] = value
+    raw_steps = doc.get("step")
+    if not isinstance(raw_steps, list) or not raw_steps or \
+            not all(isinstance(s, dict) for s in raw_steps):
+        raise DistgmmInputError(f"{path}: no steps; add [[step]] tables with run = one of "
+                                f"{', '.join(STEP_KEYS)}.")
+    resolver = _Resolver(path, variables)
+    steps = []
+    for index, raw in enumerate(raw_steps, start=1):
+        kind = raw.get("run")
+        if kind not in STEP_KEYS:
+            raise DistgmmInputError(f"{path}: step {index}: unknown step {kind!r} (key 'run'); "
+                                    f"allowed: {', '.join(STEP_KEYS)}.")
+        allowed = STEP_KEYS[kind]
+        options = {}
+        for key, value in raw.items():
+            if key == "run":
+                continue
+            if key not in allowed:
+                raise DistgmmInputError(
+                    f"{path}: step {index} ({kind}): unknown key {key!r}; allowed: "
+                    f"{', '.join(sorted(allowed))}.")
+            options[key] = resolver.value(kind, index, key, allowed[key], value)
+        missing = [k for k in _REQUIRED[kind] if k not in options]
+        if missing:
+            raise DistgmmInputError(f"{path}: step {index} ({kind}): missing required key(s) "
+                                    f"{', '.join(missing)}.")
+        steps.append(JobStep(index, kind, options))
+    return Job(path=path, description=description, variables=variables, steps=steps)
+
+
+@dataclass
+class JobReport:
+    """Results of :func:`run_job`: one ``(step, report)`` per step, in order."""
+
+    path: str
+    results: list[tuple[JobStep, Any]] = field(default_factory=list)
+    seconds: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready dictionary."""
+        return {"job": self.path, "seconds": self.seconds,
+                "steps": [{"step": s.index, "run": s.kind, **r.to_dict()}
+                          for s, r in self.results]}
+
+
+def _run_step(step: JobStep, client: Any, hooks: JobHooks) -> Any:
+    o = dict(step.options)
+    if step.kind == "generate":
+        from distgmm.store import generate
+
+        renamed = {"points": "n_points", "features": "n_features", "components": "n_components"}
+        return generate(o.pop("store"), client=client,
+                        **{renamed.get(k, k): v for k, v in o.items()})
+    if step.kind == "ingest":
+        from distgmm.store import ingest
+
+        return ingest(o.pop("source"), o.pop("store"), **o)
+    if step.kind == "fit":
+        from distgmm.jobs._fit import fit_store
+
+        return fit_store(o.pop("store"), o.pop("model"), n_components=o.pop("components"),
+                         init_params=o.pop("init", "kmeans"), checkpoint_dir=o.pop("checkpoint", None),
+                         client=client, on_iteration=hooks.on_iteration, **o)
+    if step.kind == "label":
+        from distgmm.jobs._label import label_store
+
+        return label_store(o.pop("model"), o.pop("store"), client=client,
+                           on_progress=hooks.on_label_progress, **o)
+    from distgmm.jobs._select import select_store
+
+    return select_store(o.pop("store"), o.pop("model"), init_params=o.pop("init", "kmeans"),
+                        covariance_types=o.pop("covariance_type", "full"), client=client,
+                        on_candidate=hooks.on_candidate, **o)
+
+
+def run_job(job: Job, *, client: Any = None, hooks: JobHooks | None = None) -> JobReport:
+    """Run the steps of a validated job in order on ``client``; stop at the first error."""
+    hooks = hooks or JobHooks()
+    report = JobReport(job.path)
+    t0 = time.perf_counter()
+    for step in job.steps:
+        if hooks.step_started is not None:
+            hooks.step_started(step)
+        result = _run_step(step, client, hooks)
+        report.results.append((step, result))
+        if hooks.step_finished is not None:
+            hooks.step_finished(step, result)
+    report.seconds = time.perf_counter() - t0
+    return report
