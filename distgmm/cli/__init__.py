@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from distgmm.cli import generate, info, ingest
+from distgmm.cli import demo, fit, generate, info, ingest, label, predict, run, select
 
 __all__ = ["app", "main"]
 
@@ -18,6 +18,12 @@ app = typer.Typer(
 app.command("generate")(generate.generate)
 app.command("ingest")(ingest.ingest)
 app.command("info")(info.info)
+app.command("fit")(fit.fit)
+app.command("label")(label.label)
+app.command("select")(select.select)
+app.command("predict")(predict.predict)
+app.command("run")(run.run)
+app.command("demo")(demo.demo)
 
 
 def main() -> None:

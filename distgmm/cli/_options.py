@@ -100,9 +100,20 @@ class Output:
         root = logging.getLogger()
         root.handlers[:] = [handler]
         root.setLevel(level)
-        # Dask's own chatter (ports, shutdown) only at -vv.
+        self.tame_dask_loggers()
+
+    def tame_dask_loggers(self) -> None:
+        """Dask's own chatter (ports, shutdown) only at -vv; call again after importing distributed.
+
+        Importing ``distributed`` configures its loggers from the Dask config, so commands
+        that start a cluster call this again once it is imported.
+        """
         for noisy in ("distributed", "tornado", "asyncio"):
-            logging.getLogger(noisy).setLevel(logging.DEBUG if self.verbose >= 2 else logging.ERROR)
+            logger = logging.getLogger(noisy)
+            logger.setLevel(logging.DEBUG if self.verbose >= 2 else logging.ERROR)
+            if self.verbose < 2:
+                logger.handlers[:] = []
+                logger.propagate = True
 
     def message(self, text: str) -> None:
         """A status line on stderr (suppressed by --quiet)."""
@@ -135,8 +146,13 @@ def dask_client(options: ClusterOptions, output: Output) -> Iterator[Any]:
     A client to an explicit scheduler is closed on exit but the cluster is left running;
     a local cluster started here is closed with its client.
     """
+    import dask
+
     from distgmm.cluster import get_client, local_cluster_client, make_security
 
+    output.tame_dask_loggers()
+    if output.verbose < 2:  # worker processes of a local cluster inherit this config
+        dask.config.set({"logging.distributed": "error"})
     if options.scheduler:
         security = make_security(options.tls_ca_file, options.tls_cert, options.tls_key)
         client = get_client(options.scheduler, security)

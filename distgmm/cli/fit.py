@@ -1,0 +1,127 @@
+"""``distgmm fit``: fit a mixture on a point store with live per-iteration progress; write the model file."""
+
+from __future__ import annotations
+
+from enum import Enum
+from typing import Annotated, Any
+
+import typer
+from rich.table import Table
+
+from distgmm.cli._options import (
+    ClusterOptions, Json, MemoryLimit, Output, Quiet, Scheduler, StorageOption, ThreadsPerWorker,
+    TlsCaFile, TlsCert, TlsKey, Verbose, Workers, dask_client, handle_errors, storage_options,
+)
+
+__all__ = ["fit", "CovarianceType", "InitMethod", "iteration_printer", "render_fit"]
+
+
+class CovarianceType(str, Enum):
+    """Covariance parameterisations."""
+
+    full = "full"
+    tied = "tied"
+    diag = "diag"
+    spherical = "spherical"
+
+
+class InitMethod(str, Enum):
+    """Initialisation methods (see distgmm._engine)."""
+
+    kmeans = "kmeans"
+    kmeans_parallel = "k-means||"
+    kmeans_plusplus = "k-means++"
+    random = "random"
+    random_from_data = "random_from_data"
+
+
+def iteration_printer(output: Output):
+    """An ``on_iteration`` callback printing one progress line per EM iteration on stderr."""
+    def show(info: Any) -> None:
+        mark = "  converged" if info.converged else ""
+        output.message(f"init {info.restart + 1} iteration {info.iteration:>4}  lower bound "
+                       f"{info.lower_bound:>14.6f}  change {info.change:>+11.3e}  "
+                       f"{info.seconds:6.2f} s{mark}")
+    return show
+
+
+def render_fit(output: Output, result: dict[str, Any]) -> None:
+    """The summary table of a fit on stdout."""
+    table = Table(title=f"fit {result['model']}", show_header=False)
+    table.add_column(style="bold")
+    table.add_column()
+    table.add_row("store", f"{result['store']} ({result['n_rows']:,} rows x "
+                  f"{result['n_features']} features{', weighted' if result['weighted'] else ''})")
+    table.add_row("model", f"{result['n_components']} components, {result['covariance_type']} "
+                  "covariance")
+    table.add_row("iterations", f"{result['n_iter']} (n_init {result['n_init']})")
+    table.add_row("converged", "yes" if result["converged"] else "NO")
+    table.add_row("lower bound", f"{result['lower_bound']:.6f}")
+    table.add_row("fit time", f"{result['fit_seconds']:.2f} s (total {result['seconds']:.2f} s)")
+    if result["checkpoint"]:
+        table.add_row("checkpoint", f"{result['checkpoint']}"
+                      f"{' (resumed)' if result['resumed'] else ''}, removed")
+    if result["aligned_to"]:
+        table.add_row("aligned to", f"{result['aligned_to']} (new ids <- components "
+                      f"{result['permutation']})")
+    table.add_row("fingerprint", result["fingerprint"][:16])
+    output.out.print(table)
+
+
+def fit(
+    store: Annotated[str, typer.Argument(help="Point store (path or URL).")],
+    components: Annotated[int, typer.Option("--components", "-k", help="Number of mixture components.")],
+    model: Annotated[str, typer.Option("--model", "-o", help="Model file to write (.npz).")],
+    covariance_type: Annotated[CovarianceType, typer.Option("--covariance-type", help="Covariance parameterisation.")] = CovarianceType.full,
+    tol: Annotated[float, typer.Option("--tol", help="Convergence threshold on the change of the mean log-likelihood.")] = 1e-3,
+    max_iter: Annotated[int, typer.Option("--max-iter", help="EM iterations per initialisation.")] = 100,
+    n_init: Annotated[int, typer.Option("--n-init", help="Initialisations; the best is kept.")] = 1,
+    init: Annotated[InitMethod, typer.Option("--init", help="Initialisation method.")] = InitMethod.kmeans,
+    reg_covar: Annotated[float, typer.Option("--reg-covar", help="Added to covariance diagonals.")] = 1e-6,
+    seed: Annotated[int | None, typer.Option("--seed", help="Random seed (default: fresh entropy, kept in the checkpoint).")] = None,
+    weights: Annotated[bool, typer.Option("--weights", help="Use the store's 'weights' array as sample weights.")] = False,
+    checkpoint: Annotated[str | None, typer.Option("--checkpoint", metavar="DIR", help="Checkpoint every iteration to DIR/<model name>.ckpt.npz (removed when the model is written).")] = None,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue from the checkpoint in --checkpoint DIR if there is one (else start).")] = False,
+    align_to: Annotated[str | None, typer.Option("--align-to", metavar="OLD_MODEL", help="Renumber components to match this model's label ids.")] = None,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing model file.")] = False,
+    storage_option: StorageOption = None,
+    scheduler: Scheduler = None,
+    workers: Workers = None,
+    threads_per_worker: ThreadsPerWorker = 1,
+    memory_limit: MemoryLimit = None,
+    tls_ca_file: TlsCaFile = None,
+    tls_cert: TlsCert = None,
+    tls_key: TlsKey = None,
+    verbose: Verbose = 0,
+    quiet: Quiet = False,
+    json: Json = False,
+) -> None:
+    """Fit a Gaussian mixture with COMPONENTS components to STORE and write it to MODEL.
+
+    With --checkpoint DIR every completed iteration is saved atomically; after a crash or a
+    kill, the same command with --resume continues and writes exactly the model an
+    uninterrupted fit would have. Without --resume an existing checkpoint is refused.
+    """
+    from distgmm.jobs import fit_store
+    from distgmm.store import open_points, read_model
+
+    output = Output(verbose, quiet, json)
+    with handle_errors(output):
+        options = storage_options(storage_option)
+        open_points(store, options)  # fail on bad input before starting a cluster
+        if align_to is not None:
+            read_model(align_to)
+        cluster = ClusterOptions(scheduler, workers, threads_per_worker, memory_limit,
+                                 tls_ca_file, tls_cert, tls_key)
+        with dask_client(cluster, output) as client:
+            report = fit_store(
+                store, model, n_components=components, covariance_type=covariance_type.value,
+                tol=tol, max_iter=max_iter, n_init=n_init, init_params=init.value,
+                reg_covar=reg_covar, seed=seed, weights=weights, checkpoint_dir=checkpoint,
+                resume=resume, align_to=align_to, overwrite=overwrite, client=client,
+                storage_options=options, on_iteration=iteration_printer(output))
+            result = {**report.to_dict(), "dashboard": client.dashboard_link}
+        if json:
+            output.emit_json(result)
+        else:
+            render_fit(output, result)

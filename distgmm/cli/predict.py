@@ -1,0 +1,52 @@
+"""``distgmm predict``: label the rows of a small text/CSV/npy file with a model, without a store."""
+
+from __future__ import annotations
+
+import sys
+from typing import Annotated
+
+import numpy as np
+import typer
+
+from distgmm.cli._options import Json, Output, Quiet, Verbose, handle_errors
+
+__all__ = ["predict"]
+
+
+def predict(
+    model: Annotated[str, typer.Argument(help="Model file (from distgmm fit/select).")],
+    file: Annotated[str, typer.Argument(help="Text (as numpy.loadtxt reads it), .csv or .npy file of points.")],
+    proba: Annotated[bool, typer.Option("--proba", help="Output the (N, K) component probabilities instead of labels.")] = False,
+    out: Annotated[str | None, typer.Option("--out", help="Write to this file (.npy, else text) instead of stdout.")] = None,
+    format: Annotated[str | None, typer.Option("--format", help="text, csv or npy (default: from the extension).")] = None,
+    columns: Annotated[str | None, typer.Option("--columns", help="Columns to read, by name or 0-based index.")] = None,
+    header: Annotated[bool | None, typer.Option("--header/--no-header", help="Whether a text/CSV file has a header line.", show_default=False)] = None,
+    verbose: Verbose = 0,
+    quiet: Quiet = False,
+    json: Json = False,
+) -> None:
+    """Print (or --out) the label of every row of FILE under MODEL; --proba for probabilities.
+
+    Runs in this process (meant for small files); no Dask cluster is started. For large
+    data, ingest it into a store and use `distgmm label`.
+    """
+    from distgmm.jobs import predict_file, write_prediction
+
+    output = Output(verbose, quiet, json)
+    with handle_errors(output):
+        prediction = predict_file(model, file, proba=proba, format=format, columns=columns,
+                                  header=header)
+        values = prediction.proba if proba else prediction.labels
+        if out is not None:
+            write_prediction(prediction, out)
+        if json:
+            result = {"model": prediction.model, "fingerprint": prediction.fingerprint,
+                      "file": file, "n_rows": prediction.n_rows, "out": out}
+            if out is None:
+                result["proba" if proba else "labels"] = values.tolist()
+            output.emit_json(result)
+        elif out is None:
+            np.savetxt(sys.stdout, values, fmt="%.6g" if proba else "%d")
+        else:
+            output.message(f"wrote {'probabilities' if proba else 'labels'} of "
+                           f"{prediction.n_rows} rows to {out}")

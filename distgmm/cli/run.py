@@ -1,0 +1,72 @@
+"""``distgmm run``: run a TOML job file (generate / ingest / fit / label / select steps) on one cluster."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from distgmm.cli._options import (
+    ClusterOptions, Json, MemoryLimit, Output, Quiet, Scheduler, ThreadsPerWorker, TlsCaFile,
+    TlsCert, TlsKey, Verbose, Workers, dask_client, handle_errors,
+)
+from distgmm.cli.fit import iteration_printer, render_fit
+from distgmm.cli.label import progress_printer, render_label
+from distgmm.cli.select import candidate_printer, render_select
+
+__all__ = ["run"]
+
+
+def _render_step(output: Output, kind: str, result: dict) -> None:
+    if kind == "fit":
+        render_fit(output, result)
+    elif kind == "label":
+        render_label(output, result)
+    elif kind == "select":
+        render_select(output, result)
+    else:
+        output.out.print(f"{kind}: {result['store']} now has {result['n_rows']:,} rows "
+                         f"({result['seconds']:.2f} s)", highlight=False)
+
+
+def run(
+    job_file: Annotated[str, typer.Argument(metavar="JOB.toml", help="Job file (see jobs/ for documented examples).")],
+    set_: Annotated[list[str] | None, typer.Option("--set", metavar="NAME=VALUE", help="Override a [vars] entry of the job, repeatable (also: env DISTGMM_VAR_<NAME>).")] = None,
+    scheduler: Scheduler = None,
+    workers: Workers = None,
+    threads_per_worker: ThreadsPerWorker = 1,
+    memory_limit: MemoryLimit = None,
+    tls_ca_file: TlsCaFile = None,
+    tls_cert: TlsCert = None,
+    tls_key: TlsKey = None,
+    verbose: Verbose = 0,
+    quiet: Quiet = False,
+    json: Json = False,
+) -> None:
+    """Validate JOB.toml completely, then run its steps in order on one cluster.
+
+    Relative paths in the job are relative to the job file's directory. Steps are data
+    (ingest, generate, fit, label, select with their options): a job file cannot run code.
+    """
+    from distgmm.jobs import JobHooks, load_job, parse_sets, run_job
+
+    output = Output(verbose, quiet, json)
+    with handle_errors(output):
+        job = load_job(job_file, parse_sets(set_))
+        output.message(f"job {job_file}: {len(job.steps)} steps"
+                       + (f" ({job.description})" if job.description else ""))
+        hooks = JobHooks(
+            step_started=lambda s: output.message(f"step {s.index}/{len(job.steps)}: {s.kind}"),
+            step_finished=None if json else
+            lambda s, r: _render_step(output, s.kind, r.to_dict()),
+            on_iteration=iteration_printer(output), on_label_progress=progress_printer(output),
+            on_candidate=candidate_printer(output))
+        cluster = ClusterOptions(scheduler, workers, threads_per_worker, memory_limit,
+                                 tls_ca_file, tls_cert, tls_key)
+        with dask_client(cluster, output) as client:
+            report = run_job(job, client=client, hooks=hooks)
+            result = {**report.to_dict(), "dashboard": client.dashboard_link}
+        if json:
+            output.emit_json(result)
+        else:
+            output.message(f"job done: {len(report.results)} steps in {report.seconds:.2f} s")
