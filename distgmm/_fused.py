@@ -28,6 +28,8 @@ except ImportError:  # pragma: no cover - exercised only where numba is missing
 __all__ = ["use_fused", "fused_statistics", "fused_log_prob"]
 
 _BLOCK = 256
+_GEMM_BLOCK = 512
+_GEMM_MIN_FEATURES = 4
 _LOG_2PI = math.log(2.0 * math.pi)
 
 
@@ -159,6 +161,73 @@ def _fused_stats(xt, w, chol, diag_prec, full, log_const, b, want_scatter_full):
 
 
 @_jit
+def _fused_stats_gemm(X, w, ucat, bcat, log_const, shift):
+    """Full/tied variant for D >= 4: small in-cache GEMMs per block of ``_GEMM_BLOCK`` rows.
+
+    ``ucat`` (D, K*D) holds the precision factors side by side and ``bcat`` (K*D,) the
+    matching ``mu_k @ U_k``; statistics are centered on each block's weighted means.
+    """
+    n, D = X.shape
+    K = log_const.shape[0]
+    W = np.zeros(K)
+    M = np.zeros((K, D))
+    S = np.zeros((K, D, D))
+    ll = 0.0
+    for start in range(0, n, _GEMM_BLOCK):
+        stop = min(start + _GEMM_BLOCK, n)
+        m = stop - start
+        xb = np.empty((m, D))
+        for i in range(m):
+            for a in range(D):
+                xb[i, a] = X[start + i, a] - shift[a]
+        y = xb @ ucat
+        lp = np.empty((m, K))
+        for i in range(m):
+            mx = -np.inf
+            for k in range(K):
+                acc = 0.0
+                for j in range(D):
+                    v = y[i, k * D + j] - bcat[k * D + j]
+                    acc += v * v
+                v = log_const[k] - 0.5 * acc
+                lp[i, k] = v
+                if v > mx:
+                    mx = v
+            tot = 0.0
+            for k in range(K):
+                e = math.exp(lp[i, k] - mx)
+                lp[i, k] = e
+                tot += e
+            wi = w[start + i]
+            ll += wi * (mx + math.log(tot))
+            f = wi / tot
+            for k in range(K):
+                lp[i, k] *= f
+        wb = np.zeros(K)
+        for i in range(m):
+            for k in range(K):
+                wb[k] += lp[i, k]
+        sums = lp.T @ xb
+        for k in range(K):
+            if wb[k] <= 0.0:
+                continue
+            mean_b = sums[k] / wb[k]
+            d = xb - mean_b
+            scatter_b = (d * lp[:, k : k + 1]).T @ d
+            wt = W[k] + wb[k]
+            frac = wb[k] / wt
+            cross = W[k] * frac
+            delta = mean_b - M[k]
+            for a in range(D):
+                for c in range(D):
+                    S[k, a, c] += scatter_b[a, c] + cross * delta[a] * delta[c]
+            for a in range(D):
+                M[k, a] += delta[a] * frac
+            W[k] = wt
+    return W, M, S, ll
+
+
+@_jit
 def _fused_log_prob(xt, chol, diag_prec, full, log_const, b):
     D, n = xt.shape
     K = log_const.shape[0]
@@ -206,11 +275,25 @@ def fused_statistics(X, sample_weight, weights, means, prec_chol, covariance_typ
     -------
     resp_sum : (K,), means : (K, D), scatter : (K, D, D) or (K, D), log_likelihood : float
     """
-    xt, shift, chol, diag_prec, full, log_const, b = _prepare(
-        X, weights, means, prec_chol, covariance_type)
-    w = np.ones(xt.shape[1]) if sample_weight is None else \
+    n, D = X.shape
+    w = np.ones(n) if sample_weight is None else \
         np.ascontiguousarray(sample_weight, dtype=np.float64)
     want_full = covariance_type in ("full", "tied")
+    if want_full and D >= _GEMM_MIN_FEATURES:
+        K = means.shape[0]
+        shift = means.mean(axis=0)
+        chol = prec_chol if covariance_type == "full" else np.broadcast_to(prec_chol, (K, D, D))
+        ucat = np.ascontiguousarray(np.concatenate(list(chol), axis=1))
+        bcat = np.einsum("ka,kaj->kj", means - shift, chol).ravel()
+        with np.errstate(divide="ignore"):
+            log_const = (-0.5 * D * _LOG_2PI
+                         + np.log(np.diagonal(chol, axis1=1, axis2=2)).sum(axis=1)
+                         + np.log(weights))
+        W, M, S, ll = _fused_stats_gemm(np.ascontiguousarray(X), w, ucat, bcat, log_const, shift)
+        M = np.where(W[:, None] > 0, M + shift, 0.0)
+        return W, M, S, float(ll)
+    xt, shift, chol, diag_prec, full, log_const, b = _prepare(
+        X, weights, means, prec_chol, covariance_type)
     W, M, S, ll = _fused_stats(xt, w, chol, diag_prec, full, log_const, b, want_full)
     M = np.where(W[:, None] > 0, M + shift, 0.0)
     return W, M, (S if want_full else S[:, 0, :]), float(ll)
