@@ -209,6 +209,11 @@ def read_model(path: str | os.PathLike) -> ModelFile:
     if not os.path.isfile(path):
         raise DistgmmInputError(f"model file {path} does not exist; check the path or fit one "
                                 "with `distgmm fit`.")
+    with open(path, "rb") as f:
+        magic = f.read(4)
+    if magic != b"PK\x03\x04":  # an .npz is a zip file
+        raise CorruptFileError(f"model file {path} is not an .npz file; pass a file written by "
+                               "`distgmm fit` or `distgmm select`.")
     try:
         arrays, meta, digest = load_arrays(path)
     except CorruptFileError as exc:
