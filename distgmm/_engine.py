@@ -64,6 +64,8 @@ from ._statistics import (
 
 __all__ = [
     "EMConfig",
+    "FileCheckpoint",
+    "fit_many",
     "EMResult",
     "IterationInfo",
     "ChunkedPoints",
@@ -476,9 +478,21 @@ class EMConfig:
         return h.hexdigest()
 
 
+def _fingerprint(configs: list[EMConfig], data: ChunkedPoints, entropy) -> str:
+    h = hashlib.sha256()
+    for cfg in configs:
+        h.update(cfg.fingerprint(data, entropy).encode())
+    return h.hexdigest()
+
+
 @dataclass(frozen=True)
 class IterationInfo:
-    """Progress of one EM iteration, passed to ``on_iteration`` callbacks."""
+    """Progress of one EM iteration of one run, passed to ``on_iteration`` callbacks.
+
+    ``config`` indexes the configurations given to :func:`fit_many` (always 0 for
+    :func:`fit_em`); ``restart`` is the restart within that configuration. ``seconds`` is
+    the wall time of the pass, shared by all runs evaluated in it.
+    """
 
     restart: int
     iteration: int
@@ -486,46 +500,54 @@ class IterationInfo:
     change: float
     seconds: float
     converged: bool
+    config: int = 0
 
 
 @dataclass
 class EMResult:
-    """Outcome of :func:`fit_em`: the best restart's parameters and every restart's history."""
+    """Outcome of one configuration: the best restart's parameters and every restart's history.
 
-    params: MixtureParams
+    ``params`` is None and ``error`` says why when every restart failed (only with
+    ``errors="record"``).
+    """
+
+    params: MixtureParams | None
     converged: bool
     n_iter: int
     lower_bound: float
     lower_bounds: list[float]
     histories: list[list[float]] = field(default_factory=list)
     seconds: float = 0.0
+    error: str | None = None
 
 
 @dataclass
-class _State:
+class _Run:
+    """One restart of one configuration, advanced in lockstep with the others."""
+
+    config: int
     restart: int
-    iteration: int
-    params: MixtureParams | None
-    lower_bound: float
-    lower_bounds: list[float]
-    histories: list[list[float]]
-    best: EMResult | None
+    params: MixtureParams | None = None
+    iteration: int = 0
+    lower_bound: float = -math.inf
+    lower_bounds: list[float] = field(default_factory=list)
+    converged: bool = False
+    done: bool = False
+    error: str | None = None
+
+    def meta(self) -> dict:
+        return {"config": self.config, "restart": self.restart, "iteration": self.iteration,
+                "lower_bound": None if self.lower_bound == -math.inf else self.lower_bound,
+                "lower_bounds": self.lower_bounds, "converged": self.converged,
+                "done": self.done, "error": self.error,
+                "has_params": self.params is not None}
 
 
-def _params_arrays(prefix: str, p: MixtureParams) -> dict[str, np.ndarray]:
-    return {f"{prefix}weights": p.weights, f"{prefix}means": p.means,
-            f"{prefix}covariances": p.covariances,
-            f"{prefix}precisions_cholesky": p.precisions_cholesky}
-
-
-def _params_from(arrays, prefix, covariance_type) -> MixtureParams:
-    return MixtureParams(*(arrays[f"{prefix}{name}"] for name in
-                           ("weights", "means", "covariances", "precisions_cholesky")),
-                         covariance_type)
+_PARAM_FIELDS = ("weights", "means", "covariances", "precisions_cholesky")
 
 
 class FileCheckpoint:
-    """Atomic checkpoint of a fit's state after every iteration (one ``.npz`` file).
+    """Atomic checkpoint of a fit's state after initialisation and every pass (one ``.npz``).
 
     Parameters
     ----------
@@ -537,33 +559,25 @@ class FileCheckpoint:
     def __init__(self, path: str | os.PathLike):
         self.path = os.fspath(path)
 
-    def save(self, state: _State, fingerprint: str, entropy) -> None:
+    def save(self, runs: list[_Run], fingerprint: str, entropy) -> None:
         arrays: dict[str, np.ndarray] = {}
-        meta: dict[str, Any] = {
-            "kind": "distgmm-checkpoint", "version": 1, "fingerprint": fingerprint,
-            "entropy": str(entropy), "restart": state.restart, "iteration": state.iteration,
-            "lower_bound": state.lower_bound, "lower_bounds": state.lower_bounds,
-            "histories": state.histories, "best": None,
-            "covariance_type": None if state.params is None else state.params.covariance_type,
-        }
-        if state.params is not None:
-            arrays.update(_params_arrays("current_", state.params))
-        if state.best is not None:
-            b = state.best
-            arrays.update(_params_arrays("best_", b.params))
-            meta["best"] = {"converged": b.converged, "n_iter": b.n_iter,
-                            "lower_bound": b.lower_bound, "lower_bounds": b.lower_bounds}
-            meta["covariance_type"] = b.params.covariance_type
+        for j, run in enumerate(runs):
+            if run.params is not None:
+                for name in _PARAM_FIELDS:
+                    arrays[f"run{j}_{name}"] = getattr(run.params, name)
+        meta = {"kind": "distgmm-checkpoint", "version": 2, "fingerprint": fingerprint,
+                "entropy": str(entropy), "runs": [run.meta() for run in runs]}
         save_arrays(self.path, arrays, meta)
 
-    def load(self, fingerprint_of: Callable[[Any], str]) -> tuple[_State, Any] | None:
-        """The saved state and seed entropy, or None if there is no checkpoint yet."""
+    def load(self, configs: list[EMConfig], fingerprint_of: Callable[[Any], str]
+             ) -> tuple[list[_Run], Any] | None:
+        """The saved runs and seed entropy, or None if there is no checkpoint yet."""
         if not os.path.exists(self.path):
             return None
         arrays, meta, _ = load_arrays(self.path)
-        if meta.get("kind") != "distgmm-checkpoint" or meta.get("version") != 1:
-            raise ValueError(f"{self.path} is not a distgmm checkpoint; remove it or pick "
-                             "another checkpoint path.")
+        if meta.get("kind") != "distgmm-checkpoint" or meta.get("version") != 2:
+            raise ValueError(f"{self.path} is not a distgmm checkpoint of this version; remove "
+                             "it or pick another checkpoint path.")
         entropy = int(meta["entropy"])
         if fingerprint_of(entropy) != meta["fingerprint"]:
             raise ValueError(
@@ -571,16 +585,158 @@ class FileCheckpoint:
                 "or seed); rerun with the original options, or delete the checkpoint to start "
                 "over."
             )
-        cov = meta["covariance_type"]
-        best = None
-        if meta["best"] is not None:
-            best = EMResult(_params_from(arrays, "best_", cov), **meta["best"])
-        params = _params_from(arrays, "current_", cov) if "current_weights" in arrays else None
-        lb = meta["lower_bound"]
-        state = _State(meta["restart"], meta["iteration"], params,
-                       -math.inf if lb is None else lb, meta["lower_bounds"],
-                       meta["histories"], best)
-        return state, entropy
+        runs = []
+        for j, m in enumerate(meta["runs"]):
+            params = None
+            if m["has_params"]:
+                params = MixtureParams(*(arrays[f"run{j}_{name}"] for name in _PARAM_FIELDS),
+                                       configs[m["config"]].covariance_type)
+            lb = m["lower_bound"]
+            runs.append(_Run(m["config"], m["restart"], params, m["iteration"],
+                             -math.inf if lb is None else lb, m["lower_bounds"], m["converged"],
+                             m["done"], m["error"]))
+        return runs, entropy
+
+
+def _em_task_many(block, weights, index, params_list):
+    return [chunk_statistics(block, weights, p) for p in params_list]
+
+
+def _merge_lists(parts: list[list]) -> list:
+    return [merge_statistics([part[j] for part in parts]) for j in range(len(parts[0]))]
+
+
+def fit_many(
+    data: ChunkedPoints,
+    configs: list[EMConfig],
+    random_state: Any = None,
+    *,
+    warm_start: tuple[MixtureParams, float] | None = None,
+    on_iteration: Callable[[IterationInfo], None] | None = None,
+    checkpoint: FileCheckpoint | None = None,
+    errors: str = "raise",
+) -> list[EMResult]:
+    """Fit several configurations and all their restarts in lockstep, one pass per iteration.
+
+    Every pass over the data evaluates all runs still iterating on each chunk while it is in
+    memory, so ``n_init`` restarts, or the candidates of a model selection, read the data
+    once per iteration instead of once per model. Each run's numbers are exactly those of
+    fitting it alone.
+
+    Parameters
+    ----------
+    data : ChunkedPoints
+    configs : list of EMConfig
+    random_state : None, int, RandomState, Generator or SeedSequence
+        Restart ``r`` of every configuration uses the random streams of spawn key ``(r, ...)``.
+    warm_start : (MixtureParams, float), optional
+        Single configuration only: one run started from these parameters and lower bound.
+    on_iteration : callable, optional
+        Called with an :class:`IterationInfo` per run after every pass.
+    checkpoint : FileCheckpoint, optional
+        Save the state after initialisation and every pass; if the file exists and belongs
+        to the same fit, continue from it.
+    errors : {"raise", "record"}
+        What a collapsing run does: raise at once, or end that run and record the message
+        (a configuration whose runs all failed gets ``params=None`` and ``error``).
+
+    Returns
+    -------
+    list of EMResult, one per configuration (the best restart by final lower bound).
+    """
+    from ._kernels import CollapsedComponentError
+
+    started = time.perf_counter()
+    root = seed_sequence(random_state)
+    if warm_start is not None and len(configs) != 1:
+        raise ValueError("warm_start takes exactly one configuration.")
+    runs = None
+    if checkpoint is not None:
+        loaded = checkpoint.load(configs, lambda e: _fingerprint(configs, data, e))
+        if loaded is not None:
+            runs, entropy = loaded
+            root = np.random.SeedSequence(entropy)
+            logger.info("resuming from %s", checkpoint.path)
+    fingerprint = _fingerprint(configs, data, root.entropy)
+    if runs is None:
+        n_runs = [1 if warm_start is not None else cfg.n_init for cfg in configs]
+        runs = [_Run(c, r) for c, n in enumerate(n_runs) for r in range(n)]
+
+    def save():
+        if checkpoint is not None:
+            checkpoint.save(runs, fingerprint, root.entropy)
+
+    def fail(run: _Run, exc: CollapsedComponentError):
+        if errors == "raise":
+            raise exc
+        run.error, run.done = str(exc), True
+        logger.warning("config %d restart %d failed: %s", run.config, run.restart, exc)
+
+    for run in runs:
+        cfg = configs[run.config]
+        if run.done or run.params is not None:
+            continue
+        if warm_start is not None:
+            run.params, run.lower_bound = warm_start
+        else:
+            try:
+                run.params = _initial_params(data, cfg, root, run.restart)
+            except CollapsedComponentError as exc:
+                fail(run, exc)
+                continue
+        if cfg.max_iter == 0:
+            run.done = True
+        save()
+    if all(run.done for run in runs):
+        data.ensure_summary()  # validation happens even when no pass is needed
+
+    while True:
+        active = [run for run in runs if not run.done]
+        if not active:
+            break
+        t0 = time.perf_counter()
+        totals = data.map_reduce(_em_task_many, [run.params for run in active],
+                                 merge=_merge_lists)
+        seconds = time.perf_counter() - t0
+        infos = []
+        for run, total in zip(active, totals):
+            cfg = configs[run.config]
+            try:
+                params = m_step(total, cfg.reg_covar, cfg.covariance_type)
+            except CollapsedComponentError as exc:
+                fail(run, exc)
+                continue
+            lower_bound = total.log_likelihood / total.weight_sum
+            change = lower_bound - run.lower_bound
+            run.iteration += 1
+            run.params, run.lower_bound = params, lower_bound
+            run.lower_bounds.append(lower_bound)
+            run.converged = abs(change) < cfg.tol
+            run.done = run.converged or run.iteration >= cfg.max_iter
+            infos.append(IterationInfo(run.restart, run.iteration, lower_bound, change, seconds,
+                                       run.converged, run.config))
+        save()
+        if on_iteration is not None:
+            for info in infos:
+                on_iteration(info)
+
+    results = []
+    elapsed = time.perf_counter() - started
+    for c in range(len(configs)):
+        mine = [run for run in runs if run.config == c]
+        good = [run for run in mine if run.error is None]
+        histories = [list(run.lower_bounds) for run in mine]
+        if not good:
+            results.append(EMResult(None, False, 0, -math.inf, [], histories, elapsed,
+                                    mine[0].error))
+            continue
+        best = good[0]
+        for run in good[1:]:
+            if run.lower_bound > best.lower_bound:
+                best = run
+        results.append(EMResult(best.params, best.converged, best.iteration, best.lower_bound,
+                                list(best.lower_bounds), histories, elapsed))
+    return results
 
 
 def fit_em(
@@ -592,85 +748,6 @@ def fit_em(
     on_iteration: Callable[[IterationInfo], None] | None = None,
     checkpoint: FileCheckpoint | None = None,
 ) -> EMResult:
-    """Fit a Gaussian mixture by EM over the chunks of ``data``.
-
-    Parameters
-    ----------
-    data : ChunkedPoints
-    cfg : EMConfig
-    random_state : None, int, RandomState, Generator or SeedSequence
-    warm_start : (MixtureParams, float), optional
-        Start a single run from these parameters and this previous lower bound.
-    on_iteration : callable, optional
-        Called with an :class:`IterationInfo` after every iteration.
-    checkpoint : FileCheckpoint, optional
-        Save the state after initialisation and every iteration; if the file exists and
-        belongs to the same fit, continue from it.
-
-    Returns
-    -------
-    EMResult
-    """
-    started = time.perf_counter()
-    root = seed_sequence(random_state)
-    n_init = 1 if warm_start is not None else cfg.n_init
-    state = None
-    if checkpoint is not None:
-        loaded = checkpoint.load(lambda e: cfg.fingerprint(data, e))
-        if loaded is not None:
-            state, entropy = loaded
-            root = np.random.SeedSequence(entropy)
-            logger.info("resuming from %s: restart %d, iteration %d", checkpoint.path,
-                        state.restart, state.iteration)
-    fingerprint = cfg.fingerprint(data, root.entropy)
-    if state is None:
-        state = _State(0, 0, None, -math.inf, [], [], None)
-
-    def save():
-        if checkpoint is not None:
-            checkpoint.save(state, fingerprint, root.entropy)
-
-    while state.restart < n_init:
-        if state.params is None:
-            if warm_start is not None:
-                state.params, state.lower_bound = warm_start
-            else:
-                state.params = _initial_params(data, cfg, root, state.restart)
-                state.lower_bound = -math.inf
-            state.iteration, state.lower_bounds = 0, []
-            save()
-        converged = False
-        params = state.params
-        while state.iteration < cfg.max_iter:
-            t0 = time.perf_counter()
-            total = data.map_reduce(_em_task, params)
-            params = m_step(total, cfg.reg_covar, cfg.covariance_type)
-            lower_bound = total.log_likelihood / total.weight_sum
-            change = lower_bound - state.lower_bound
-            state.iteration += 1
-            state.params, state.lower_bound = params, lower_bound
-            state.lower_bounds.append(lower_bound)
-            converged = abs(change) < cfg.tol
-            save()
-            if on_iteration is not None:
-                on_iteration(IterationInfo(state.restart, state.iteration, lower_bound, change,
-                                           time.perf_counter() - t0, converged))
-            if converged:
-                break
-        if cfg.max_iter == 0 and warm_start is None:
-            data.ensure_summary()
-        run = EMResult(params, converged, state.iteration, state.lower_bound,
-                       list(state.lower_bounds))
-        best = state.best
-        if best is None or run.lower_bound > best.lower_bound:
-            state.best = run
-        state.histories.append(list(state.lower_bounds))
-        state.restart += 1
-        state.params, state.iteration, state.lower_bound, state.lower_bounds = None, 0, \
-            -math.inf, []
-        save()
-    best = state.best
-    best.histories = state.histories
-    best.seconds = time.perf_counter() - started
-    return best
-
+    """Fit one configuration (its ``n_init`` restarts in lockstep); see :func:`fit_many`."""
+    return fit_many(data, [cfg], random_state, warm_start=warm_start,
+                    on_iteration=on_iteration, checkpoint=checkpoint)[0]

@@ -1,0 +1,168 @@
+"""Benchmark: distgmm vs scikit-learn EM on the same data from the same start, per iteration.
+
+Run from the repository root (after ``pip install -e .``)::
+
+    python bench/bench_em.py                      # the issue's sizes
+    python bench/bench_em.py --sizes 1e6,8,8,full --iters 10
+
+For each size it generates data, starts both implementations from the same weights, means
+and precisions, runs a fixed number of iterations (tol=0) and reports seconds per iteration
+(medians: scikit-learn's own ``_e_step`` + ``_m_step``, distgmm's pass times from its
+``on_iteration`` callback, which include scheduling and the client-side M-step),
+the ratio, attained GFLOP/s (3*N*K*D^2 flops per iteration, the issue's convention) against
+the machine's measured GEMM rate, peak memory of the client and of the workers, and label
+throughput (distgmm predict into a dask array vs scikit-learn predict). distgmm's data is
+persisted on a local cluster of worker processes (one per core, one thread each).
+"""
+
+from __future__ import annotations
+
+import argparse
+import resource
+import time
+import warnings
+
+import dask.array as da
+import numpy as np
+from distributed import Client, LocalCluster, wait
+from sklearn.exceptions import ConvergenceWarning
+from sklearn.mixture import GaussianMixture as SkGaussianMixture
+from threadpoolctl import threadpool_limits
+
+import distgmm
+
+DEFAULT_SIZES = [
+    (1_000_000, 2, 4, "full"),
+    (1_000_000, 8, 8, "full"),
+    (4_000_000, 8, 8, "full"),
+    (1_000_000, 32, 8, "full"),
+    (100_000, 32, 16, "full"),
+    (1_000_000, 8, 8, "diag"),
+    (1_000_000, 64, 64, "diag"),
+]
+
+
+def parse_size(text: str) -> tuple[int, int, int, str]:
+    n, d, k, *cov = text.split(",")
+    return int(float(n)), int(d), int(k), (cov[0] if cov else "full")
+
+
+def gemm_gflops(threads: int) -> float:
+    """Measured double-precision GEMM rate of this machine with ``threads`` BLAS threads."""
+    a = np.random.default_rng(0).normal(size=(2000, 2000))
+    with threadpool_limits(threads):
+        a @ a
+        best = min(_timed(lambda: a @ a) for _ in range(3))
+    return 2 * 2000**3 / best / 1e9
+
+
+def _timed(fn) -> float:
+    t = time.perf_counter()
+    fn()
+    return time.perf_counter() - t
+
+
+def make_data(n, d, k, seed=0):
+    rng = np.random.default_rng(seed)
+    centers = rng.normal(0, 4, size=(k, d))
+    labels = rng.integers(0, k, size=n)
+    X = centers[labels] + rng.normal(size=(n, d))
+    return X
+
+
+def start(X, k, cov, seed=1):
+    rng = np.random.default_rng(seed)
+    d = X.shape[1]
+    prec = {"full": np.tile(np.eye(d), (k, 1, 1)), "tied": np.eye(d),
+            "diag": np.ones((k, d)), "spherical": np.ones(k)}[cov]
+    return dict(weights_init=np.full(k, 1 / k), means_init=X[rng.choice(len(X), k, replace=False)],
+                precisions_init=prec)
+
+
+def sklearn_iteration(model, X, iters: int) -> float:
+    """Median seconds of scikit-learn's own E-step + M-step (one EM iteration)."""
+    times = []
+    for _ in range(iters):
+        t = time.perf_counter()
+        _, log_resp = model._e_step(X)
+        model._m_step(X, log_resp)
+        times.append(time.perf_counter() - t)
+    return float(np.median(times))
+
+
+def bench_size(client, n, d, k, cov, iters, gemm):
+    X = make_data(n, d, k)
+    init = start(X, k, cov)
+    warnings.simplefilter("ignore", ConvergenceWarning)
+
+    n_threads = len(client.scheduler_info()["workers"])
+    with threadpool_limits(n_threads):
+        sk = SkGaussianMixture(k, covariance_type=cov, tol=0, max_iter=1, **init).fit(X)
+        sk_it = sklearn_iteration(sk, X, iters)
+
+    chunk_rows = max(8192, min(1 << 17, (8 << 20) // (8 * d)))
+    starts = range(0, n, chunk_rows)
+    futures = client.scatter([X[a:a + chunk_rows] for a in starts], hash=False)
+    wait(futures)
+    dX = da.concatenate([da.from_delayed(f, shape=(min(chunk_rows, n - a), d), dtype=X.dtype)
+                         for f, a in zip(futures, starts)])
+    client.run(lambda: resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+    times = []
+
+    gm = distgmm.GaussianMixture(k, covariance_type=cov, tol=0, max_iter=iters + 1, **init)
+    gm.fit(dX, on_iteration=lambda info: times.append(info.seconds))
+    ours_it = float(np.median(times[1:]))  # the first pass also compiles and validates
+
+    t_label = min(_timed(lambda: client.compute(gm.predict(dX)).result()) for _ in range(2))
+    with threadpool_limits(n_threads):
+        t_sk_label = min(_timed(lambda: sk.predict(X)) for _ in range(2))
+
+    flops = 3 * n * k * d * d
+    worker_rss = client.run(lambda: resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+    client_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    del dX, futures
+    return {
+        "size": f"({n:.0e}, {d}, {k}) {cov}",
+        "sklearn s/it": sk_it,
+        "distgmm s/it": ours_it,
+        "speed-up": sk_it / ours_it,
+        "GFLOP/s": flops / ours_it / 1e9,
+        "of GEMM": flops / ours_it / 1e9 / gemm,
+        "limit s/it": flops / gemm / 1e9,
+        "label Mrows/s": n / t_label / 1e6,
+        "sklearn label Mrows/s": n / t_sk_label / 1e6,
+        "label ratio": t_sk_label / t_label,
+        "client MiB": client_rss / 1024,
+        "worker max MiB": max(worker_rss.values()) / 1024,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes", nargs="*", type=parse_size, default=DEFAULT_SIZES,
+                        help="N,D,K[,covariance_type] (e.g. 1e6,8,8,full)")
+    parser.add_argument("--iters", type=int, default=6)
+    parser.add_argument("--workers", type=int, default=2)
+    args = parser.parse_args()
+    gemm = gemm_gflops(args.workers)
+    print(f"machine GEMM rate ({args.workers} threads): {gemm:.1f} GFLOP/s")
+    with LocalCluster(n_workers=args.workers, threads_per_worker=1, processes=True,
+                      dashboard_address=":0", memory_limit="8GiB") as cluster, \
+            Client(cluster) as client:
+        rows = []
+        for n, d, k, cov in args.sizes:
+            row = bench_size(client, n, d, k, cov, args.iters, gemm)
+            rows.append(row)
+            print("  ".join(f"{key}={val:.3g}" if isinstance(val, float) else f"{key}={val}"
+                            for key, val in row.items()), flush=True)
+    keys = list(rows[0])
+    print()
+    print("| " + " | ".join(keys) + " |")
+    print("|" + "---|" * len(keys))
+    for row in rows:
+        print("| " + " | ".join(f"{row[k]:.3g}" if isinstance(row[k], float) else str(row[k])
+                                for k in keys) + " |")
+
+
+if __name__ == "__main__":
+    main()
