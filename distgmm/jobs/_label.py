@@ -27,7 +27,6 @@ from typing import Any, Callable
 import numpy as np
 import zarr
 
-from distgmm._kernels import log_gaussian_prob
 from distgmm._statistics import MixtureParams
 from distgmm.errors import DistgmmInputError
 from distgmm.jobs._common import check_name, pause_for_tests, resolve_client
@@ -87,8 +86,6 @@ def label_block(params: MixtureParams, X: np.ndarray, proba: bool = False
     n = X.shape[0]
     labels = np.empty(n, dtype=np.int32)
     probs = np.empty((n, params.n_components), dtype=np.float32) if proba else None
-    with np.errstate(divide="ignore"):
-        log_weights = np.log(params.weights)
     for start in range(0, n, _SUB_BLOCK_ROWS):
         part = X[start:start + _SUB_BLOCK_ROWS]
         if proba:
@@ -96,10 +93,7 @@ def label_block(params: MixtureParams, X: np.ndarray, proba: bool = False
             labels[start:start + part.shape[0]] = log_resp.argmax(axis=1)
             probs[start:start + part.shape[0]] = np.exp(log_resp)
         else:
-            weighted = log_gaussian_prob(part, params.means, params.precisions_cholesky,
-                                         params.covariance_type)
-            weighted += log_weights
-            labels[start:start + part.shape[0]] = weighted.argmax(axis=1)
+            labels[start:start + part.shape[0]] = params.weighted_log_prob(part).argmax(axis=1)
     return labels, probs
 
 

@@ -1,0 +1,309 @@
+"""CLI tests for fit/label/select/predict/run/demo, as real subprocesses on the session cluster."""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+import distgmm
+from distgmm.store import append, generate, label_state, open_points
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+JOBS = os.path.join(REPO, "jobs")
+
+
+def _env(**extra: str) -> dict[str, str]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = REPO + os.pathsep + env.get("PYTHONPATH", "")
+    env.update(extra)
+    return env
+
+
+def run(*args: str, timeout: float = 180) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "distgmm.cli", *args], capture_output=True,
+                          text=True, env=_env(), timeout=timeout)
+
+
+def run_json(*args: str) -> dict:
+    done = run(*args, "--json")
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout)  # stdout is exactly one JSON object
+
+
+def one_error_line(done: subprocess.CompletedProcess) -> str:
+    """The command failed with exit 2 and exactly one ``error:`` line, no traceback."""
+    assert done.returncode == 2, (done.returncode, done.stderr)
+    errors = [line for line in done.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "Traceback" not in done.stderr, done.stderr
+    assert done.stderr.strip().splitlines()[-1] == errors[0]
+    return errors[0]
+
+
+@pytest.fixture(scope="module")
+def blobs(tmp_path_factory, client):
+    """A 3-component store of 3000 rows in 10 chunks (300 rows each), reused read-only."""
+    url = str(tmp_path_factory.mktemp("blobs") / "b.zarr")
+    generate(url, n_points=3000, n_features=2, n_components=3, seed=11, chunk_rows=300,
+             client=client)
+    return url
+
+
+@pytest.fixture(scope="module")
+def blobs_model(tmp_path_factory, blobs, scheduler_address):
+    path = str(tmp_path_factory.mktemp("model") / "m.npz")
+    result = run_json("fit", blobs, "-k", "3", "--model", path, "--seed", "0",
+                      "--scheduler", scheduler_address)
+    assert result["model"] == path
+    return path
+
+
+def copy_store(src: str, dst) -> str:
+    shutil.copytree(src, dst)
+    return str(dst)
+
+
+def test_fit_label_incremental(tmp_path, blobs, scheduler_address):
+    store = copy_store(blobs, tmp_path / "s.zarr")
+    model = str(tmp_path / "m.npz")
+    done = run("fit", store, "--components", "3", "--model", model, "--seed", "0",
+               "--scheduler", scheduler_address)
+    assert done.returncode == 0, done.stderr
+    assert "Dask dashboard: http" in done.stderr and "iteration    1  lower bound" in done.stderr
+    assert "converged" in done.stdout and "lower bound" in done.stdout  # the summary table
+    fp = distgmm.store.read_model(model).fingerprint
+
+    first = run_json("label", model, store, "--scheduler", scheduler_address)
+    assert (first["name"], first["chunks_done"], first["chunks_skipped"]) == ("m", 10, 0)
+    assert first["fingerprint"] == fp and first["rows_labeled"] == 3000
+    again = run_json("label", model, store, "--scheduler", scheduler_address)
+    assert (again["chunks_done"], again["chunks_skipped"], again["rows_labeled"]) == (0, 10, 0)
+    assert label_state(store, "m").model_fingerprint == fp
+
+    np.save(tmp_path / "new.npy", np.random.default_rng(0).normal(size=(650, 2)).astype("f4"))
+    append(str(tmp_path / "new.npy"), store)  # 3650 rows: chunks 10, 11 and 12 are new
+    after = run_json("label", model, store, "--scheduler", scheduler_address)
+    assert (after["chunks_done"], after["chunks_skipped"], after["rows_labeled"]) == (3, 10, 650)
+    done = run("label", model, store, "--scheduler", scheduler_address)
+    assert "labelled 0 chunks (0 rows), skipped 13" in done.stdout
+
+    points = open_points(store)
+    expected = distgmm.load_model(model).predict(points.points.compute())
+    np.testing.assert_array_equal(points.group["labels/m"][:], expected)
+
+    other = str(tmp_path / "other.npz")  # another model under the same name
+    run_json("fit", store, "-k", "2", "--model", other, "--seed", "0", "--max-iter", "5",
+             "--scheduler", scheduler_address)
+    done = run("label", other, store, "--name", "m", "--scheduler", scheduler_address)
+    assert "written by another model" in one_error_line(done) and "--replace" in done.stderr
+    replaced = run_json("label", other, store, "--name", "m", "--replace",
+                        "--scheduler", scheduler_address)
+    assert replaced["replaced"] and replaced["chunks_done"] == 13
+
+
+def test_fit_json_and_weights(tmp_path, scheduler_address):
+    np.savetxt(tmp_path / "w.csv", np.column_stack([np.r_[np.zeros(20), np.ones(20) * 5],
+                                                    np.r_[np.ones(20), np.arange(20)]]),
+               delimiter=",", header="x,y", comments="")
+    store = str(tmp_path / "w.zarr")
+    assert run("ingest", str(tmp_path / "w.csv"), store).returncode == 0
+    result = run_json("fit", store, "-k", "2", "--model", str(tmp_path / "m.npz"),
+                      "--covariance-type", "diag", "--n-init", "2", "--init", "random_from_data",
+                      "--seed", "1", "--scheduler", scheduler_address)
+    for key in ("n_iter", "converged", "lower_bound", "fit_seconds", "seconds", "model",
+                "fingerprint", "dashboard"):
+        assert key in result
+    assert result["covariance_type"] == "diag" and result["n_init"] == 2
+    done = run("fit", store, "-k", "2", "--model", str(tmp_path / "x.npz"), "--weights",
+               "--scheduler", scheduler_address)
+    assert "no 'weights' array" in one_error_line(done)
+
+
+def _kill_when_paused(args: list[str], env: dict[str, str], marker: str) -> None:
+    """Run the CLI with a pause hook and SIGKILL it while it sleeps at the hook."""
+    proc = subprocess.Popen([sys.executable, "-m", "distgmm.cli", *args],
+                            stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True,
+                            env=_env(DISTGMM_TEST_PAUSE_SECONDS="60", **env))
+    try:
+        deadline = time.monotonic() + 120
+        for line in proc.stderr:
+            if marker in line:
+                break
+            assert time.monotonic() < deadline
+        else:
+            pytest.fail(f"the command ended without pausing (exit {proc.wait()})")
+        os.kill(proc.pid, signal.SIGKILL)
+        assert proc.wait(timeout=30) == -signal.SIGKILL
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+
+
+def test_kill_during_fit_then_resume_gives_the_same_model(tmp_path, blobs, scheduler_address):
+    common = ["-k", "3", "--seed", "5", "--tol", "0", "--max-iter", "8", "--n-init", "2",
+              "--scheduler", scheduler_address]
+    plain = run_json("fit", blobs, "--model", str(tmp_path / "plain.npz"), *common)
+    model, ckpt_dir = str(tmp_path / "resumed.npz"), str(tmp_path / "ck")
+    args = ["fit", blobs, "--model", model, "--checkpoint", ckpt_dir, *common]
+    # Killed in the second restart, after 11 iterations in all (8 + 3).
+    _kill_when_paused(args, {"DISTGMM_TEST_PAUSE_AFTER_ITERATIONS": "11"},
+                      "DISTGMM_TEST_PAUSE_AFTER_ITERATIONS: paused")
+    assert not os.path.exists(model)
+    assert os.listdir(ckpt_dir) == ["resumed.ckpt.npz"]
+    assert "pass --resume" in one_error_line(run(*args))
+    resumed = run_json(*args, "--resume")
+    assert resumed["resumed"] and not os.listdir(ckpt_dir)
+    assert resumed["fingerprint"] == plain["fingerprint"]  # same bytes as uninterrupted
+    assert (resumed["n_iter"], resumed["lower_bound"]) == (plain["n_iter"], plain["lower_bound"])
+
+
+def test_kill_during_label_then_rerun_gives_identical_labels(tmp_path, blobs, blobs_model,
+                                                             scheduler_address):
+    store = copy_store(blobs, tmp_path / "s.zarr")
+    whole = run_json("label", blobs_model, store, "--name", "whole", "--proba",
+                     "--scheduler", scheduler_address)
+    assert whole["chunks_done"] == 10
+    args = ["label", blobs_model, store, "--name", "cut", "--proba",
+            "--scheduler", scheduler_address]
+    _kill_when_paused(args, {"DISTGMM_TEST_PAUSE_AFTER_LABEL_CHUNKS": "3"},
+                      "DISTGMM_TEST_PAUSE_AFTER_LABEL_CHUNKS: paused")
+    before = label_state(store, "cut")
+    assert 3 <= len(before.chunks_done) < 10
+    rerun = run_json(*args)
+    assert rerun["chunks_skipped"] == len(before.chunks_done)
+    assert rerun["chunks_done"] == 10 - len(before.chunks_done)
+    group = open_points(store).group
+    np.testing.assert_array_equal(group["labels/cut"][:], group["labels/whole"][:])
+    np.testing.assert_array_equal(group["proba/cut"][:], group["proba/whole"][:])
+    assert label_state(store, "cut").complete
+
+
+def test_align_to_keeps_label_ids_across_seeds(tmp_path, client, scheduler_address):
+    store = str(tmp_path / "a.zarr")
+    generate(store, n_points=2000, n_features=2, n_components=4, seed=2, chunk_rows=500,
+             client=client)
+    old, new, aligned = (str(tmp_path / f"{n}.npz") for n in ("old", "new", "aligned"))
+    common = ["-k", "4", "--scheduler", scheduler_address]
+    run_json("fit", store, "--model", old, "--seed", "1", *common)
+    run_json("fit", store, "--model", new, "--seed", "3", *common)
+    result = run_json("fit", store, "--model", aligned, "--seed", "3", "--align-to", old,
+                      *common)
+    assert sorted(result["permutation"]) == [0, 1, 2, 3] and result["aligned_to"] == old
+    points = open_points(store).points.compute()
+    labels = {p: distgmm.load_model(p).predict(points) for p in (old, new, aligned)}
+    assert (labels[new] != labels[old]).mean() > 0.2  # another seed numbers them differently
+    assert (labels[aligned] == labels[old]).mean() > 0.99
+    assert distgmm.store.read_model(aligned).provenance["aligned_to"] == \
+        distgmm.store.read_model(old).fingerprint
+
+
+def test_select_table_and_plot(tmp_path, blobs, scheduler_address):
+    model = str(tmp_path / "best.npz")
+    done = run("select", blobs, "--components", "2..4", "--covariance-type", "full,spherical",
+               "--model", model, "--seed", "0", "--scheduler", scheduler_address)
+    assert done.returncode == 0, done.stderr
+    assert "BIC" in done.stdout and "AIC" in done.stdout and "<- chosen" in done.stdout
+    assert "K=4   spherical BIC" in done.stderr  # one progress line per candidate
+    assert os.path.exists(tmp_path / "best.selection.png")
+    chosen = distgmm.store.read_model(model)
+    assert chosen.model.n_components == 3
+    candidates = chosen.provenance["candidates"]
+    assert len(candidates) == 6
+    assert min(candidates, key=lambda r: r["bic"])["n_components"] == 3
+
+
+def test_predict_file(tmp_path, blobs, blobs_model):
+    points = open_points(blobs).points[:50].compute()
+    np.savetxt(tmp_path / "few.txt", points)
+    np.save(tmp_path / "few.npy", points)
+    model = distgmm.load_model(blobs_model)
+    done = run("predict", blobs_model, str(tmp_path / "few.txt"))
+    assert done.returncode == 0, done.stderr
+    np.testing.assert_array_equal(np.array(done.stdout.split(), dtype=int), model.predict(points))
+    result = run_json("predict", blobs_model, str(tmp_path / "few.npy"), "--proba",
+                      "--out", str(tmp_path / "p.npy"))
+    assert result["n_rows"] == 50 and result["out"] == str(tmp_path / "p.npy")
+    np.testing.assert_allclose(np.load(tmp_path / "p.npy"), model.predict_proba(points),
+                               atol=1e-6)
+
+
+@pytest.fixture
+def bad_inputs(tmp_path, blobs_model, client):
+    three = str(tmp_path / "three.zarr")
+    generate(three, n_points=100, n_features=3, n_components=2, seed=1, client=client)
+    truncated = tmp_path / "truncated.npz"
+    raw = open(blobs_model, "rb").read()
+    truncated.write_bytes(raw[: len(raw) // 2])
+    tampered = tmp_path / "tampered.npz"
+    with np.load(blobs_model, allow_pickle=False) as npz:
+        content = {name: npz[name] for name in npz.files}
+    content["weights"] = content["weights"][::-1].copy()
+    with open(tampered, "wb") as f:
+        np.savez(f, **content)
+    (tmp_path / "malformed.toml").write_text("[[step]\nrun = 'fit'\n")
+    (tmp_path / "unknown.toml").write_text(
+        "[[step]]\nrun = 'label'\nmodel = 'm.npz'\nstore = 's.zarr'\nprobability = true\n")
+    np.savetxt(tmp_path / "three.txt", np.zeros((4, 3)))
+    return tmp_path, three
+
+
+@pytest.mark.parametrize("args, expected", [
+    (["fit", "{tmp}/missing.zarr", "-k", "2", "--model", "{tmp}/m.npz"], "is not a point store"),
+    (["label", "{model}", "{tmp}/missing.zarr"], "is not a point store"),
+    (["select", "{store}", "--components", "5..2", "--model", "{tmp}/m.npz"],
+     "range 5..2 is reversed"),
+    (["select", "{store}", "--components", "many", "--model", "{tmp}/m.npz"],
+     "is not a component range"),
+    (["label", "{model}", "{three}"], "fitted on 2 features but store"),
+    (["label", "{tmp}/truncated.npz", "{store}"], "not a readable distgmm file"),
+    (["label", "{tmp}/tampered.npz", "{store}"], "failed its checksum"),
+    (["label", "{tmp}/nothing.npz", "{store}"], "does not exist"),
+    (["predict", "{model}", "{tmp}/three.txt"], "has 3 columns but model"),
+    (["fit", "{store}", "-k", "0", "--model", "{tmp}/m.npz"], "n_components must be an int >= 1"),
+    (["run", "{tmp}/malformed.toml"], "is not valid TOML"),
+    (["run", "{tmp}/unknown.toml"], "unknown key 'probability'; allowed: model, name, proba"),
+    (["run", "{tmp}/unknown.toml", "--set", "x=1"], "declares no variable 'x'"),
+])
+def test_bad_arguments_exit_2_with_one_line(bad_inputs, blobs, blobs_model, scheduler_address,
+                                             args, expected):
+    tmp, three = bad_inputs
+    args = [a.format(tmp=tmp, model=blobs_model, store=blobs, three=three) for a in args]
+    cluster = [] if args[0] == "predict" else ["--scheduler", scheduler_address]
+    line = one_error_line(run(*args, *cluster))
+    assert expected in line, line
+
+
+def test_every_example_job_runs(tmp_path, scheduler_address):
+    order = ["quickstart.toml", "nightly-label.toml", "refit-aligned.toml", "blobs.toml",
+             "nightly-label.toml"]
+    assert sorted(set(order)) == sorted(os.path.basename(p)
+                                        for p in glob.glob(os.path.join(JOBS, "*.toml")))
+    results = [run_json("run", os.path.join(JOBS, name), "--set", f"work={tmp_path}",
+                        "--scheduler", scheduler_address) for name in order]
+    steps = {name: [s["run"] for s in r["steps"]] for name, r in zip(order, results)}
+    assert steps["quickstart.toml"] == ["ingest", "select", "label"]
+    assert steps["blobs.toml"] == ["generate", "fit", "label"]
+    nightly = results[-1]["steps"]
+    assert nightly[0]["n_rows"] == 90 and nightly[1]["chunks_done"] == 1  # 3rd batch of 30
+    assert results[2]["steps"][0]["aligned_to"] == os.path.join(str(tmp_path), "model.npz")
+    assert open_points(str(tmp_path / "blobs.zarr")).group["proba/blobs"].shape == (900, 2)
+    assert os.path.exists(tmp_path / "model.selection.png")
+
+
+def test_demo(tmp_path, scheduler_address):
+    result = run_json("demo", str(tmp_path / "demo"), "--scheduler", scheduler_address)
+    outputs = result["outputs"]
+    for key in ("blobs model", "kmeans model", "kmeans selection", "blobs clusters",
+                "blobs convergence", "kmeans clusters", "kmeans convergence"):
+        assert os.path.getsize(outputs[key]) > 0, key
+    assert result["fits"]["blobs"]["n_components"] == 2
+    assert 1 <= result["fits"]["kmeans"]["n_components"] <= 6
+    assert len(label_state(outputs["blobs store"], "demo").chunks_done) == 1
