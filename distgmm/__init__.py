@@ -8,7 +8,7 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-__all__ = ["GaussianMixture", "CollapsedComponentError"]
+__all__ = ["GaussianMixture", "CollapsedComponentError", "load_model", "save_model"]
 __version__ = "0.1.0"
 
 _LAZY = {

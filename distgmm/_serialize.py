@@ -86,11 +86,13 @@ def load_arrays(path: str | os.PathLike) -> tuple[dict[str, np.ndarray], dict, s
     try:
         with open(path, "rb") as f:
             raw = f.read()
+        if not raw.startswith(b"PK"):
+            raise ValueError("not a zip archive")
         with np.load(io.BytesIO(raw), allow_pickle=False) as npz:
             data = {name: npz[name] for name in npz.files}
     except FileNotFoundError:
         raise
-    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as exc:
+    except (OSError, ValueError, TypeError, zipfile.BadZipFile, EOFError) as exc:
         raise CorruptFileError(
             f"{path} is not a readable distgmm file ({exc.__class__.__name__}); "
             "it may be truncated or not a distgmm file: write it again"
