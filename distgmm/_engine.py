@@ -66,6 +66,7 @@ __all__ = [
     "EMConfig",
     "FileCheckpoint",
     "fit_many",
+    "score_many",
     "EMResult",
     "IterationInfo",
     "ChunkedPoints",
@@ -737,6 +738,12 @@ def fit_many(
         results.append(EMResult(best.params, best.converged, best.iteration, best.lower_bound,
                                 list(best.lower_bounds), histories, elapsed))
     return results
+
+
+def score_many(data: ChunkedPoints, params_list: list[MixtureParams]) -> list[float]:
+    """Mean (weighted) log-likelihood of the data under each model, in one pass."""
+    totals = data.map_reduce(_em_task_many, list(params_list), merge=_merge_lists)
+    return [t.log_likelihood / t.weight_sum for t in totals]
 
 
 def fit_em(

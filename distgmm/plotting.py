@@ -799,7 +799,9 @@ def _draw_marginal(ax: Axes, i: int, axes_1d: list[_Axis], pairs: list[tuple[int
 
 def _histories(result: Any) -> tuple[list[np.ndarray], float | None]:
     tol = getattr(result, "tol", None)
-    if hasattr(result, "lower_bounds_"):
+    if getattr(result, "lower_bounds_per_init_", None):
+        result = result.lower_bounds_per_init_
+    elif hasattr(result, "lower_bounds_"):
         result = result.lower_bounds_
     values = list(result)
     if values and np.ndim(values[0]) == 0:
@@ -827,7 +829,8 @@ def plot_convergence(
     ----------
     histories : sequence of sequences of float, sequence of float, or fitted model
         ``histories[r][t]``: mean per-point lower bound of restart ``r`` after iteration
-        ``t``. A single sequence is one restart; a model's ``lower_bounds_`` is used.
+        ``t``. A single sequence is one restart; a model contributes every restart
+        (``lower_bounds_per_init_``) or, failing that, ``lower_bounds_``.
     tol : float, optional
         Convergence threshold drawn on the change panel; a model's ``tol`` by default.
     best : int, optional

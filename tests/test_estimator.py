@@ -324,3 +324,20 @@ def test_predict_with_wrong_feature_count(client):
 
 def test_public_api():
     assert distgmm.GaussianMixture is GaussianMixture
+
+
+def test_fit_candidates_equal_separate_fits_and_sklearn_criteria(client):
+    from distgmm._estimator import fit_candidates
+
+    X = DATASETS["three-5d"]()
+    grid = [(k, cov) for k in (1, 2, 3) for cov in ("full", "diag")]
+    models = [GaussianMixture(k, covariance_type=cov, random_state=0) for k, cov in grid]
+    outcomes = fit_candidates(models, X)
+    for (k, cov), model, (bic, aic) in zip(grid, models, outcomes):
+        alone = GaussianMixture(k, covariance_type=cov, random_state=0).fit(X)
+        assert model.lower_bounds_ == alone.lower_bounds_
+        np.testing.assert_array_equal(model.means_, alone.means_)
+        assert bic == pytest.approx(alone.bic(X), rel=1e-10)
+        assert aic == pytest.approx(alone.aic(X), rel=1e-10)
+    best = min(range(len(grid)), key=lambda i: outcomes[i][0])
+    assert grid[best][0] == 3, "BIC picks the three true components"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from distgmm.cli import demo, fit, generate, info, ingest, label, predict, run, select
+from distgmm.cli import demo, fit, generate, info, ingest, label, plot, predict, run, select
 
 __all__ = ["app", "main"]
 
@@ -22,6 +22,7 @@ app.command("fit")(fit.fit)
 app.command("label")(label.label)
 app.command("select")(select.select)
 app.command("predict")(predict.predict)
+app.command("plot")(plot.plot)
 app.command("run")(run.run)
 app.command("demo")(demo.demo)
 

@@ -64,6 +64,8 @@ def render_fit(output: Output, result: dict[str, Any]) -> None:
     if result["aligned_to"]:
         table.add_row("aligned to", f"{result['aligned_to']} (new ids <- components "
                       f"{result['permutation']})")
+    if result.get("plot"):
+        table.add_row("convergence plot", result["plot"])
     table.add_row("fingerprint", result["fingerprint"][:16])
     output.out.print(table)
 
@@ -84,6 +86,7 @@ def fit(
     resume: Annotated[bool, typer.Option("--resume", help="Continue from the checkpoint in --checkpoint DIR if there is one (else start).")] = False,
     align_to: Annotated[str | None, typer.Option("--align-to", metavar="OLD_MODEL", help="Renumber components to match this model's label ids.")] = None,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing model file.")] = False,
+    plot: Annotated[bool, typer.Option("--plot", help="Also write the convergence curve next to the model (<model>.convergence.png).")] = False,
     storage_option: StorageOption = None,
     scheduler: Scheduler = None,
     workers: Workers = None,
@@ -119,7 +122,7 @@ def fit(
                 tol=tol, max_iter=max_iter, n_init=n_init, init_params=init.value,
                 reg_covar=reg_covar, seed=seed, weights=weights, checkpoint_dir=checkpoint,
                 resume=resume, align_to=align_to, overwrite=overwrite, client=client,
-                storage_options=options, on_iteration=iteration_printer(output))
+                storage_options=options, on_iteration=iteration_printer(output), plot=plot)
             result = {**report.to_dict(), "dashboard": client.dashboard_link}
         if json:
             output.emit_json(result)

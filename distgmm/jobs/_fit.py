@@ -25,7 +25,8 @@ from distgmm.jobs._align import alignment_permutation, permute_components
 from distgmm.jobs._common import pause_for_tests, resolve_client
 from distgmm.store import open_points, read_model, save_model
 
-__all__ = ["FitReport", "fit_store", "checkpoint_path", "fit_points", "PAUSE_ENV"]
+__all__ = ["FitReport", "fit_store", "checkpoint_path", "convergence_plot_path", "fit_points",
+           "PAUSE_ENV"]
 
 logger = logging.getLogger(__name__)
 
@@ -57,10 +58,16 @@ class FitReport:
     fit_seconds: float
     seconds: float
     lower_bounds: list[float] = field(default_factory=list)
+    plot: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dictionary."""
         return asdict(self)
+
+
+def convergence_plot_path(model_path: str | os.PathLike) -> str:
+    """``<model path without extension>.convergence.png``."""
+    return f"{os.path.splitext(os.fspath(model_path))[0]}.convergence.png"
 
 
 def checkpoint_path(checkpoint_dir: str | os.PathLike, model_path: str | os.PathLike) -> str:
@@ -119,6 +126,7 @@ def fit_store(
     client: Any = None,
     storage_options: dict[str, Any] | None = None,
     on_iteration: Callable | None = None,
+    plot: bool = False,
 ) -> FitReport:
     """Fit a Gaussian mixture to a point store and write the model file.
 
@@ -146,6 +154,9 @@ def fit_store(
     storage_options : dict, optional
     on_iteration : callable, optional
         Called with every :class:`distgmm._engine.IterationInfo`.
+    plot : bool
+        Also write the convergence curve (one line per restart) to
+        :func:`convergence_plot_path`.
 
     Returns
     -------
@@ -202,6 +213,11 @@ def fit_store(
     fingerprint = save_model(model, model_path, provenance=provenance)
     if checkpoint is not None and os.path.exists(checkpoint):
         os.unlink(checkpoint)
+    plot_path = None
+    if plot:
+        from distgmm.plotting import plot_convergence, save_figure
+
+        plot_path = save_figure(plot_convergence(model), convergence_plot_path(model_path))
     return FitReport(
         model=model_path, store=store, fingerprint=fingerprint, n_rows=points.n_rows,
         n_features=points.n_features, n_components=n_components,
@@ -210,4 +226,4 @@ def fit_store(
         seed=seed, weighted=weights, checkpoint=checkpoint, resumed=resumed,
         aligned_to=reference.path if reference else None, permutation=permutation,
         fit_seconds=float(getattr(model, "fit_seconds_", 0.0)), seconds=time.perf_counter() - t0,
-        lower_bounds=[float(v) for v in model.lower_bounds_])
+        lower_bounds=[float(v) for v in model.lower_bounds_], plot=plot_path)

@@ -6,13 +6,14 @@ import logging
 import math
 import os
 import time
+import warnings
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable
 
-from distgmm._kernels import CollapsedComponentError
+from sklearn.exceptions import ConvergenceWarning
+
 from distgmm.errors import DistgmmInputError
 from distgmm.jobs._common import parse_components, parse_covariance_types, resolve_client
-from distgmm.jobs._fit import fit_points
 from distgmm.store import open_points, save_model
 
 __all__ = ["SelectReport", "select_store", "selection_plot_path", "CRITERIA"]
@@ -28,7 +29,8 @@ class SelectReport:
 
     ``records`` has one dict per candidate: ``n_components``, ``covariance_type``, ``bic``,
     ``aic`` (``None`` if the fit failed), ``n_iter``, ``converged``, ``lower_bound``,
-    ``seconds`` and ``error`` (the reason a fit failed, else ``None``).
+    ``seconds`` (wall time of the joint fit: all candidates share every pass over the
+    data) and ``error`` (the reason a fit failed, else ``None``).
     """
 
     store: str
@@ -110,37 +112,45 @@ def select_store(
         raise DistgmmInputError(f"--components {components!r}: the store {store} has only "
                                 f"{points.n_rows} rows; choose fewer components.")
     client = resolve_client(client)
+    from distgmm._estimator import GaussianMixture, fit_candidates
+
+    candidates = [(kind, k) for kind in kinds for k in ks]
+    fittable = [(kind, k) for kind, k in candidates if k <= points.n_rows]
+    models = [GaussianMixture(k, covariance_type=kind, tol=tol, reg_covar=reg_covar,
+                              max_iter=max_iter, n_init=n_init, init_params=init_params,
+                              random_state=seed) for kind, k in fittable]
+    start = time.perf_counter()
+    with client.as_current(), warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        outcomes = fit_candidates(models, points.points)
+    seconds = time.perf_counter() - start
+    by_candidate = {c: (m, o) for c, m, o in zip(fittable, models, outcomes)}
     records: list[dict[str, Any]] = []
     best: tuple[float, Any] | None = None
-    for kind in kinds:
-        for k in ks:
-            start = time.perf_counter()
-            record: dict[str, Any] = {"n_components": k, "covariance_type": kind, "bic": None,
-                                      "aic": None, "n_iter": None, "converged": None,
-                                      "lower_bound": None, "seconds": None, "error": None}
-            if k > points.n_rows:
-                record["error"] = f"more components than the {points.n_rows} rows"
+    for kind, k in candidates:
+        record: dict[str, Any] = {"n_components": k, "covariance_type": kind, "bic": None,
+                                  "aic": None, "n_iter": None, "converged": None,
+                                  "lower_bound": None, "seconds": seconds, "error": None}
+        if (kind, k) not in by_candidate:
+            record["error"] = f"more components than the {points.n_rows} rows"
+        else:
+            model, outcome = by_candidate[(kind, k)]
+            if isinstance(outcome, str):
+                record["error"] = outcome
+                logger.warning("K=%d %s failed: %s", k, kind, outcome)
             else:
-                try:
-                    model = fit_points(points.points, n_components=k, covariance_type=kind,
-                                       tol=tol, max_iter=max_iter, n_init=n_init,
-                                       init_params=init_params, reg_covar=reg_covar, seed=seed,
-                                       client=client)
-                    with client.as_current():
-                        record.update(bic=model.bic(points.points),
-                                      aic=model.aic(points.points))
-                    record.update(n_iter=int(model.n_iter_), converged=bool(model.converged_),
-                                  lower_bound=float(model.lower_bound_))
-                    value = record[criterion]
-                    if math.isfinite(value) and (best is None or value < best[0]):
-                        best = (value, model)
-                except CollapsedComponentError as exc:
-                    record["error"] = str(exc)
-                    logger.warning("K=%d %s failed: %s", k, kind, exc)
-            record["seconds"] = time.perf_counter() - start
-            records.append(record)
-            if on_candidate is not None:
-                on_candidate(record)
+                record.update(bic=outcome[0], aic=outcome[1], n_iter=int(model.n_iter_),
+                              converged=bool(model.converged_),
+                              lower_bound=float(model.lower_bound_))
+                if not model.converged_:
+                    logger.warning("K=%d %s did not converge in %d iterations", k, kind,
+                                   max_iter)
+                value = record[criterion]
+                if math.isfinite(value) and (best is None or value < best[0]):
+                    best = (value, model)
+        records.append(record)
+        if on_candidate is not None:
+            on_candidate(record)
     if best is None:
         raise DistgmmInputError(
             f"no candidate could be fitted on {store} ({records[-1]['error']}); try fewer "

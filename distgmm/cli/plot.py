@@ -1,0 +1,65 @@
+"""``distgmm plot``: a model drawn over a store's points (markers or chunked density) as a PNG."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from distgmm.cli._options import (
+    ClusterOptions, Json, MemoryLimit, Output, Quiet, Scheduler, StorageOption, ThreadsPerWorker,
+    TlsCaFile, TlsCert, TlsKey, Verbose, Workers, dask_client, handle_errors, storage_options,
+)
+
+__all__ = ["plot"]
+
+
+def plot(
+    model: Annotated[str, typer.Argument(help="Model file (from distgmm fit/select).")],
+    store: Annotated[str, typer.Argument(help="Point store (path or URL).")],
+    out: Annotated[str, typer.Option("--out", "-o", help="PNG file to write.")],
+    labels: Annotated[str | None, typer.Option("--labels", help="Color by the stored labels/NAME instead of predicting.")] = None,
+    features: Annotated[str | None, typer.Option("--features", help="Columns to show, e.g. 0,3 (more than two: a pair grid).")] = None,
+    projection: Annotated[str, typer.Option("--projection", help="auto, pca, features or pairs.")] = "auto",
+    density: Annotated[str, typer.Option("--density", help="auto, on or off: per-label 2-D histograms computed chunk by chunk.")] = "auto",
+    width: Annotated[int, typer.Option("--width", help="Image width in pixels.")] = 1000,
+    height: Annotated[int, typer.Option("--height", help="Image height in pixels.")] = 800,
+    storage_option: StorageOption = None,
+    scheduler: Scheduler = None,
+    workers: Workers = None,
+    threads_per_worker: ThreadsPerWorker = 1,
+    memory_limit: MemoryLimit = None,
+    tls_ca_file: TlsCaFile = None,
+    tls_cert: TlsCert = None,
+    tls_key: TlsKey = None,
+    verbose: Verbose = 0,
+    quiet: Quiet = False,
+    json: Json = False,
+) -> None:
+    """Draw MODEL over the points of STORE: labels, means, 1/2/3-sigma ellipses, boundary.
+
+    More than two features are projected on the first two principal components (computed
+    on Dask) unless --features picks columns. Large stores are drawn as per-label density.
+    """
+    from distgmm.jobs._plot import plot_store
+    from distgmm.store import open_points, read_model
+
+    output = Output(verbose, quiet, json)
+    with handle_errors(output):
+        options = storage_options(storage_option)
+        read_model(model)  # fail on bad input before starting a cluster
+        open_points(store, options)
+        cluster = ClusterOptions(scheduler, workers, threads_per_worker, memory_limit,
+                                 tls_ca_file, tls_cert, tls_key)
+        with dask_client(cluster, output) as client:
+            report = plot_store(model, store, out, labels=labels, features=features,
+                                projection=projection, density=density, width=width,
+                                height=height, client=client, storage_options=options)
+        result = report.to_dict()
+        if json:
+            output.emit_json(result)
+        else:
+            output.out.print(f"wrote {result['out']} ({result['width']}x{result['height']}, "
+                             f"{result['n_rows']:,} points, "
+                             f"{'density' if result['density'] else 'markers'}) in "
+                             f"{result['seconds']:.2f} s", highlight=False)
