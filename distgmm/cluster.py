@@ -20,11 +20,67 @@ import threading
 from distributed import Client, LocalCluster
 from distributed.security import Security
 
-__all__ = ["get_client", "local_cluster_client", "make_security", "close_embedded_cluster"]
+__all__ = [
+    "get_client", "local_cluster_client", "make_security", "close_embedded_cluster",
+    "ClusterUnavailableError", "scheduler_lost", "CONNECT_TIMEOUT",
+]
 
 logger = logging.getLogger(__name__)
 
+#: How long a client tries to reach a scheduler, at start and again after losing it, before
+#: giving up (a lost scheduler therefore fails a command after about this long).
+CONNECT_TIMEOUT = 20
+
 _lock = threading.Lock()
+
+
+class ClusterUnavailableError(ConnectionError):
+    """The Dask scheduler cannot be reached, or was lost while a job ran.
+
+    The message names the address and says what to do; the CLI prints it as
+    ``error: <message>`` and exits 1.
+    """
+
+
+def scheduler_lost(address: str, exc: BaseException) -> ClusterUnavailableError:
+    """The error for a scheduler that went away while a job was running on it."""
+    return ClusterUnavailableError(
+        f"lost the Dask scheduler at {address} (no answer for {CONNECT_TIMEOUT} s; "
+        f"{type(exc).__name__}). Work finished so far is kept: rerun the same command once "
+        "a scheduler is up — a fit with --checkpoint DIR continues from its last completed "
+        "iteration with --resume, a label job skips the chunks already labelled."
+    )
+
+
+def _check_address(scheduler: str, security: Security | None) -> None:
+    """Refuse protocol/TLS mismatches up front (Dask would hang or fail obscurely)."""
+    protocol, sep, _ = scheduler.partition("://")
+    protocol = protocol if sep else "tcp"
+    if protocol == "tls" and security is None:
+        raise ValueError(
+            f"the scheduler address {scheduler} uses TLS; pass --tls-ca-file, --tls-cert and "
+            "--tls-key (the cluster's CA and this client's certificate and key).")
+    if protocol != "tls" and security is not None:
+        raise ValueError(
+            f"TLS files were given but the scheduler address {scheduler} is not tls://; "
+            "write it as tls://HOST:PORT, or drop the --tls-* options for a plain tcp:// "
+            "scheduler.")
+
+
+def _connect(scheduler: str, security: Security | None) -> Client:
+    """A client to ``scheduler``, or a :class:`ClusterUnavailableError` that says why not."""
+    try:
+        return Client(scheduler, security=security, set_as_default=False,
+                      timeout=f"{CONNECT_TIMEOUT}s")
+    except (OSError, TimeoutError) as exc:  # CommClosedError and TLS failures are OSErrors
+        detail = " ".join(str(exc).split()) or type(exc).__name__
+        hint = ("check that the scheduler is running and the address is right"
+                if "Timed out" in detail else
+                "check the address, the protocol (tcp:// or tls://) and the TLS files: a TLS "
+                "scheduler refuses clients without a certificate signed by its CA")
+        raise ClusterUnavailableError(
+            f"could not connect to the Dask scheduler at {scheduler}: {detail}; {hint}."
+        ) from None
 _embedded: dict[str, object] = {}
 _remote: dict[str, Client] = {}
 
@@ -114,14 +170,21 @@ def get_client(scheduler: str | None = None, security: Security | None = None) -
     scheduler : str, optional
         Address of a running scheduler. Clients to explicit addresses are cached per address.
     security : distributed.security.Security, optional
-        TLS settings for ``tls://`` addresses.
+        TLS settings for ``tls://`` addresses (required for them, refused for others).
+
+    Raises
+    ------
+    ValueError
+        A ``tls://`` address without ``security``, or ``security`` with another protocol.
+    ClusterUnavailableError
+        The scheduler did not answer within :data:`CONNECT_TIMEOUT` seconds or refused us.
     """
     with _lock:
         if scheduler:
             client = _remote.get(scheduler)
             if client is None or client.status not in ("running", "connecting"):
-                client = Client(scheduler, security=security, set_as_default=False,
-                                timeout="20s")
+                _check_address(scheduler, security)
+                client = _connect(scheduler, security)
                 _remote[scheduler] = client
             return client
         try:

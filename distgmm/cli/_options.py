@@ -44,11 +44,11 @@ MemoryLimit = Annotated[str | None, typer.Option(
     "--memory-limit", rich_help_panel=_CLUSTER,
     help="Local cluster: memory per worker (e.g. 4GiB; default: machine memory split evenly).")]
 TlsCaFile = Annotated[str | None, typer.Option(
-    "--tls-ca-file", rich_help_panel=_CLUSTER, help="TLS: CA certificate (PEM) of the cluster.")]
+    "--tls-ca-file", envvar="DISTGMM_TLS_CA_FILE", rich_help_panel=_CLUSTER, help="TLS: CA certificate (PEM) of the cluster.")]
 TlsCert = Annotated[str | None, typer.Option(
-    "--tls-cert", rich_help_panel=_CLUSTER, help="TLS: this client's certificate (PEM).")]
+    "--tls-cert", envvar="DISTGMM_TLS_CERT", rich_help_panel=_CLUSTER, help="TLS: this client's certificate (PEM).")]
 TlsKey = Annotated[str | None, typer.Option(
-    "--tls-key", rich_help_panel=_CLUSTER, help="TLS: this client's private key (PEM).")]
+    "--tls-key", envvar="DISTGMM_TLS_KEY", rich_help_panel=_CLUSTER, help="TLS: this client's private key (PEM).")]
 Verbose = Annotated[int, typer.Option(
     "-v", "--verbose", count=True, rich_help_panel=_OUTPUT,
     help="More log output (-v info, -vv debug); tracebacks on unexpected errors.")]
@@ -166,18 +166,33 @@ def dask_client(options: ClusterOptions, output: Output) -> Iterator[Any]:
     output.message(f"Dask dashboard: {client.dashboard_link}")
     try:
         yield client
+    except Exception as exc:
+        # A job fails in many ways when its scheduler dies (cancelled futures, closed comms,
+        # timeouts); the client's status tells that this was the cause, not the job.
+        if options.scheduler and client.status != "running":
+            from distgmm.cluster import scheduler_lost
+
+            raise scheduler_lost(options.scheduler, exc) from exc
+        raise
     finally:
         client.close()
         if cluster is not None:
             cluster.close()
 
 
+def _is_cluster_unavailable(exc: BaseException) -> bool:
+    """Is ``exc`` distgmm's own "scheduler unreachable or lost" error (a clear message, no bug)?"""
+    cluster = sys.modules.get("distgmm.cluster")  # not imported: the error cannot be ours
+    return cluster is not None and isinstance(exc, cluster.ClusterUnavailableError)
+
+
 @contextlib.contextmanager
 def handle_errors(output: Output) -> Iterator[None]:
     """Turn exceptions into ``error: <message>`` on stderr and an exit code.
 
-    Bad input (``ValueError``, including :class:`DistgmmInputError`) exits 2; anything
-    unexpected exits 1 (with the traceback at ``-v``).
+    Bad input (``ValueError``, including :class:`DistgmmInputError`) exits 2; an unreachable
+    or lost scheduler (:class:`distgmm.cluster.ClusterUnavailableError`) exits 1 with its
+    message; anything unexpected exits 1 (with the traceback at ``-v``).
     """
     try:
         yield
@@ -190,6 +205,11 @@ def handle_errors(output: Output) -> Iterator[None]:
         sys.stderr.write("error: interrupted\n")
         raise typer.Exit(130) from None
     except Exception as exc:  # the CLI boundary: report anything, exit non-zero
+        if _is_cluster_unavailable(exc):
+            if output.verbose:
+                traceback.print_exc()
+            sys.stderr.write(f"error: {exc}\n")
+            raise typer.Exit(EXIT_FAILURE) from None
         if output.verbose:
             traceback.print_exc()
         sys.stderr.write(f"error: unexpected {type(exc).__name__}: {' '.join(str(exc).split())} "

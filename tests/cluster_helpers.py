@@ -1,0 +1,250 @@
+"""A real Dask cluster of separate processes on 127.0.0.1 (what docker-compose.yml runs), and TLS certificates.
+
+``dask scheduler`` and ``dask worker`` are started as subprocesses with the same arguments as
+the compose services (:data:`SCHEDULER_ARGS`, :data:`WORKER_ARGS`; ``test_cluster.py`` checks
+the compose file against them), bound to 127.0.0.1 on free ports. Every process started
+here is killed by :meth:`DaskProcesses.stop`, which the fixtures call in their teardown.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+
+#: Arguments of the compose ``scheduler`` service after ``dask scheduler`` (address and
+#: dashboard flags differ: compose listens on the internal network, tests on 127.0.0.1).
+SCHEDULER_ARGS: list[str] = []
+#: Arguments of the compose ``worker`` service after ``dask worker SCHEDULER``.
+WORKER_ARGS = ["--nthreads", "1", "--no-dashboard"]
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that was free a moment ago."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def cli_env(**extra: str) -> dict[str, str]:
+    """The environment for CLI subprocesses: this checkout first on the path, no inherited scheduler."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
+    for name in ("DISTGMM_SCHEDULER", "DISTGMM_TLS_CA_FILE", "DISTGMM_TLS_CERT", "DISTGMM_TLS_KEY"):
+        env.pop(name, None)
+    env.update(extra)
+    return env
+
+
+def distgmm(*args: str, timeout: float = 180, **env: str) -> subprocess.CompletedProcess:
+    """Run ``distgmm ARGS`` (as ``python -m distgmm.cli``) and wait for it."""
+    return subprocess.run([sys.executable, "-m", "distgmm.cli", *args], capture_output=True,
+                          text=True, env=cli_env(**env), timeout=timeout)
+
+
+def distgmm_popen(*args: str, **env: str) -> subprocess.Popen:
+    """Start ``distgmm ARGS`` with stdout and stderr piped (stderr line-buffered text)."""
+    return subprocess.Popen([sys.executable, "-m", "distgmm.cli", *args],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            bufsize=1, env=cli_env(**env))
+
+
+@dataclass
+class TlsFiles:
+    """PEM files of one party: the CA that signed it, its certificate and its key."""
+
+    ca: str
+    cert: str
+    key: str
+
+    def scheduler_flags(self) -> list[str]:
+        return ["--tls-ca-file", self.ca, "--tls-cert", self.cert, "--tls-key", self.key]
+
+    cli_flags = scheduler_flags
+
+
+def _dask_env() -> dict[str, str]:
+    env = cli_env()
+    # Fast failure detection so the fault tests are quick; the defaults are minutes.
+    env.setdefault("DASK_DISTRIBUTED__SCHEDULER__WORKER_TTL", "20s")
+    return env
+
+
+@dataclass
+class DaskProcesses:
+    """A scheduler and workers as separate ``dask`` processes on 127.0.0.1."""
+
+    workdir: Path
+    tls: TlsFiles | None = None
+    port: int = field(default_factory=free_port)
+    scheduler: subprocess.Popen | None = None
+    workers: list[subprocess.Popen] = field(default_factory=list)
+
+    @property
+    def address(self) -> str:
+        return f"{'tls' if self.tls else 'tcp'}://127.0.0.1:{self.port}"
+
+    def _log(self, name: str):
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        return open(self.workdir / f"{name}.log", "ab")
+
+    def start_scheduler(self) -> None:
+        tls = self.tls.scheduler_flags() if self.tls else []
+        cmd = ["dask", "scheduler", *SCHEDULER_ARGS, "--host", "127.0.0.1",
+               "--port", str(self.port), "--no-dashboard", *tls]
+        if self.tls:
+            cmd += ["--protocol", "tls"]
+        with self._log("scheduler") as log:
+            self.scheduler = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT,
+                                              env=_dask_env(), start_new_session=True)
+
+    def start_worker(self, nanny: bool = True, name: str | None = None) -> subprocess.Popen:
+        tls = self.tls.scheduler_flags() if self.tls else []
+        name = name or f"w{len(self.workers)}"
+        cmd = ["dask", "worker", self.address, *WORKER_ARGS, "--host", "127.0.0.1",
+               "--name", name, "--memory-limit", "2GiB", "--death-timeout", "60",
+               "--local-directory", str(self.workdir / name), *tls]
+        if not nanny:
+            cmd.append("--no-nanny")
+        with self._log(name) as log:
+            proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT,
+                                    env=_dask_env(), start_new_session=True)
+        self.workers.append(proc)
+        return proc
+
+    def start(self, n_workers: int = 2, nanny: bool = True, timeout: float = 60) -> "DaskProcesses":
+        self.start_scheduler()
+        for _ in range(n_workers):
+            self.start_worker(nanny=nanny)
+        self.wait_for_workers(n_workers, timeout)
+        return self
+
+    def client(self, timeout: str = "20s"):
+        from distributed import Client
+
+        security = None
+        if self.tls:
+            from distributed.security import Security
+
+            security = Security(tls_ca_file=self.tls.ca, tls_client_cert=self.tls.cert,
+                                tls_client_key=self.tls.key, require_encryption=True)
+        return Client(self.address, security=security, timeout=timeout, set_as_default=False)
+
+    def wait_for_workers(self, n: int, timeout: float = 60) -> None:
+        """Block until ``n`` workers are connected (fail with the logs otherwise)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                with self.client(timeout="5s") as client:
+                    client.wait_for_workers(n, timeout=max(1.0, deadline - time.monotonic()))
+                    return
+            except Exception as exc:  # not up yet: retry until the deadline
+                if time.monotonic() > deadline:
+                    raise AssertionError(
+                        f"{n} workers not connected to {self.address} in {timeout} s: {exc}\n"
+                        + self.logs()) from exc
+                time.sleep(0.5)
+
+    def n_workers(self) -> int:
+        with self.client(timeout="5s") as client:
+            return len(client.scheduler_info(n_workers=-1)["workers"])
+
+    def logs(self) -> str:
+        parts = []
+        for log in sorted(self.workdir.glob("*.log")):
+            parts.append(f"--- {log.name}\n{log.read_text(errors='replace')[-3000:]}")
+        return "\n".join(parts)
+
+    def kill_scheduler(self) -> None:
+        if self.scheduler is not None and self.scheduler.poll() is None:
+            self.scheduler.send_signal(signal.SIGKILL)
+            self.scheduler.wait(10)
+
+    def stop(self) -> None:
+        """SIGKILL every process started here (and their children: nannies start workers)."""
+        for proc in [*self.workers, self.scheduler]:
+            if proc is None:
+                continue
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:  # pragma: no cover - a kernel that ignores SIGKILL
+                pass
+
+
+def make_certificates(directory: Path) -> tuple[TlsFiles, TlsFiles]:
+    """A CA and one leaf certificate for 127.0.0.1 signed by it, plus a second, unrelated CA's leaf.
+
+    Returns ``(trusted, stranger)``: ``trusted`` is used by scheduler, workers and client
+    (Dask's Security lets them share a certificate); ``stranger`` is valid but signed by
+    another CA, so the cluster must refuse it.
+    """
+    directory.mkdir(parents=True, exist_ok=True)
+    return _ca_and_leaf(directory, "cluster"), _ca_and_leaf(directory, "stranger")
+
+
+def _ca_and_leaf(directory: Path, prefix: str) -> TlsFiles:
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+    now = datetime.datetime.now(datetime.timezone.utc)
+    validity = (now - datetime.timedelta(minutes=5), now + datetime.timedelta(days=1))
+
+    def name(common: str) -> x509.Name:
+        return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common)])
+
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca_cert = (
+        x509.CertificateBuilder().subject_name(name(f"{prefix} test CA"))
+        .issuer_name(name(f"{prefix} test CA")).public_key(ca_key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(validity[0]).not_valid_after(validity[1])
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .add_extension(x509.KeyUsage(digital_signature=True, key_cert_sign=True, crl_sign=True,
+                                     content_commitment=False, key_encipherment=False,
+                                     data_encipherment=False, key_agreement=False,
+                                     encipher_only=False, decipher_only=False), critical=True)
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()),
+                       critical=False)
+        .sign(ca_key, hashes.SHA256())
+    )
+    key = ec.generate_private_key(ec.SECP256R1())
+    cert = (
+        x509.CertificateBuilder().subject_name(name(f"{prefix} dask"))
+        .issuer_name(ca_cert.subject).public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(validity[0]).not_valid_after(validity[1])
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(x509.SubjectAlternativeName([
+            x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+            critical=False)
+        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH,
+                                              ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
+        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()),
+                       critical=False)
+        .sign(ca_key, hashes.SHA256())
+    )
+    files = TlsFiles(str(directory / f"{prefix}-ca.pem"), str(directory / f"{prefix}.pem"),
+                     str(directory / f"{prefix}-key.pem"))
+    Path(files.ca).write_bytes(ca_cert.public_bytes(serialization.Encoding.PEM))
+    Path(files.cert).write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    Path(files.key).write_bytes(key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption()))
+    os.chmod(files.key, 0o600)
+    return files
