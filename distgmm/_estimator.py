@@ -157,6 +157,11 @@ class GaussianMixture(DensityMixin, BaseEstimator):
     scheduler : str, optional
         Address of a Dask scheduler to fit on. Default: the current ``distributed`` client
         if there is one, else an embedded LocalCluster sized to the machine.
+    persist : {'auto', True, False}, default='auto'
+        Keep dask/Zarr input in worker memory for the duration of the fit (as Spark caches
+        an RDD), so the many passes of initialisation and EM do not re-read and decompress
+        the store. ``'auto'`` persists when the data takes at most a quarter of the
+        cluster's total worker memory limit, and streams from storage otherwise.
 
     Attributes
     ----------
@@ -189,6 +194,7 @@ class GaussianMixture(DensityMixin, BaseEstimator):
         verbose: int = 0,
         verbose_interval: int = 10,
         scheduler: str | None = None,
+        persist: str | bool = "auto",
     ):
         self.n_components = n_components
         self.covariance_type = covariance_type
@@ -205,6 +211,7 @@ class GaussianMixture(DensityMixin, BaseEstimator):
         self.verbose = verbose
         self.verbose_interval = verbose_interval
         self.scheduler = scheduler
+        self.persist = persist
 
     # ------------------------------------------------------------------ validation
     def _config(self, n_features: int) -> EMConfig:
@@ -221,6 +228,8 @@ class GaussianMixture(DensityMixin, BaseEstimator):
         if self.init_params not in INIT_METHODS:
             raise ValueError(f"init_params must be one of {', '.join(INIT_METHODS)}; got "
                              f"{self.init_params!r}.")
+        if self.persist not in ("auto", True, False):
+            raise ValueError(f"persist must be 'auto', True or False; got {self.persist!r}.")
         if self.scheduler is not None and not isinstance(self.scheduler, str):
             raise ValueError(f"scheduler must be an address string such as "
                              f"'tcp://host:8786' or None; got {type(self.scheduler).__name__}.")
@@ -282,6 +291,9 @@ class GaussianMixture(DensityMixin, BaseEstimator):
                 da.from_delayed(f, shape=(min(rows, n_rows - s), n_features), dtype=X.dtype)
                 for f, s in zip(futures, starts)])
             keepalive.extend(futures)
+        elif self._should_persist(X, client):
+            X = client.persist(X)
+            keepalive.append(X)
         weights = None
         if sample_weight is not None:
             w_lazy = isinstance(sample_weight, da.Array)
@@ -305,6 +317,13 @@ class GaussianMixture(DensityMixin, BaseEstimator):
         data = ChunkedPoints(X, weights, client)
         data.keepalive = keepalive
         return data
+
+    def _should_persist(self, X: da.Array, client) -> bool:
+        if self.persist in (True, False):
+            return self.persist
+        workers = client.scheduler_info()["workers"].values()
+        limit = sum(w.get("memory_limit") or 0 for w in workers)
+        return limit > 0 and X.nbytes <= limit / 4
 
     # ------------------------------------------------------------------ fitting
     def fit(

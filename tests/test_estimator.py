@@ -182,6 +182,13 @@ def test_dask_input_gives_lazy_results_with_input_chunks(client):
     assert gm.score(dX) == pytest.approx(gm.score(X), rel=1e-12)
 
 
+def test_persisting_or_streaming_dask_input_gives_the_same_bits(client):
+    dX = da.from_array(DATASETS["three-5d"](), chunks=(128, 5))
+    fits = [GaussianMixture(3, random_state=0, persist=p).fit(dX) for p in (True, False)]
+    assert fits[0].lower_bounds_ == fits[1].lower_bounds_
+    assert np.array_equal(fits[0].covariances_, fits[1].covariances_)
+
+
 def test_zarr_array_input(client, tmp_path):
     import zarr
 
@@ -202,7 +209,7 @@ def test_estimator_contract(client):
     assert params["n_components"] == 4 and params["covariance_type"] == "diag"
     assert set(params) >= {"tol", "reg_covar", "max_iter", "n_init", "init_params",
                            "weights_init", "means_init", "precisions_init", "random_state",
-                           "warm_start", "verbose", "verbose_interval", "scheduler"}
+                           "warm_start", "verbose", "verbose_interval", "scheduler", "persist"}
     copy = clone(gm)
     assert copy.get_params() == params and copy is not gm
     gm.set_params(n_components=2, tol=1e-4)
@@ -292,6 +299,8 @@ BAD_INPUTS = [
     ("bad precisions_init", lambda: np.ones((10, 2)),
      {"precisions_init": -np.tile(np.eye(2), (2, 1, 1))},
      r"precisions_init\[0\] is not symmetric positive definite"),
+    ("bad persist", lambda: np.ones((10, 2)), {"persist": "yes"},
+     r"persist must be 'auto', True or False; got 'yes'"),
     ("bad random_state", lambda: np.ones((10, 2)), {"random_state": "x"},
      r"random_state must be None, a non-negative int"),
 ]

@@ -23,7 +23,7 @@ def generate(
     components: Annotated[int | None, typer.Option("--components", help="Mixture components [default: 8].")] = None,
     seed: Annotated[int | None, typer.Option("--seed", help="Random seed (default: random, recorded in the store).")] = None,
     dtype: Annotated[DType, typer.Option("--dtype", help="Stored dtype.")] = DType.float32,
-    chunk_rows: Annotated[int | None, typer.Option("--chunk-rows", min=1, help="Rows per chunk (default: ~32 MiB of points).")] = None,
+    chunk_rows: Annotated[int | None, typer.Option("--chunk-rows", min=1, help="Rows per chunk (default: ~16 MiB of points).")] = None,
     preset: Annotated[str | None, typer.Option("--preset", help="Named data set: seed-blobs (300 points around (0,0), std 1.2; 600 around (3,3), std 1.8).")] = None,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing point store.")] = False,
     storage_option: StorageOption = None,

@@ -18,7 +18,7 @@ def ingest(
     columns: Annotated[str | None, typer.Option("--columns", help="Columns to read, by name or 0-based index: 'x,y' or '0,2'.")] = None,
     header: Annotated[bool | None, typer.Option("--header/--no-header", help="Whether a text/CSV file has a header line (default: detected for CSV).", show_default=False)] = None,
     dtype: Annotated[DType | None, typer.Option("--dtype", help="Stored dtype (default: the source's float dtype, else float64; on --append, the store's).")] = None,
-    chunk_rows: Annotated[int | None, typer.Option("--chunk-rows", min=1, help="Rows per chunk (default: ~32 MiB of points).")] = None,
+    chunk_rows: Annotated[int | None, typer.Option("--chunk-rows", min=1, help="Rows per chunk (default: ~16 MiB of points).")] = None,
     append: Annotated[bool, typer.Option("--append", help="Add the rows to the existing store (checks features and dtype).")] = False,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing point store.")] = False,
     drop_nonfinite: Annotated[bool, typer.Option("--drop-nonfinite", help="Skip rows holding NaN/inf (and report how many) instead of failing.")] = False,

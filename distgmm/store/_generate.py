@@ -116,7 +116,7 @@ def generate(store: str, *, n_points: int = 10_000_000, n_features: int = 8,
     dtype : {"float32", "float64"}
         Stored dtype.
     chunk_rows : int, optional
-        Rows per chunk; default about 32 MiB of points per chunk (at most ``n_points``).
+        Rows per chunk; default about 16 MiB of points per chunk (at most ``n_points``).
     preset : {"seed-blobs"}, optional
         A named data set from :data:`PRESETS`.
     overwrite : bool

@@ -200,7 +200,7 @@ def ingest(source: str, store: str, *, format: str | None = None,
         Stored dtype. Default: the source's own float dtype (npy/Parquet) or float64; on
         append it must equal the store's.
     chunk_rows : int, optional
-        Rows per chunk (new stores only); default about 32 MiB of points per chunk.
+        Rows per chunk (new stores only); default about 16 MiB of points per chunk.
     append : bool
         Add the rows to the existing store at ``store`` (see :func:`append`).
     overwrite : bool

@@ -32,7 +32,7 @@ logger = logging.getLogger(__name__)
 #: Version of the group-attribute schema below; bumped on incompatible layout changes.
 SCHEMA_VERSION = 1
 #: Default size of one chunk of ``points`` before compression.
-DEFAULT_CHUNK_BYTES = 32 * 2**20
+DEFAULT_CHUNK_BYTES = 16 * 2**20
 #: Per-row arrays besides ``points`` and the value appended rows get when the source has none.
 ROW_ARRAY_FILL = {"weights": 1.0, "truth": -1}
 #: How many append records ``points`` keeps in its ``row_log`` attribute.
