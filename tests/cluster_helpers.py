@@ -1,6 +1,7 @@
 """A real Dask cluster of separate processes on 127.0.0.1 (what docker-compose.yml runs), and TLS certificates.
 
-``dask scheduler`` and ``dask worker`` are started as subprocesses with the same arguments as
+``dask scheduler`` and ``dask worker`` (as ``python -m dask ...`` with this interpreter, so a
+virtualenv's own dask runs) are started as subprocesses with the same arguments as
 the compose services (:data:`SCHEDULER_ARGS`, :data:`WORKER_ARGS`; ``test_cluster.py`` checks
 the compose file against them), bound to 127.0.0.1 on free ports. Every process started
 here is killed by :meth:`DaskProcesses.stop`, which the fixtures call in their teardown.
@@ -19,6 +20,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
+#: The ``dask`` command of the interpreter running the tests.
+DASK = [sys.executable, "-m", "dask"]
 
 #: Arguments of the compose ``scheduler`` service after ``dask scheduler`` (address and
 #: dashboard flags differ: compose listens on the internal network, tests on 127.0.0.1).
@@ -98,7 +101,7 @@ class DaskProcesses:
 
     def start_scheduler(self) -> None:
         tls = self.tls.scheduler_flags() if self.tls else []
-        cmd = ["dask", "scheduler", *SCHEDULER_ARGS, "--host", "127.0.0.1",
+        cmd = [*DASK, "scheduler", *SCHEDULER_ARGS, "--host", "127.0.0.1",
                "--port", str(self.port), "--no-dashboard", *tls]
         if self.tls:
             cmd += ["--protocol", "tls"]
@@ -109,7 +112,7 @@ class DaskProcesses:
     def start_worker(self, nanny: bool = True, name: str | None = None) -> subprocess.Popen:
         tls = self.tls.scheduler_flags() if self.tls else []
         name = name or f"w{len(self.workers)}"
-        cmd = ["dask", "worker", self.address, *WORKER_ARGS, "--host", "127.0.0.1",
+        cmd = [*DASK, "worker", self.address, *WORKER_ARGS, "--host", "127.0.0.1",
                "--name", name, "--memory-limit", "2GiB", "--death-timeout", "60",
                "--local-directory", str(self.workdir / name), *tls]
         if not nanny:
@@ -191,7 +194,31 @@ def make_certificates(directory: Path) -> tuple[TlsFiles, TlsFiles]:
     another CA, so the cluster must refuse it.
     """
     directory.mkdir(parents=True, exist_ok=True)
-    return _ca_and_leaf(directory, "cluster"), _ca_and_leaf(directory, "stranger")
+    try:
+        import cryptography  # noqa: F401
+        make = _ca_and_leaf
+    except ImportError:  # not a dependency of distgmm or distributed: use the openssl command
+        make = _ca_and_leaf_openssl
+    return make(directory, "cluster"), make(directory, "stranger")
+
+
+def _ca_and_leaf_openssl(directory: Path, prefix: str) -> TlsFiles:
+    files = TlsFiles(str(directory / f"{prefix}-ca.pem"), str(directory / f"{prefix}.pem"),
+                     str(directory / f"{prefix}-key.pem"))
+    ca_key, csr, ext = (str(directory / f"{prefix}{s}") for s in ("-ca-key.pem", ".csr", ".cnf"))
+    Path(ext).write_text("subjectAltName=DNS:localhost,IP:127.0.0.1\n"
+                         "extendedKeyUsage=serverAuth,clientAuth\n")
+    ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes"]
+    for cmd in (
+        ["req", "-x509", *ec, "-days", "1", "-subj", f"/CN={prefix} test CA",
+         "-addext", "basicConstraints=critical,CA:TRUE",
+         "-addext", "keyUsage=critical,keyCertSign,cRLSign", "-keyout", ca_key, "-out", files.ca],
+        ["req", *ec, "-subj", f"/CN={prefix} dask", "-keyout", files.key, "-out", csr],
+        ["x509", "-req", "-in", csr, "-CA", files.ca, "-CAkey", ca_key, "-CAcreateserial",
+         "-days", "1", "-extfile", ext, "-out", files.cert],
+    ):
+        subprocess.run(["openssl", *cmd], check=True, capture_output=True, timeout=60)
+    return files
 
 
 def _ca_and_leaf(directory: Path, prefix: str) -> TlsFiles:
