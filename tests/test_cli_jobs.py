@@ -233,6 +233,10 @@ def test_predict_file(tmp_path, blobs, blobs_model):
     assert result["n_rows"] == 50 and result["out"] == str(tmp_path / "p.npy")
     np.testing.assert_allclose(np.load(tmp_path / "p.npy"), model.predict_proba(points),
                                atol=1e-6)
+    both = run("predict", blobs_model, str(tmp_path / "few.txt"), "--proba")
+    rows = np.loadtxt(both.stdout.splitlines())
+    np.testing.assert_array_equal(rows[:, 0].astype(int), model.predict(points))
+    np.testing.assert_allclose(rows[:, 1:], model.predict_proba(points), atol=1e-5)
 
 
 @pytest.fixture

@@ -5,7 +5,6 @@ from __future__ import annotations
 import sys
 from typing import Annotated
 
-import numpy as np
 import typer
 
 from distgmm.cli._options import Json, Output, Quiet, Verbose, handle_errors
@@ -16,7 +15,7 @@ __all__ = ["predict"]
 def predict(
     model: Annotated[str, typer.Argument(help="Model file (from distgmm fit/select).")],
     file: Annotated[str, typer.Argument(help="Text (as numpy.loadtxt reads it), .csv or .npy file of points.")],
-    proba: Annotated[bool, typer.Option("--proba", help="Output the (N, K) component probabilities instead of labels.")] = False,
+    proba: Annotated[bool, typer.Option("--proba", help="Also output the (N, K) component probabilities (text: label then probabilities per row; .npy: the probabilities).")] = False,
     out: Annotated[str | None, typer.Option("--out", help="Write to this file (.npy, else text) instead of stdout.")] = None,
     format: Annotated[str | None, typer.Option("--format", help="text, csv or npy (default: from the extension).")] = None,
     columns: Annotated[str | None, typer.Option("--columns", help="Columns to read, by name or 0-based index.")] = None,
@@ -25,28 +24,29 @@ def predict(
     quiet: Quiet = False,
     json: Json = False,
 ) -> None:
-    """Print (or --out) the label of every row of FILE under MODEL; --proba for probabilities.
+    """Print (or --out) the label of every row of FILE under MODEL; --proba adds probabilities.
 
     Runs in this process (meant for small files); no Dask cluster is started. For large
     data, ingest it into a store and use `distgmm label`.
     """
-    from distgmm.jobs import predict_file, write_prediction
+    from distgmm.jobs._predict import predict_file, write_prediction, write_text
 
     output = Output(verbose, quiet, json)
     with handle_errors(output):
         prediction = predict_file(model, file, proba=proba, format=format, columns=columns,
                                   header=header)
-        values = prediction.proba if proba else prediction.labels
         if out is not None:
             write_prediction(prediction, out)
         if json:
             result = {"model": prediction.model, "fingerprint": prediction.fingerprint,
                       "file": file, "n_rows": prediction.n_rows, "out": out}
             if out is None:
-                result["proba" if proba else "labels"] = values.tolist()
+                result["labels"] = prediction.labels.tolist()
+                if proba:
+                    result["proba"] = prediction.proba.tolist()
             output.emit_json(result)
         elif out is None:
-            np.savetxt(sys.stdout, values, fmt="%.6g" if proba else "%d")
+            write_text(sys.stdout, prediction)
         else:
-            output.message(f"wrote {'probabilities' if proba else 'labels'} of "
+            output.message(f"wrote {'labels and probabilities' if proba else 'labels'} of "
                            f"{prediction.n_rows} rows to {out}")

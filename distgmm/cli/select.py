@@ -25,7 +25,7 @@ def candidate_printer(output: Output):
         else:
             output.message(f"K={record['n_components']:<3} {record['covariance_type']:<9} "
                            f"BIC {record['bic']:.2f}  AIC {record['aic']:.2f}  "
-                           f"{record['n_iter']} iterations, {record['seconds']:.2f} s")
+                           f"{record['n_iter']} iterations")
     return show
 
 

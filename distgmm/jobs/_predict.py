@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import os
 import tempfile
 from dataclasses import dataclass
@@ -14,7 +15,7 @@ from distgmm.jobs._label import label_block, model_params
 from distgmm.store import ModelFile, read_model
 from distgmm.store._sources import open_source
 
-__all__ = ["Prediction", "predict_file", "write_prediction"]
+__all__ = ["write_text", "Prediction", "predict_file", "write_prediction"]
 
 
 @dataclass(frozen=True)
@@ -63,11 +64,20 @@ def predict_file(model: str | os.PathLike | ModelFile, path: str, *, proba: bool
                       labels=all_labels, proba=all_proba)
 
 
-def write_prediction(prediction: Prediction, out: str) -> str:
-    """Write probabilities (if computed) else labels to ``out`` atomically.
+def write_text(stream: Any, prediction: Prediction) -> None:
+    """One line per row: the label, then (if computed) the probabilities as ``%.6g``."""
+    if prediction.proba is None:
+        np.savetxt(stream, prediction.labels, fmt="%d")
+        return
+    for label, row in zip(prediction.labels, prediction.proba):
+        stream.write(f"{label} " + " ".join(f"{p:.6g}" for p in row) + "\n")
 
-    ``.npy``: the array itself. Anything else: text, one row per line (labels as integers,
-    probabilities as ``%.6g`` separated by spaces).
+
+def write_prediction(prediction: Prediction, out: str) -> str:
+    """Write the prediction to ``out`` atomically.
+
+    ``.npy``: the probabilities (N, K) if computed, else the labels (N,). Anything else:
+    text, as :func:`write_text`.
     """
     data: Any = prediction.proba if prediction.proba is not None else prediction.labels
     directory = os.path.dirname(os.path.abspath(out))
@@ -78,7 +88,8 @@ def write_prediction(prediction: Prediction, out: str) -> str:
             if out.lower().endswith(".npy"):
                 np.save(f, data)
             else:
-                np.savetxt(f, data, fmt="%d" if data.ndim == 1 else "%.6g")
+                with io.TextIOWrapper(f, encoding="utf-8") as text:
+                    write_text(text, prediction)
         os.replace(tmp, out)
     except BaseException:
         if os.path.exists(tmp):
