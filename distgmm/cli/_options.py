@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import os
 import sys
 import traceback
 from collections.abc import Iterator
@@ -204,6 +205,12 @@ def handle_errors(output: Output) -> Iterator[None]:
     except KeyboardInterrupt:
         sys.stderr.write("error: interrupted\n")
         raise typer.Exit(130) from None
+    except BrokenPipeError:
+        # stdout closed early (`distgmm predict ... | head`): stop quietly, as a killed-by-
+        # SIGPIPE Unix tool does (128 + 13), and keep Python from complaining at exit.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        raise typer.Exit(141) from None
     except Exception as exc:  # the CLI boundary: report anything, exit non-zero
         if _is_cluster_unavailable(exc):
             if output.verbose:
