@@ -13,10 +13,11 @@ import hashlib
 import io
 import json
 import os
-import tempfile
 import zipfile
 
 import numpy as np
+
+from ._atomic import atomic_write
 
 __all__ = ["save_arrays", "load_arrays", "content_digest", "CorruptFileError"]
 
@@ -52,19 +53,8 @@ def save_arrays(path: str | os.PathLike, arrays: dict[str, np.ndarray], meta: di
     payload = dict(arrays)
     payload[_META] = np.frombuffer(json.dumps(meta, sort_keys=True).encode(), dtype=np.uint8)
     payload[_DIGEST] = np.frombuffer(digest.encode(), dtype=np.uint8)
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".npz", dir=directory)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, **payload)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    with atomic_write(path) as f:
+        np.savez(f, **payload)
     return digest
 
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 import math
 import os
-import secrets
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal, Protocol
@@ -13,6 +12,8 @@ from typing import TYPE_CHECKING, Any, Literal, Protocol
 import dask
 import dask.array as da
 import numpy as np
+
+from distgmm._atomic import atomic_write
 
 if TYPE_CHECKING:  # matplotlib is imported lazily, inside the functions that draw.
     from matplotlib.axes import Axes
@@ -1042,20 +1043,7 @@ def save_figure(
     dpi = float(fig.get_dpi() if dpi is None else dpi)
     if size is not None:
         fig.set_size_inches(size[0] / dpi, size[1] / dpi)
-    directory = os.path.dirname(os.path.abspath(path))
-    temporary = os.path.join(
-        directory, f".{os.path.basename(path)}.{secrets.token_hex(6)}.tmp")
-    # os.open with mode 0o666 lets the umask decide permissions, as for a plain open().
-    descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-    try:
-        with os.fdopen(descriptor, "wb") as handle:
-            fig.savefig(handle, format=fmt, dpi=dpi)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        if os.path.exists(temporary):
-            os.unlink(temporary)
-        raise
+    with atomic_write(path) as handle:
+        fig.savefig(handle, format=fmt, dpi=dpi)
     logger.info("wrote %s", path)
     return path

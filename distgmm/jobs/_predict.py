@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import io
 import os
-import tempfile
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+
+from distgmm._atomic import atomic_write
 
 from distgmm.errors import DistgmmInputError
 from distgmm.jobs._label import label_block, model_params
@@ -80,19 +81,12 @@ def write_prediction(prediction: Prediction, out: str) -> str:
     text, as :func:`write_text`.
     """
     data: Any = prediction.proba if prediction.proba is not None else prediction.labels
-    directory = os.path.dirname(os.path.abspath(out))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=directory)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            if out.lower().endswith(".npy"):
-                np.save(f, data)
-            else:
-                with io.TextIOWrapper(f, encoding="utf-8") as text:
-                    write_text(text, prediction)
-        os.replace(tmp, out)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    with atomic_write(out) as f:
+        if out.lower().endswith(".npy"):
+            np.save(f, data)
+        else:
+            text = io.TextIOWrapper(f, encoding="utf-8")
+            write_text(text, prediction)
+            text.flush()
+            text.detach()  # leave ``f`` open for atomic_write to fsync and close
     return out
