@@ -401,7 +401,7 @@ def test_save_figure_is_atomic(blobs_model, tmp_path):
 
 BUDGET_MB = 150
 BIG_ROWS = 20_000_000
-BIG_CHUNK = 1_000_000
+BIG_CHUNK = 500_000
 
 MEASURE = textwrap.dedent("""
     import json, resource, sys, time
@@ -418,7 +418,8 @@ MEASURE = textwrap.dedent("""
         # Warm up the same code path on a small array, so imports and caches are in the
         # baseline. The baseline is the current resident size; the peak is the process's
         # high-water mark, so peak - base is an upper bound of what the big plot added.
-        save_figure(plot_clusters(model, da.from_array(small, chunks=(300, 2)), density=True),
+        # Several chunks, so that both scheduler threads run (and allocate) in the warm-up.
+        save_figure(plot_clusters(model, da.from_array(small, chunks=(50, 2)), density=True),
                     out)
         with open("/proc/self/statm") as statm:
             base = int(statm.read().split()[1]) * resource.getpagesize() / 1024
@@ -449,7 +450,10 @@ def test_density_memory_stays_within_budget_on_a_large_store(tmp_path):
     data_mb = BIG_ROWS * 2 * 8 / 2**20
     assert data_mb > 2 * BUDGET_MB
     env = {**os.environ, "PYTHONPATH": f"{REPO}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
-           "MPLBACKEND": "Agg"}
+           "MPLBACKEND": "Agg",
+           # as on Dask workers: one BLAS thread per task thread, so BLAS thread pools and
+           # their buffers do not multiply inside the measurement
+           "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
     result = subprocess.run([sys.executable, "-c", MEASURE, str(store), str(tmp_path / "big.png")],
                             check=True, capture_output=True, text=True, env=env, cwd=REPO)
     measured = json.loads(result.stdout.strip().splitlines()[-1])
