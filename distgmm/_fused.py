@@ -165,7 +165,9 @@ def _fused_stats_gemm(X, w, ucat, bcat, log_const, shift):
     """Full/tied variant for D >= 4: small in-cache GEMMs per block of ``_GEMM_BLOCK`` rows.
 
     ``ucat`` (D, K*D) holds the precision factors side by side and ``bcat`` (K*D,) the
-    matching ``mu_k @ U_k``; statistics are centered on each block's weighted means.
+    matching ``mu_k @ U_k``; statistics are centered on each block's weighted means. All
+    buffers are allocated once per chunk: Dask workers set ``MALLOC_TRIM_THRESHOLD_``, which
+    makes every large allocation an ``mmap`` and per-block allocations 2-3x slower.
     """
     n, D = X.shape
     K = log_const.shape[0]
@@ -173,15 +175,28 @@ def _fused_stats_gemm(X, w, ucat, bcat, log_const, shift):
     M = np.zeros((K, D))
     S = np.zeros((K, D, D))
     ll = 0.0
-    for start in range(0, n, _GEMM_BLOCK):
-        stop = min(start + _GEMM_BLOCK, n)
+    B = _GEMM_BLOCK
+    xb_buf = np.empty((B, D))
+    y_buf = np.empty((B, K * D))
+    lp_buf = np.empty((B, K))
+    d_buf = np.empty((B, D))
+    dw_buf = np.empty((B, D))
+    sums = np.empty((K, D))
+    scatter_b = np.empty((D, D))
+    wb = np.empty(K)
+    mean_b = np.empty(D)
+    for start in range(0, n, B):
+        stop = min(start + B, n)
         m = stop - start
-        xb = np.empty((m, D))
+        xb = xb_buf[:m]
+        y = y_buf[:m]
+        lp = lp_buf[:m]
+        d = d_buf[:m]
+        dw = dw_buf[:m]
         for i in range(m):
             for a in range(D):
                 xb[i, a] = X[start + i, a] - shift[a]
-        y = xb @ ucat
-        lp = np.empty((m, K))
+        np.dot(xb, ucat, y)
         for i in range(m):
             mx = -np.inf
             for k in range(K):
@@ -203,26 +218,32 @@ def _fused_stats_gemm(X, w, ucat, bcat, log_const, shift):
             f = wi / tot
             for k in range(K):
                 lp[i, k] *= f
-        wb = np.zeros(K)
+        wb[:] = 0.0
         for i in range(m):
             for k in range(K):
                 wb[k] += lp[i, k]
-        sums = lp.T @ xb
+        np.dot(lp.T, xb, sums)
         for k in range(K):
             if wb[k] <= 0.0:
                 continue
-            mean_b = sums[k] / wb[k]
-            d = xb - mean_b
-            scatter_b = (d * lp[:, k : k + 1]).T @ d
+            for a in range(D):
+                mean_b[a] = sums[k, a] / wb[k]
+            for i in range(m):
+                r = lp[i, k]
+                for a in range(D):
+                    v = xb[i, a] - mean_b[a]
+                    d[i, a] = v
+                    dw[i, a] = v * r
+            np.dot(dw.T, d, scatter_b)
             wt = W[k] + wb[k]
             frac = wb[k] / wt
             cross = W[k] * frac
-            delta = mean_b - M[k]
             for a in range(D):
+                delta_a = mean_b[a] - M[k, a]
                 for c in range(D):
-                    S[k, a, c] += scatter_b[a, c] + cross * delta[a] * delta[c]
+                    S[k, a, c] += scatter_b[a, c] + cross * delta_a * (mean_b[c] - M[k, c])
             for a in range(D):
-                M[k, a] += delta[a] * frac
+                M[k, a] += (mean_b[a] - M[k, a]) * frac
             W[k] = wt
     return W, M, S, ll
 
