@@ -9,7 +9,8 @@ For each size it generates data, starts both implementations from the same weigh
 and precisions, runs a fixed number of iterations (tol=0) and reports seconds per iteration
 (medians: scikit-learn's own ``_e_step`` + ``_m_step``, distgmm's pass times from its
 ``on_iteration`` callback, which include scheduling and the client-side M-step),
-the ratio, attained GFLOP/s (3*N*K*D^2 flops per iteration, the issue's convention) against
+the ratio, attained GFLOP/s (3*N*K*D^2 flops per iteration for full covariances, the
+issue's convention; 8*N*K*D for diag) against
 the machine's measured GEMM rate, peak memory of the client and of the workers, and label
 throughput (distgmm predict into a dask array vs scikit-learn predict). distgmm's data is
 persisted on a local cluster of worker processes (one per core, one thread each).
@@ -117,7 +118,9 @@ def bench_size(client, n, d, k, cov, iters, gemm):
     with threadpool_limits(n_threads):
         t_sk_label = min(_timed(lambda: sk.predict(X)) for _ in range(2))
 
-    flops = 3 * n * k * d * d
+    # The convention for full covariances; for diag/spherical the same count of the
+    # four N x K x D products an iteration needs (E-step and M-step, 2 flops per multiply-add).
+    flops = 3 * n * k * d * d if cov in ("full", "tied") else 8 * n * k * d
     worker_rss = client.run(lambda: resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
     client_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     del dX, futures

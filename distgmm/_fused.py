@@ -30,6 +30,8 @@ __all__ = ["use_fused", "fused_statistics", "fused_log_prob"]
 _BLOCK = 256
 _GEMM_BLOCK = 512
 _GEMM_MIN_FEATURES = 4
+_DIAG_GEMM_MIN_WORK = 32         # K * D from which diag/spherical use the GEMM variant
+_DIAG_GEMM_MAX_SPREAD = 1e6      # max squared distance (in variances) of a mean from the shift
 _LOG_2PI = math.log(2.0 * math.pi)
 
 
@@ -249,6 +251,88 @@ def _fused_stats_gemm(X, w, ucat, bcat, log_const, shift):
 
 
 @_jit
+def _fused_stats_diag_gemm(X, w, prec, mu_prec, log_const, shift):
+    """Diag/spherical variant for many components and features: expanded forms as GEMMs.
+
+    ``maha = x^2 . p_k - 2 x . (mu_k p_k) + mu_k^2 . p_k`` and the block scatter
+    ``sum r x^2 - W m^2`` are computed on points shifted by the mean of the component
+    means; the caller only takes this path when every mean is within 1000 standard
+    deviations of that shift, which bounds the cancellation to ~1e-10 relative.
+    ``log_const`` already holds ``-0.5 * mu_k^2 . p_k``.
+    """
+    n, D = X.shape
+    K = log_const.shape[0]
+    W = np.zeros(K)
+    M = np.zeros((K, D))
+    S = np.zeros((K, 1, D))
+    ll = 0.0
+    B = _GEMM_BLOCK
+    xb_buf = np.empty((B, D))
+    x2_buf = np.empty((B, D))
+    q_buf = np.empty((B, K))
+    lin_buf = np.empty((B, K))
+    lp_buf = np.empty((B, K))
+    s1 = np.empty((K, D))
+    s2 = np.empty((K, D))
+    precT = np.ascontiguousarray(prec.T)
+    muT = np.ascontiguousarray(mu_prec.T)
+    wb = np.empty(K)
+    for start in range(0, n, B):
+        stop = min(start + B, n)
+        m = stop - start
+        xb = xb_buf[:m]
+        x2 = x2_buf[:m]
+        q = q_buf[:m]
+        lin = lin_buf[:m]
+        lp = lp_buf[:m]
+        for i in range(m):
+            for a in range(D):
+                v = X[start + i, a] - shift[a]
+                xb[i, a] = v
+                x2[i, a] = v * v
+        np.dot(x2, precT, q)
+        np.dot(xb, muT, lin)
+        for i in range(m):
+            mx = -np.inf
+            for k in range(K):
+                maha = q[i, k] - 2.0 * lin[i, k]
+                v = log_const[k] - 0.5 * maha
+                lp[i, k] = v
+                if v > mx:
+                    mx = v
+            tot = 0.0
+            for k in range(K):
+                e = math.exp(lp[i, k] - mx)
+                lp[i, k] = e
+                tot += e
+            wi = w[start + i]
+            ll += wi * (mx + math.log(tot))
+            f = wi / tot
+            for k in range(K):
+                lp[i, k] *= f
+        wb[:] = 0.0
+        for i in range(m):
+            for k in range(K):
+                wb[k] += lp[i, k]
+        np.dot(lp.T, xb, s1)
+        np.dot(lp.T, x2, s2)
+        for k in range(K):
+            if wb[k] <= 0.0:
+                continue
+            wt = W[k] + wb[k]
+            frac = wb[k] / wt
+            cross = W[k] * frac
+            for a in range(D):
+                mean_b = s1[k, a] / wb[k]
+                scatter_b = max(s2[k, a] - wb[k] * mean_b * mean_b, 0.0)
+                delta = mean_b - M[k, a]
+                S[k, 0, a] += scatter_b + cross * delta * delta
+                M[k, a] += delta * frac
+            W[k] = wt
+    return W, M, S, ll
+
+
+@_jit
 def _fused_log_prob(xt, chol, diag_prec, full, log_const, b):
     D, n = xt.shape
     K = log_const.shape[0]
@@ -313,6 +397,22 @@ def fused_statistics(X, sample_weight, weights, means, prec_chol, covariance_typ
         W, M, S, ll = _fused_stats_gemm(np.ascontiguousarray(X), w, ucat, bcat, log_const, shift)
         M = np.where(W[:, None] > 0, M + shift, 0.0)
         return W, M, S, float(ll)
+    if not want_full and D * means.shape[0] >= _DIAG_GEMM_MIN_WORK:
+        K = means.shape[0]
+        shift = means.mean(axis=0)
+        pc = prec_chol if covariance_type == "diag" else np.repeat(prec_chol[:, None], D, axis=1)
+        prec = np.ascontiguousarray(pc**2)
+        mc = means - shift
+        spread = float(np.max((mc**2 * prec).sum(axis=1)))
+        if spread < _DIAG_GEMM_MAX_SPREAD:
+            with np.errstate(divide="ignore"):
+                log_const = (-0.5 * D * _LOG_2PI + np.log(pc).sum(axis=1) + np.log(weights)
+                             - 0.5 * (mc**2 * prec).sum(axis=1))
+            W, M, S, ll = _fused_stats_diag_gemm(np.ascontiguousarray(X), w, prec,
+                                                 np.ascontiguousarray(mc * prec), log_const,
+                                                 shift)
+            M = np.where(W[:, None] > 0, M + shift, 0.0)
+            return W, M, S[:, 0, :], float(ll)
     xt, shift, chol, diag_prec, full, log_const, b = _prepare(
         X, weights, means, prec_chol, covariance_type)
     W, M, S, ll = _fused_stats(xt, w, chol, diag_prec, full, log_const, b, want_full)
