@@ -386,6 +386,97 @@ def _prepare(X, weights, means, prec_chol, covariance_type):
     return xt, shift, chol, diag_prec, full, log_const, b
 
 
+def _full_setup(weights, means, prec_chol, covariance_type):
+    """Shift, side-by-side factors (D, K*D), their offsets and log constants (GEMM kernels)."""
+    K, D = means.shape
+    shift = means.mean(axis=0)
+    chol = prec_chol if covariance_type == "full" else np.broadcast_to(prec_chol, (K, D, D))
+    ucat = np.ascontiguousarray(np.concatenate(list(chol), axis=1))
+    bcat = np.einsum("ka,kaj->kj", means - shift, chol).ravel()
+    with np.errstate(divide="ignore"):
+        log_const = (-0.5 * D * _LOG_2PI + np.log(np.diagonal(chol, axis1=1, axis2=2)).sum(axis=1)
+                     + np.log(weights))
+    return shift, ucat, bcat, log_const
+
+
+def _diag_setup(weights, means, prec_chol, covariance_type):
+    """Shift, precisions (K, D), ``mu p`` and log constants for the diag GEMM kernels, or
+    None when K * D is small or a mean lies too far from the shift for the expanded form."""
+    K, D = means.shape
+    if K * D < _DIAG_GEMM_MIN_WORK:
+        return None
+    shift = means.mean(axis=0)
+    pc = prec_chol if covariance_type == "diag" else np.repeat(prec_chol[:, None], D, axis=1)
+    prec = np.ascontiguousarray(pc**2)
+    mc = means - shift
+    spread = (mc**2 * prec).sum(axis=1)
+    if not float(np.max(spread)) < _DIAG_GEMM_MAX_SPREAD:
+        return None
+    with np.errstate(divide="ignore"):
+        log_const = (-0.5 * D * _LOG_2PI + np.log(pc).sum(axis=1) + np.log(weights)
+                     - 0.5 * spread)
+    return shift, prec, np.ascontiguousarray(mc * prec), log_const
+
+
+@_jit
+def _fused_log_prob_full_gemm(X, ucat, bcat, log_const, shift):
+    n, D = X.shape
+    K = log_const.shape[0]
+    out = np.empty((n, K))
+    B = _GEMM_BLOCK
+    xb_buf = np.empty((B, D))
+    y_buf = np.empty((B, K * D))
+    for start in range(0, n, B):
+        stop = min(start + B, n)
+        m = stop - start
+        xb = xb_buf[:m]
+        y = y_buf[:m]
+        for i in range(m):
+            for a in range(D):
+                xb[i, a] = X[start + i, a] - shift[a]
+        np.dot(xb, ucat, y)
+        for i in range(m):
+            for k in range(K):
+                acc = 0.0
+                for j in range(D):
+                    v = y[i, k * D + j] - bcat[k * D + j]
+                    acc += v * v
+                out[start + i, k] = log_const[k] - 0.5 * acc
+    return out
+
+
+@_jit
+def _fused_log_prob_diag_gemm(X, prec, mu_prec, log_const, shift):
+    n, D = X.shape
+    K = log_const.shape[0]
+    out = np.empty((n, K))
+    B = _GEMM_BLOCK
+    xb_buf = np.empty((B, D))
+    x2_buf = np.empty((B, D))
+    q_buf = np.empty((B, K))
+    lin_buf = np.empty((B, K))
+    precT = np.ascontiguousarray(prec.T)
+    muT = np.ascontiguousarray(mu_prec.T)
+    for start in range(0, n, B):
+        stop = min(start + B, n)
+        m = stop - start
+        xb = xb_buf[:m]
+        x2 = x2_buf[:m]
+        q = q_buf[:m]
+        lin = lin_buf[:m]
+        for i in range(m):
+            for a in range(D):
+                v = X[start + i, a] - shift[a]
+                xb[i, a] = v
+                x2[i, a] = v * v
+        np.dot(x2, precT, q)
+        np.dot(xb, muT, lin)
+        for i in range(m):
+            for k in range(K):
+                out[start + i, k] = log_const[k] - 0.5 * (q[i, k] - 2.0 * lin[i, k])
+    return out
+
+
 def fused_statistics(X, sample_weight, weights, means, prec_chol, covariance_type):
     """Compiled equivalent of :func:`distgmm._statistics.chunk_statistics`.
 
@@ -398,34 +489,15 @@ def fused_statistics(X, sample_weight, weights, means, prec_chol, covariance_typ
         np.ascontiguousarray(sample_weight, dtype=np.float64)
     want_full = covariance_type in ("full", "tied")
     if want_full and D >= _GEMM_MIN_FEATURES:
-        K = means.shape[0]
-        shift = means.mean(axis=0)
-        chol = prec_chol if covariance_type == "full" else np.broadcast_to(prec_chol, (K, D, D))
-        ucat = np.ascontiguousarray(np.concatenate(list(chol), axis=1))
-        bcat = np.einsum("ka,kaj->kj", means - shift, chol).ravel()
-        with np.errstate(divide="ignore"):
-            log_const = (-0.5 * D * _LOG_2PI
-                         + np.log(np.diagonal(chol, axis1=1, axis2=2)).sum(axis=1)
-                         + np.log(weights))
+        shift, ucat, bcat, log_const = _full_setup(weights, means, prec_chol, covariance_type)
         W, M, S, ll = _fused_stats_gemm(np.ascontiguousarray(X), w, ucat, bcat, log_const, shift)
-        M = np.where(W[:, None] > 0, M + shift, 0.0)
-        return W, M, S, float(ll)
-    if not want_full and D * means.shape[0] >= _DIAG_GEMM_MIN_WORK:
-        K = means.shape[0]
-        shift = means.mean(axis=0)
-        pc = prec_chol if covariance_type == "diag" else np.repeat(prec_chol[:, None], D, axis=1)
-        prec = np.ascontiguousarray(pc**2)
-        mc = means - shift
-        spread = float(np.max((mc**2 * prec).sum(axis=1)))
-        if spread < _DIAG_GEMM_MAX_SPREAD:
-            with np.errstate(divide="ignore"):
-                log_const = (-0.5 * D * _LOG_2PI + np.log(pc).sum(axis=1) + np.log(weights)
-                             - 0.5 * (mc**2 * prec).sum(axis=1))
-            W, M, S, ll = _fused_stats_diag_gemm(np.ascontiguousarray(X), w, prec,
-                                                 np.ascontiguousarray(mc * prec), log_const,
-                                                 shift)
-            M = np.where(W[:, None] > 0, M + shift, 0.0)
-            return W, M, S[:, 0, :], float(ll)
+        return W, np.where(W[:, None] > 0, M + shift, 0.0), S, float(ll)
+    setup = None if want_full else _diag_setup(weights, means, prec_chol, covariance_type)
+    if setup is not None:
+        shift, prec, mu_prec, log_const = setup
+        W, M, S, ll = _fused_stats_diag_gemm(np.ascontiguousarray(X), w, prec, mu_prec,
+                                             log_const, shift)
+        return W, np.where(W[:, None] > 0, M + shift, 0.0), S[:, 0, :], float(ll)
     xt, shift, chol, diag_prec, full, log_const, b = _prepare(
         X, weights, means, prec_chol, covariance_type)
     W, M, S, ll = _fused_stats(xt, w, chol, diag_prec, full, log_const, b, want_full)
@@ -435,6 +507,19 @@ def fused_statistics(X, sample_weight, weights, means, prec_chol, covariance_typ
 
 def fused_log_prob(X, weights, means, prec_chol, covariance_type):
     """Weighted log-probabilities ``log w_k + log N(x_i | k)``, shape (n, K)."""
+    D = X.shape[1]
+    if covariance_type in ("full", "tied"):
+        if D >= _GEMM_MIN_FEATURES:
+            shift, ucat, bcat, log_const = _full_setup(weights, means, prec_chol,
+                                                       covariance_type)
+            return _fused_log_prob_full_gemm(np.ascontiguousarray(X, dtype=np.float64), ucat,
+                                             bcat, log_const, shift)
+    else:
+        setup = _diag_setup(weights, means, prec_chol, covariance_type)
+        if setup is not None:
+            shift, prec, mu_prec, log_const = setup
+            return _fused_log_prob_diag_gemm(np.ascontiguousarray(X, dtype=np.float64), prec,
+                                             mu_prec, log_const, shift)
     xt, _, chol, diag_prec, full, log_const, b = _prepare(
         X, weights, means, prec_chol, covariance_type)
     return _fused_log_prob(xt, chol, diag_prec, full, log_const, b)
