@@ -123,7 +123,7 @@ def bench_size(client, n, d, k, cov, iters, gemm):
     flops = 3 * n * k * d * d if cov in ("full", "tied") else 8 * n * k * d
     worker_rss = client.run(lambda: resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
     client_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    del dX, futures
+    del futures
     return {
         "size": f"({n:.0e}, {d}, {k}) {cov}",
         "sklearn s/it": sk_it,

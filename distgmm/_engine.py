@@ -239,10 +239,6 @@ def _summary_task(block, weights):
 
 
 # ---------------------------------------------------------------------------- chunk tasks
-def _em_task(block, weights, index, params: MixtureParams) -> SufficientStatistics:
-    return chunk_statistics(block, weights, params)
-
-
 def _hard_task(block, weights, index, centers, covariance_type) -> SufficientStatistics:
     return hard_assignment_statistics(block, weights, centers, covariance_type)
 
