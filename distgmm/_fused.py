@@ -61,6 +61,32 @@ def _exp_or_zero(x):
 
 
 @_jit
+def _responsibilities_in_place(lp, w, start):
+    """Turn weighted log-probabilities ``lp`` (m, K) into ``w_i * p(k | x_i)`` in place.
+
+    Returns ``sum_i w_i log p(x_i)`` over the block (rows ``start:start + m`` of ``w``).
+    """
+    m, K = lp.shape
+    ll = 0.0
+    for i in range(m):
+        mx = -np.inf
+        for k in range(K):
+            if lp[i, k] > mx:
+                mx = lp[i, k]
+        tot = 0.0
+        for k in range(K):
+            e = _exp_or_zero(lp[i, k] - mx)
+            lp[i, k] = e
+            tot += e
+        wi = w[start + i]
+        ll += wi * (mx + math.log(tot))
+        f = wi / tot
+        for k in range(K):
+            lp[i, k] *= f
+    return ll
+
+
+@_jit
 def _block_log_prob(xt, start, stop, chol, diag_prec, full, log_const, b, lp):
     """Weighted log-probabilities of points ``start:stop`` of ``xt`` (D, n) into ``lp`` (K, B).
 
@@ -213,26 +239,13 @@ def _fused_stats_gemm(X, w, ucat, bcat, log_const, shift):
                 xb[i, a] = X[start + i, a] - shift[a]
         np.dot(xb, ucat, y)
         for i in range(m):
-            mx = -np.inf
             for k in range(K):
                 acc = 0.0
                 for j in range(D):
                     v = y[i, k * D + j] - bcat[k * D + j]
                     acc += v * v
-                v = log_const[k] - 0.5 * acc
-                lp[i, k] = v
-                if v > mx:
-                    mx = v
-            tot = 0.0
-            for k in range(K):
-                e = _exp_or_zero(lp[i, k] - mx)
-                lp[i, k] = e
-                tot += e
-            wi = w[start + i]
-            ll += wi * (mx + math.log(tot))
-            f = wi / tot
-            for k in range(K):
-                lp[i, k] *= f
+                lp[i, k] = log_const[k] - 0.5 * acc
+        ll += _responsibilities_in_place(lp, w, start)
         wb[:] = 0.0
         for i in range(m):
             for k in range(K):
@@ -306,23 +319,9 @@ def _fused_stats_diag_gemm(X, w, prec, mu_prec, log_const, shift):
         np.dot(x2, precT, q)
         np.dot(xb, muT, lin)
         for i in range(m):
-            mx = -np.inf
             for k in range(K):
-                maha = q[i, k] - 2.0 * lin[i, k]
-                v = log_const[k] - 0.5 * maha
-                lp[i, k] = v
-                if v > mx:
-                    mx = v
-            tot = 0.0
-            for k in range(K):
-                e = _exp_or_zero(lp[i, k] - mx)
-                lp[i, k] = e
-                tot += e
-            wi = w[start + i]
-            ll += wi * (mx + math.log(tot))
-            f = wi / tot
-            for k in range(K):
-                lp[i, k] *= f
+                lp[i, k] = log_const[k] - 0.5 * (q[i, k] - 2.0 * lin[i, k])
+        ll += _responsibilities_in_place(lp, w, start)
         wb[:] = 0.0
         for i in range(m):
             for k in range(K):
