@@ -409,27 +409,33 @@ MEASURE = textwrap.dedent("""
     from sklearn.mixture import GaussianMixture
     from distgmm.plotting import plot_clusters, save_figure
 
+    def vm_kib(field):
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1])
+
     store, out = sys.argv[1], sys.argv[2]
     rng = np.random.default_rng(0)
     small = np.vstack([rng.normal(0, 1.2, (300, 2)), rng.normal(3, 1.8, (600, 2))])
     model = GaussianMixture(2, random_state=0).fit(small)
     points = da.from_zarr(store)
     # One chunk at a time: the measurement is of the density algorithm (chunked histograms,
-    # merged as they complete), not of how far a scheduler reads ahead under load (CI saw a
-    # threaded run read ahead to 290 MB once while the suite loaded the machine).
+    # merged as they complete), not of how far a scheduler reads ahead under load.
     with dask.config.set(scheduler="synchronous"):
-        # Warm up the same code path on a small array, so imports and caches are in the
-        # baseline. The baseline is the current resident size; the peak is the process's
-        # high-water mark, so peak - base is an upper bound of what the big plot added.
-        # Several chunks, so the warm-up runs the same per-chunk code path.
+        # Warm up the same per-chunk code path on a small array (several chunks), so imports
+        # and caches are in the baseline.
         save_figure(plot_clusters(model, da.from_array(small, chunks=(50, 2)), density=True),
                     out)
-        with open("/proc/self/statm") as statm:
-            base = int(statm.read().split()[1]) * resource.getpagesize() / 1024
+        # Reset the high-water mark (Linux: clear_refs 5), so start-up transients that
+        # happened before the big plot do not count; peak - base is then what it added.
+        with open("/proc/self/clear_refs", "w") as refs:
+            refs.write("5")
+        base = vm_kib("VmRSS")
         start = time.perf_counter()
         save_figure(plot_clusters(model, points, density=True), out)
         seconds = time.perf_counter() - start
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        peak = vm_kib("VmHWM")
     print(json.dumps({"seconds": seconds, "base_mb": base / 1024, "peak_mb": peak / 1024}))
 """)
 
