@@ -230,21 +230,10 @@ def _fused_stats_gemm(X, w, ucat, bcat, log_const, shift):
         stop = min(start + B, n)
         m = stop - start
         xb = xb_buf[:m]
-        y = y_buf[:m]
         lp = lp_buf[:m]
         d = d_buf[:m]
         dw = dw_buf[:m]
-        for i in range(m):
-            for a in range(D):
-                xb[i, a] = X[start + i, a] - shift[a]
-        np.dot(xb, ucat, y)
-        for i in range(m):
-            for k in range(K):
-                acc = 0.0
-                for j in range(D):
-                    v = y[i, k * D + j] - bcat[k * D + j]
-                    acc += v * v
-                lp[i, k] = log_const[k] - 0.5 * acc
+        _full_block_log_prob(X, start, shift, ucat, bcat, log_const, xb, y_buf[:m], lp)
         ll += _responsibilities_in_place(lp, w, start)
         wb[:] = 0.0
         for i in range(m):
@@ -308,19 +297,9 @@ def _fused_stats_diag_gemm(X, w, prec, mu_prec, log_const, shift):
         m = stop - start
         xb = xb_buf[:m]
         x2 = x2_buf[:m]
-        q = q_buf[:m]
-        lin = lin_buf[:m]
         lp = lp_buf[:m]
-        for i in range(m):
-            for a in range(D):
-                v = X[start + i, a] - shift[a]
-                xb[i, a] = v
-                x2[i, a] = v * v
-        np.dot(x2, precT, q)
-        np.dot(xb, muT, lin)
-        for i in range(m):
-            for k in range(K):
-                lp[i, k] = log_const[k] - 0.5 * (q[i, k] - 2.0 * lin[i, k])
+        _diag_block_log_prob(X, start, shift, precT, muT, log_const, xb, x2, q_buf[:m],
+                             lin_buf[:m], lp)
         ll += _responsibilities_in_place(lp, w, start)
         wb[:] = 0.0
         for i in range(m):
@@ -418,6 +397,44 @@ def _diag_setup(weights, means, prec_chol, covariance_type):
 
 
 @_jit
+def _full_block_log_prob(X, start, shift, ucat, bcat, log_const, xb, y, lp):
+    """Weighted log-probabilities of rows ``start:start + len(lp)`` of ``X`` into ``lp``.
+
+    Fills ``xb`` with the shifted rows (kept for the statistics) using the GEMM ``xb @ ucat``.
+    """
+    m, D = xb.shape
+    K = lp.shape[1]
+    for i in range(m):
+        for a in range(D):
+            xb[i, a] = X[start + i, a] - shift[a]
+    np.dot(xb, ucat, y)
+    for i in range(m):
+        for k in range(K):
+            acc = 0.0
+            for j in range(D):
+                v = y[i, k * D + j] - bcat[k * D + j]
+                acc += v * v
+            lp[i, k] = log_const[k] - 0.5 * acc
+
+
+@_jit
+def _diag_block_log_prob(X, start, shift, precT, muT, log_const, xb, x2, q, lin, lp):
+    """Diag/spherical counterpart of :func:`_full_block_log_prob` (also fills ``x2 = xb**2``)."""
+    m, D = xb.shape
+    K = lp.shape[1]
+    for i in range(m):
+        for a in range(D):
+            v = X[start + i, a] - shift[a]
+            xb[i, a] = v
+            x2[i, a] = v * v
+    np.dot(x2, precT, q)
+    np.dot(xb, muT, lin)
+    for i in range(m):
+        for k in range(K):
+            lp[i, k] = log_const[k] - 0.5 * (q[i, k] - 2.0 * lin[i, k])
+
+
+@_jit
 def _fused_log_prob_full_gemm(X, ucat, bcat, log_const, shift):
     n, D = X.shape
     K = log_const.shape[0]
@@ -426,21 +443,9 @@ def _fused_log_prob_full_gemm(X, ucat, bcat, log_const, shift):
     xb_buf = np.empty((B, D))
     y_buf = np.empty((B, K * D))
     for start in range(0, n, B):
-        stop = min(start + B, n)
-        m = stop - start
-        xb = xb_buf[:m]
-        y = y_buf[:m]
-        for i in range(m):
-            for a in range(D):
-                xb[i, a] = X[start + i, a] - shift[a]
-        np.dot(xb, ucat, y)
-        for i in range(m):
-            for k in range(K):
-                acc = 0.0
-                for j in range(D):
-                    v = y[i, k * D + j] - bcat[k * D + j]
-                    acc += v * v
-                out[start + i, k] = log_const[k] - 0.5 * acc
+        m = min(B, n - start)
+        _full_block_log_prob(X, start, shift, ucat, bcat, log_const, xb_buf[:m], y_buf[:m],
+                             out[start:start + m])
     return out
 
 
@@ -457,22 +462,9 @@ def _fused_log_prob_diag_gemm(X, prec, mu_prec, log_const, shift):
     precT = np.ascontiguousarray(prec.T)
     muT = np.ascontiguousarray(mu_prec.T)
     for start in range(0, n, B):
-        stop = min(start + B, n)
-        m = stop - start
-        xb = xb_buf[:m]
-        x2 = x2_buf[:m]
-        q = q_buf[:m]
-        lin = lin_buf[:m]
-        for i in range(m):
-            for a in range(D):
-                v = X[start + i, a] - shift[a]
-                xb[i, a] = v
-                x2[i, a] = v * v
-        np.dot(x2, precT, q)
-        np.dot(xb, muT, lin)
-        for i in range(m):
-            for k in range(K):
-                out[start + i, k] = log_const[k] - 0.5 * (q[i, k] - 2.0 * lin[i, k])
+        m = min(B, n - start)
+        _diag_block_log_prob(X, start, shift, precT, muT, log_const, xb_buf[:m], x2_buf[:m],
+                             q_buf[:m], lin_buf[:m], out[start:start + m])
     return out
 
 
