@@ -512,7 +512,7 @@ def _score_samples(params: MixtureParams, X: np.ndarray) -> np.ndarray:
 
 
 def _predict(params: MixtureParams, X: np.ndarray) -> np.ndarray:
-    return params.weighted_log_prob(X).argmax(axis=1)
+    return params.labels(X)
 
 
 def _predict_proba(params: MixtureParams, X: np.ndarray) -> np.ndarray:

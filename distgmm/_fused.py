@@ -25,14 +25,14 @@ try:  # numba is a dependency; the NumPy path remains the reference and the fall
 except ImportError:  # pragma: no cover - exercised only where numba is missing
     HAVE_NUMBA = False
 
-__all__ = ["use_fused", "fused_statistics", "fused_log_prob"]
+__all__ = ["use_fused", "fused_statistics", "fused_log_prob", "fused_labels"]
 
 _BLOCK = 256
 _GEMM_BLOCK = 512
 _GEMM_MIN_FEATURES = 4
 _EXP_FLOOR = -500.0
 _DIAG_GEMM_MIN_WORK = 32         # K * D from which diag/spherical use the GEMM variant
-_DIAG_GEMM_MAX_SPREAD = 1e6      # max squared distance (in variances) of a mean from the shift
+_EXPANDED_MAX_SPREAD = 1e6       # max squared distance (in variances) of a mean from the shift
 _LOG_2PI = math.log(2.0 * math.pi)
 
 
@@ -48,16 +48,47 @@ def _jit(fn):
                       error_model="numpy")(fn)
 
 
-@_jit
-def _exp_or_zero(x):
-    """``exp(x)`` for ``x <= 0``, flushed to zero below ``exp(-500)``.
+_LOG2E = 1.4426950408889634
+_LN2_HI = 6.93147180369123816490e-01    # fdlibm's split of log(2): k * _LN2_HI is exact
+_LN2_LO = 1.90821492927058770002e-10
+_POW2_NEG = np.ldexp(1.0, -np.arange(0, 730))   # 2^-j for the exponents exp(-500..0) needs
 
-    Such responsibilities are more than 200 orders of magnitude below the row's largest
-    (which is 1) and change no float64 sum, but exp(-700..-745) and products with them are
-    subnormal numbers, which make every later multiply and BLAS call 10-100x slower on
-    well-separated clusters.
+
+def _exp_or_zero(x):
+    """``exp(x)`` for ``x <= 0``, flushed to zero below ``exp(-500)``; within 1 ulp of libm.
+
+    Written out (Cody-Waite reduction, degree-13 Taylor polynomial on |r| <= log(2)/2,
+    2^k from a table) so that the compiler vectorises the loops that call it: 1.8 ns per
+    value against 6.9 ns for the scalar libm call, which made the E-step's exponentials the
+    largest cost of a pass at small D. Values below exp(-500) are more than 200 orders of
+    magnitude below the row's largest (which is 1) and change no float64 sum, but
+    exp(-700..-745) and products with them are subnormal numbers, which make every later
+    multiply and BLAS call 10-100x slower on well-separated clusters.
     """
-    return math.exp(x) if x > _EXP_FLOOR else 0.0
+    if not x > _EXP_FLOOR:
+        return 0.0
+    kf = math.floor(x * _LOG2E + 0.5)
+    r = (x - kf * _LN2_HI) - kf * _LN2_LO   # no reassociation here: see _jit_exp
+    p = 1.0 / 6227020800.0
+    p = p * r + 1.0 / 479001600.0
+    p = p * r + 1.0 / 39916800.0
+    p = p * r + 1.0 / 3628800.0
+    p = p * r + 1.0 / 362880.0
+    p = p * r + 1.0 / 40320.0
+    p = p * r + 1.0 / 5040.0
+    p = p * r + 1.0 / 720.0
+    p = p * r + 1.0 / 120.0
+    p = p * r + 1.0 / 24.0
+    p = p * r + 1.0 / 6.0
+    p = p * r + 0.5
+    p = p * r + 1.0
+    p = p * r + 1.0
+    return p * _POW2_NEG[int(-kf)]
+
+
+if HAVE_NUMBA:  # contraction (FMA) only: reassociation would undo the two-part reduction
+    _exp_or_zero = numba.njit(cache=True, nogil=True, fastmath={"contract"}, inline="always",
+                              error_model="numpy")(_exp_or_zero)
 
 
 @_jit
@@ -203,12 +234,13 @@ def _fused_stats(xt, w, chol, diag_prec, full, log_const, b, want_scatter_full):
 
 @_jit
 def _fused_stats_gemm(X, w, ucat, bcat, log_const, shift):
-    """Full/tied variant for D >= 4: small in-cache GEMMs per block of ``_GEMM_BLOCK`` rows.
+    """Full/tied for D >= 4 with exactly centered statistics: in-cache GEMMs per block.
 
     ``ucat`` (D, K*D) holds the precision factors side by side and ``bcat`` (K*D,) the
-    matching ``mu_k @ U_k``; statistics are centered on each block's weighted means. All
-    buffers are allocated once per chunk: Dask workers set ``MALLOC_TRIM_THRESHOLD_``, which
-    makes every large allocation an ``mmap`` and per-block allocations 2-3x slower.
+    matching ``mu_k @ U_k``. Per component and block, the rows are centered on the
+    component's block mean before the scatter GEMM, so no cancellation occurs whatever the
+    spread of the means. :func:`_fused_stats_expanded` is faster (two GEMMs per block instead
+    of K + 1) and is used whenever its cancellation bound holds; this kernel is the fallback.
     """
     n, D = X.shape
     K = log_const.shape[0]
@@ -261,64 +293,6 @@ def _fused_stats_gemm(X, w, ucat, bcat, log_const, shift):
                     S[k, a, c] += scatter_b[a, c] + cross * delta_a * (mean_b[c] - M[k, c])
             for a in range(D):
                 M[k, a] += (mean_b[a] - M[k, a]) * frac
-            W[k] = wt
-    return W, M, S, ll
-
-
-@_jit
-def _fused_stats_diag_gemm(X, w, prec, mu_prec, log_const, shift):
-    """Diag/spherical variant for many components and features: expanded forms as GEMMs.
-
-    ``maha = x^2 . p_k - 2 x . (mu_k p_k) + mu_k^2 . p_k`` and the block scatter
-    ``sum r x^2 - W m^2`` are computed on points shifted by the mean of the component
-    means; the caller only takes this path when every mean is within 1000 standard
-    deviations of that shift, which bounds the cancellation to ~1e-10 relative.
-    ``log_const`` already holds ``-0.5 * mu_k^2 . p_k``.
-    """
-    n, D = X.shape
-    K = log_const.shape[0]
-    W = np.zeros(K)
-    M = np.zeros((K, D))
-    S = np.zeros((K, 1, D))
-    ll = 0.0
-    B = _GEMM_BLOCK
-    xb_buf = np.empty((B, D))
-    x2_buf = np.empty((B, D))
-    q_buf = np.empty((B, K))
-    lin_buf = np.empty((B, K))
-    lp_buf = np.empty((B, K))
-    s1 = np.empty((K, D))
-    s2 = np.empty((K, D))
-    precT = np.ascontiguousarray(prec.T)
-    muT = np.ascontiguousarray(mu_prec.T)
-    wb = np.empty(K)
-    for start in range(0, n, B):
-        stop = min(start + B, n)
-        m = stop - start
-        xb = xb_buf[:m]
-        x2 = x2_buf[:m]
-        lp = lp_buf[:m]
-        _diag_block_log_prob(X, start, shift, precT, muT, log_const, xb, x2, q_buf[:m],
-                             lin_buf[:m], lp)
-        ll += _responsibilities_in_place(lp, w, start)
-        wb[:] = 0.0
-        for i in range(m):
-            for k in range(K):
-                wb[k] += lp[i, k]
-        np.dot(lp.T, xb, s1)
-        np.dot(lp.T, x2, s2)
-        for k in range(K):
-            if wb[k] <= 0.0:
-                continue
-            wt = W[k] + wb[k]
-            frac = wb[k] / wt
-            cross = W[k] * frac
-            for a in range(D):
-                mean_b = s1[k, a] / wb[k]
-                scatter_b = max(s2[k, a] - wb[k] * mean_b * mean_b, 0.0)
-                delta = mean_b - M[k, a]
-                S[k, 0, a] += scatter_b + cross * delta * delta
-                M[k, a] += delta * frac
             W[k] = wt
     return W, M, S, ll
 
@@ -377,25 +351,6 @@ def _full_setup(weights, means, prec_chol, covariance_type):
     return shift, ucat, bcat, log_const
 
 
-def _diag_setup(weights, means, prec_chol, covariance_type):
-    """Shift, precisions (K, D), ``mu p`` and log constants for the diag GEMM kernels, or
-    None when K * D is small or a mean lies too far from the shift for the expanded form."""
-    K, D = means.shape
-    if K * D < _DIAG_GEMM_MIN_WORK:
-        return None
-    shift = means.mean(axis=0)
-    pc = prec_chol if covariance_type == "diag" else np.repeat(prec_chol[:, None], D, axis=1)
-    prec = np.ascontiguousarray(pc**2)
-    mc = means - shift
-    spread = (mc**2 * prec).sum(axis=1)
-    if not float(np.max(spread)) < _DIAG_GEMM_MAX_SPREAD:
-        return None
-    with np.errstate(divide="ignore"):
-        log_const = (-0.5 * D * _LOG_2PI + np.log(pc).sum(axis=1) + np.log(weights)
-                     - 0.5 * spread)
-    return shift, prec, np.ascontiguousarray(mc * prec), log_const
-
-
 @_jit
 def _full_block_log_prob(X, start, shift, ucat, bcat, log_const, xb, y, lp):
     """Weighted log-probabilities of rows ``start:start + len(lp)`` of ``X`` into ``lp``.
@@ -418,23 +373,6 @@ def _full_block_log_prob(X, start, shift, ucat, bcat, log_const, xb, y, lp):
 
 
 @_jit
-def _diag_block_log_prob(X, start, shift, precT, muT, log_const, xb, x2, q, lin, lp):
-    """Diag/spherical counterpart of :func:`_full_block_log_prob` (also fills ``x2 = xb**2``)."""
-    m, D = xb.shape
-    K = lp.shape[1]
-    for i in range(m):
-        for a in range(D):
-            v = X[start + i, a] - shift[a]
-            xb[i, a] = v
-            x2[i, a] = v * v
-    np.dot(x2, precT, q)
-    np.dot(xb, muT, lin)
-    for i in range(m):
-        for k in range(K):
-            lp[i, k] = log_const[k] - 0.5 * (q[i, k] - 2.0 * lin[i, k])
-
-
-@_jit
 def _fused_log_prob_full_gemm(X, ucat, bcat, log_const, shift):
     n, D = X.shape
     K = log_const.shape[0]
@@ -449,23 +387,185 @@ def _fused_log_prob_full_gemm(X, ucat, bcat, log_const, shift):
     return out
 
 
+# ------------------------------------------------------------------ expanded-moment kernels
+#
+# With z(x) = [quadratic terms of x, x] (the rows shifted by the mean of the component
+# means), every weighted log-density is linear in z: log w_k N(x | k) = c_k + z(x) . G[:, k],
+# and every per-component first and second moment is a column of R^T Z. So one block of
+# rows costs two GEMMs, Z @ G and R^T @ Z, whatever K. Quadratic terms are x_a x_c (a >= c)
+# for full/tied covariances and x_a^2 for diag/spherical. The price is cancellation in
+# ``sum r x x^T - W m m^T`` when a mean lies far from the shift; the callers take these
+# kernels only when every mean is within 1000 standard deviations of it
+# (:func:`_expanded_setup`), which keeps it below ~1e-10 relative, and the exactly
+# centered kernels otherwise.
+
+
 @_jit
-def _fused_log_prob_diag_gemm(X, prec, mu_prec, log_const, shift):
+def _expanded_features(X, start, shift, full, z):
+    """Fill ``z`` (m, Q + D) with the expanded features of rows ``start:start + m`` of ``X``."""
+    m, F = z.shape
+    D = X.shape[1]
+    Q = F - D
+    for i in range(m):
+        for a in range(D):
+            z[i, Q + a] = X[start + i, a] - shift[a]
+        if full:
+            t = 0
+            for a in range(D):
+                va = z[i, Q + a]
+                for c in range(a + 1):
+                    z[i, t + c] = va * z[i, Q + c]
+                t += a + 1
+        else:
+            for a in range(D):
+                z[i, a] = z[i, Q + a] * z[i, Q + a]
+
+
+@_jit
+def _expanded_block_log_prob(X, start, shift, G, log_const, full, z, lp):
+    _expanded_features(X, start, shift, full, z)
+    np.dot(z, G, lp)
+    m, K = lp.shape
+    for i in range(m):
+        for k in range(K):
+            lp[i, k] += log_const[k]
+
+
+@_jit
+def _fused_stats_expanded(X, w, shift, G, log_const, full, B):
+    """E-step, log-likelihood and centered statistics with two GEMMs per block of ``B`` rows."""
     n, D = X.shape
-    K = log_const.shape[0]
-    out = np.empty((n, K))
-    B = _GEMM_BLOCK
-    xb_buf = np.empty((B, D))
-    x2_buf = np.empty((B, D))
-    q_buf = np.empty((B, K))
-    lin_buf = np.empty((B, K))
-    precT = np.ascontiguousarray(prec.T)
-    muT = np.ascontiguousarray(mu_prec.T)
+    F, K = G.shape
+    Q = F - D
+    W = np.zeros(K)
+    M = np.zeros((K, D))
+    S = np.zeros((K, D, D)) if full else np.zeros((K, 1, D))
+    ll = 0.0
+    z_buf = np.empty((B, F))
+    lp_buf = np.empty((B, K))
+    mom = np.empty((K, F))
+    wb = np.empty(K)
+    mean_b = np.empty(D)
     for start in range(0, n, B):
         m = min(B, n - start)
-        _diag_block_log_prob(X, start, shift, precT, muT, log_const, xb_buf[:m], x2_buf[:m],
-                             q_buf[:m], lin_buf[:m], out[start:start + m])
+        z = z_buf[:m]
+        lp = lp_buf[:m]
+        _expanded_block_log_prob(X, start, shift, G, log_const, full, z, lp)
+        ll += _responsibilities_in_place(lp, w, start)
+        wb[:] = 0.0
+        for i in range(m):
+            for k in range(K):
+                wb[k] += lp[i, k]
+        np.dot(lp.T, z, mom)
+        for k in range(K):
+            if wb[k] <= 0.0:
+                continue
+            for a in range(D):
+                mean_b[a] = mom[k, Q + a] / wb[k]
+            wt = W[k] + wb[k]
+            frac = wb[k] / wt
+            cross = W[k] * frac
+            if full:
+                t = 0
+                for a in range(D):
+                    delta_a = mean_b[a] - M[k, a]
+                    for c in range(a + 1):
+                        v = (mom[k, t + c] - wb[k] * mean_b[a] * mean_b[c]
+                             + cross * delta_a * (mean_b[c] - M[k, c]))
+                        S[k, a, c] += v
+                        if c != a:
+                            S[k, c, a] += v
+                    t += a + 1
+            else:
+                for a in range(D):
+                    delta = mean_b[a] - M[k, a]
+                    S[k, 0, a] += (max(mom[k, a] - wb[k] * mean_b[a] * mean_b[a], 0.0)
+                                   + cross * delta * delta)
+            for a in range(D):
+                M[k, a] += (mean_b[a] - M[k, a]) * frac
+            W[k] = wt
+    return W, M, S, ll
+
+
+@_jit
+def _fused_log_prob_expanded(X, shift, G, log_const, full, B):
+    n, D = X.shape
+    F, K = G.shape
+    out = np.empty((n, K))
+    z_buf = np.empty((B, F))
+    for start in range(0, n, B):
+        m = min(B, n - start)
+        _expanded_block_log_prob(X, start, shift, G, log_const, full, z_buf[:m],
+                                 out[start:start + m])
     return out
+
+
+@_jit
+def _fused_labels_expanded(X, shift, G, log_const, full, B):
+    """``argmax_k`` of the weighted log-densities, without the (n, K) array."""
+    n, D = X.shape
+    F, K = G.shape
+    out = np.empty(n, dtype=np.int64)
+    z_buf = np.empty((B, F))
+    lp_buf = np.empty((B, K))
+    for start in range(0, n, B):
+        m = min(B, n - start)
+        lp = lp_buf[:m]
+        _expanded_block_log_prob(X, start, shift, G, log_const, full, z_buf[:m], lp)
+        for i in range(m):
+            best = 0
+            top = lp[i, 0]
+            for k in range(1, K):
+                v = lp[i, k]
+                if v > top:
+                    top = v
+                    best = k
+            out[start + i] = best
+    return out
+
+
+def _expanded_setup(weights, means, prec_chol, covariance_type):
+    """``(shift, G, log_const, full, block_rows)`` for the expanded kernels, or None.
+
+    None when a mean lies more than 1000 standard deviations from the shift (the
+    cancellation bound, measured against each component's smallest variance, which is at
+    least ``1 / ||U_k||_F^2``), or for diag/spherical models with K * D below
+    ``_DIAG_GEMM_MIN_WORK`` (the loop kernel is faster there).
+    """
+    K, D = means.shape
+    full = covariance_type in ("full", "tied")
+    if not full and K * D < _DIAG_GEMM_MIN_WORK:
+        return None
+    shift = means.mean(axis=0)
+    mc = means - shift
+    with np.errstate(divide="ignore"):
+        log_w = np.log(weights)
+    if full:
+        chol = prec_chol if covariance_type == "full" else np.broadcast_to(prec_chol, (K, D, D))
+        spread = (mc**2).sum(axis=1) * (chol**2).sum(axis=(1, 2))
+        if not float(np.max(spread)) < _EXPANDED_MAX_SPREAD:
+            return None
+        prec = np.einsum("kab,kcb->kac", chol, chol)
+        rows, cols = np.tril_indices(D)
+        quad = -0.5 * prec[:, rows, cols] * np.where(rows == cols, 1.0, 2.0)
+        lin = np.einsum("kab,kb->ka", prec, mc)
+        maha_mu = np.einsum("ka,ka->k", lin, mc)
+        log_det = np.log(np.diagonal(chol, axis1=1, axis2=2)).sum(axis=1)
+        pairs = D * (D + 1) // 2
+        block = 512 if pairs <= 64 else 256 if pairs <= 160 else 128
+    else:
+        pc = prec_chol if covariance_type == "diag" else np.repeat(prec_chol[:, None], D, axis=1)
+        prec = pc**2
+        if not float(np.max((mc**2 * prec).sum(axis=1))) < _EXPANDED_MAX_SPREAD:
+            return None
+        quad = -0.5 * prec
+        lin = prec * mc
+        maha_mu = (lin * mc).sum(axis=1)
+        log_det = np.log(pc).sum(axis=1)
+        block = _GEMM_BLOCK
+    G = np.ascontiguousarray(np.concatenate([quad, lin], axis=1).T)
+    log_const = -0.5 * D * _LOG_2PI + log_det + log_w - 0.5 * maha_mu
+    return shift, G, log_const, full, block
 
 
 def fused_statistics(X, sample_weight, weights, means, prec_chol, covariance_type):
@@ -479,19 +579,18 @@ def fused_statistics(X, sample_weight, weights, means, prec_chol, covariance_typ
     w = np.ones(n) if sample_weight is None else \
         np.ascontiguousarray(sample_weight, dtype=np.float64)
     want_full = covariance_type in ("full", "tied")
-    if want_full and D >= _GEMM_MIN_FEATURES:
+    setup = _expanded_setup(weights, means, prec_chol, covariance_type)
+    if setup is not None:
+        shift, G, log_const, full, block = setup
+        W, M, S, ll = _fused_stats_expanded(np.ascontiguousarray(X), w, shift, G, log_const,
+                                            full, block)
+    elif want_full and D >= _GEMM_MIN_FEATURES:
         shift, ucat, bcat, log_const = _full_setup(weights, means, prec_chol, covariance_type)
         W, M, S, ll = _fused_stats_gemm(np.ascontiguousarray(X), w, ucat, bcat, log_const, shift)
-        return W, np.where(W[:, None] > 0, M + shift, 0.0), S, float(ll)
-    setup = None if want_full else _diag_setup(weights, means, prec_chol, covariance_type)
-    if setup is not None:
-        shift, prec, mu_prec, log_const = setup
-        W, M, S, ll = _fused_stats_diag_gemm(np.ascontiguousarray(X), w, prec, mu_prec,
-                                             log_const, shift)
-        return W, np.where(W[:, None] > 0, M + shift, 0.0), S[:, 0, :], float(ll)
-    xt, shift, chol, diag_prec, full, log_const, b = _prepare(
-        X, weights, means, prec_chol, covariance_type)
-    W, M, S, ll = _fused_stats(xt, w, chol, diag_prec, full, log_const, b, want_full)
+    else:
+        xt, shift, chol, diag_prec, _, log_const, b = _prepare(
+            X, weights, means, prec_chol, covariance_type)
+        W, M, S, ll = _fused_stats(xt, w, chol, diag_prec, want_full, log_const, b, want_full)
     M = np.where(W[:, None] > 0, M + shift, 0.0)
     return W, M, (S if want_full else S[:, 0, :]), float(ll)
 
@@ -499,18 +598,25 @@ def fused_statistics(X, sample_weight, weights, means, prec_chol, covariance_typ
 def fused_log_prob(X, weights, means, prec_chol, covariance_type):
     """Weighted log-probabilities ``log w_k + log N(x_i | k)``, shape (n, K)."""
     D = X.shape[1]
-    if covariance_type in ("full", "tied"):
-        if D >= _GEMM_MIN_FEATURES:
-            shift, ucat, bcat, log_const = _full_setup(weights, means, prec_chol,
-                                                       covariance_type)
-            return _fused_log_prob_full_gemm(np.ascontiguousarray(X, dtype=np.float64), ucat,
-                                             bcat, log_const, shift)
-    else:
-        setup = _diag_setup(weights, means, prec_chol, covariance_type)
-        if setup is not None:
-            shift, prec, mu_prec, log_const = setup
-            return _fused_log_prob_diag_gemm(np.ascontiguousarray(X, dtype=np.float64), prec,
-                                             mu_prec, log_const, shift)
+    setup = _expanded_setup(weights, means, prec_chol, covariance_type)
+    if setup is not None:
+        shift, G, log_const, full, block = setup
+        return _fused_log_prob_expanded(np.ascontiguousarray(X), shift, G, log_const, full,
+                                        block)
+    if covariance_type in ("full", "tied") and D >= _GEMM_MIN_FEATURES:
+        shift, ucat, bcat, log_const = _full_setup(weights, means, prec_chol, covariance_type)
+        return _fused_log_prob_full_gemm(np.ascontiguousarray(X, dtype=np.float64), ucat,
+                                         bcat, log_const, shift)
     xt, _, chol, diag_prec, full, log_const, b = _prepare(
         X, weights, means, prec_chol, covariance_type)
     return _fused_log_prob(xt, chol, diag_prec, full, log_const, b)
+
+
+def fused_labels(X, weights, means, prec_chol, covariance_type):
+    """``argmax_k`` of :func:`fused_log_prob`, shape (n,), without the (n, K) array where
+    the expanded kernels apply."""
+    setup = _expanded_setup(weights, means, prec_chol, covariance_type)
+    if setup is not None:
+        shift, G, log_const, full, block = setup
+        return _fused_labels_expanded(np.ascontiguousarray(X), shift, G, log_const, full, block)
+    return fused_log_prob(X, weights, means, prec_chol, covariance_type).argmax(axis=1)

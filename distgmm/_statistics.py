@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ._fused import fused_log_prob, fused_statistics, use_fused
+from ._fused import fused_labels, fused_log_prob, fused_statistics, use_fused
 from ._kernels import (
     CollapsedComponentError,
     covariances_from_precision_cholesky,
@@ -108,6 +108,13 @@ class MixtureParams:
         return log_responsibilities(
             X, self.weights, self.means, self.precisions_cholesky, self.covariance_type
         )
+
+    def labels(self, X: np.ndarray) -> np.ndarray:
+        """Most likely component of each row of a block ``X``, shape (n,), as int64."""
+        if use_fused():
+            return fused_labels(X, self.weights, self.means, self.precisions_cholesky,
+                                self.covariance_type)
+        return self.weighted_log_prob(X).argmax(axis=1)
 
     def weighted_log_prob(self, X: np.ndarray) -> np.ndarray:
         """``log w_k + log N(x_i | k)`` for a block ``X``, shape (n, K)."""

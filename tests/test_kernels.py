@@ -188,7 +188,7 @@ def test_chunk_summary_counts_nonfinite_and_negative():
        dtype=st.sampled_from([np.float32, np.float64]), seed=st.integers(0, 2**16))
 def test_fused_kernel_matches_numpy_reference(n, D, K, cov, weighted, dtype, seed):
     """The compiled kernel computes what the NumPy reference computes, to rounding."""
-    from distgmm._fused import fused_log_prob, fused_statistics
+    from distgmm._fused import fused_labels, fused_log_prob, fused_statistics
     from distgmm._statistics import chunk_statistics_reference
 
     rng = np.random.default_rng(seed)
@@ -213,10 +213,25 @@ def test_fused_kernel_matches_numpy_reference(n, D, K, cov, weighted, dtype, see
     np.testing.assert_allclose(
         fused_log_prob(X, params.weights, params.means, params.precisions_cholesky, cov),
         weighted_lp, rtol=1e-10, atol=1e-9)
+    labels = fused_labels(X, params.weights, params.means, params.precisions_cholesky, cov)
+    top2 = np.sort(weighted_lp, axis=1)[:, -2:] if K > 1 else None
+    clear = np.ones(n, bool) if K == 1 else (top2[:, 1] - top2[:, 0]) > 1e-8
+    np.testing.assert_array_equal(labels[clear], weighted_lp.argmax(axis=1)[clear])
 
 
-@pytest.mark.parametrize("cov", ["diag", "spherical"])
-def test_fused_diag_stays_exact_for_components_far_apart(cov):
+def test_vectorisable_exp_is_within_one_ulp_of_libm():
+    """The kernels' own exp (a polynomial the compiler vectorises) matches libm's."""
+    from distgmm._fused import _exp_or_zero
+
+    x = np.concatenate([-np.random.default_rng(0).uniform(0, 500, 20000),
+                        [0.0, -0.0, -1e-300, -np.log(2) / 2, -np.log(2), -499.999, -1e-9]])
+    ours = np.array([_exp_or_zero(v) for v in x])
+    np.testing.assert_allclose(ours, np.exp(x), rtol=2.5e-16, atol=0)
+    assert [_exp_or_zero(v) for v in (-500.0, -600.0, -745.5, -np.inf)] == [0.0] * 4
+
+
+@pytest.mark.parametrize("cov", COV_TYPES)
+def test_fused_stays_exact_for_components_far_apart(cov):
     """Means 1e5 standard deviations apart take the exactly centered path (no cancellation)."""
     from distgmm._fused import fused_statistics
     from distgmm._statistics import chunk_statistics_reference
@@ -225,7 +240,8 @@ def test_fused_diag_stays_exact_for_components_far_apart(cov):
     K, D = 8, 8
     means = np.repeat(np.arange(K)[:, None] * 1e5, D, axis=1)
     X = np.repeat(means, 50, axis=0) + rng.normal(size=(50 * K, D))
-    covariances = np.ones((K, D)) if cov == "diag" else np.ones(K)
+    covariances = {"full": np.tile(np.eye(D), (K, 1, 1)), "tied": np.eye(D),
+                   "diag": np.ones((K, D)), "spherical": np.ones(K)}[cov]
     params = MixtureParams.from_covariances(np.full(K, 1 / K), means, covariances, cov)
     ref = chunk_statistics_reference(X, None, params)
     _, _, scatter, _ = fused_statistics(X, None, params.weights, params.means,

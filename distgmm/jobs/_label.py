@@ -93,7 +93,7 @@ def label_block(params: MixtureParams, X: np.ndarray, proba: bool = False
             labels[start:start + part.shape[0]] = log_resp.argmax(axis=1)
             probs[start:start + part.shape[0]] = np.exp(log_resp)
         else:
-            labels[start:start + part.shape[0]] = params.weighted_log_prob(part).argmax(axis=1)
+            labels[start:start + part.shape[0]] = params.labels(part)
     return labels, probs
 
 
