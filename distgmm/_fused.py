@@ -393,11 +393,13 @@ def _fused_log_prob_full_gemm(X, ucat, bcat, log_const, shift):
 # means), every weighted log-density is linear in z: log w_k N(x | k) = c_k + z(x) . G[:, k],
 # and every per-component first and second moment is a column of R^T Z. So one block of
 # rows costs two GEMMs, Z @ G and R^T @ Z, whatever K. Quadratic terms are x_a x_c (a >= c)
-# for full/tied covariances and x_a^2 for diag/spherical. The price is cancellation in
-# ``sum r x x^T - W m m^T`` when a mean lies far from the shift; the callers take these
-# kernels only when every mean is within 1000 standard deviations of it
-# (:func:`_expanded_setup`), which keeps it below ~1e-10 relative, and the exactly
-# centered kernels otherwise.
+# for full/tied covariances and x_a^2 for diag/spherical.
+#
+# The price is cancellation, in the log-density and in ``sum r x x^T - W m m^T``, for a
+# component whose mean lies far from the shift relative to its own spread. Components more
+# than 1000 standard deviations from it (``exact`` in :func:`_expanded_setup`; typically a
+# component collapsing onto a few points) are computed exactly centered instead, by a loop
+# over the block, so every component stays within ~1e-10 relative of the reference.
 
 
 @_jit
@@ -422,17 +424,40 @@ def _expanded_features(X, start, shift, full, z):
 
 
 @_jit
-def _expanded_block_log_prob(X, start, shift, G, log_const, full, z, lp):
+def _expanded_block_log_prob(X, start, shift, G, log_const, full, exact, mc, fac, z, lp):
+    """Weighted log-densities of a block into ``lp`` (m, K); fills ``z`` for the statistics.
+
+    Components listed in ``exact`` get ``log_const[k] - 0.5 |(x - mc_k) U_k|^2`` (full:
+    ``fac`` holds the precision factors U) or ``... - 0.5 sum p (x - mc_k)^2`` (diag:
+    ``fac[k, 0]`` holds the precisions), computed directly.
+    """
     _expanded_features(X, start, shift, full, z)
     np.dot(z, G, lp)
     m, K = lp.shape
+    F = z.shape[1]
+    D = X.shape[1]
+    Q = F - D
     for i in range(m):
         for k in range(K):
             lp[i, k] += log_const[k]
+    for k in exact:
+        for i in range(m):
+            maha = 0.0
+            if full:
+                for j in range(D):
+                    acc = 0.0
+                    for a in range(j + 1):
+                        acc += (z[i, Q + a] - mc[k, a]) * fac[k, a, j]
+                    maha += acc * acc
+            else:
+                for a in range(D):
+                    d = z[i, Q + a] - mc[k, a]
+                    maha += d * d * fac[k, 0, a]
+            lp[i, k] = log_const[k] - 0.5 * maha
 
 
 @_jit
-def _fused_stats_expanded(X, w, shift, G, log_const, full, B):
+def _fused_stats_expanded(X, w, shift, G, log_const, full, exact, mc, fac, B):
     """E-step, log-likelihood and centered statistics with two GEMMs per block of ``B`` rows."""
     n, D = X.shape
     F, K = G.shape
@@ -446,11 +471,15 @@ def _fused_stats_expanded(X, w, shift, G, log_const, full, B):
     mom = np.empty((K, F))
     wb = np.empty(K)
     mean_b = np.empty(D)
+    sc = np.empty((D, D))
+    is_exact = np.zeros(K, dtype=np.bool_)
+    for k in exact:
+        is_exact[k] = True
     for start in range(0, n, B):
         m = min(B, n - start)
         z = z_buf[:m]
         lp = lp_buf[:m]
-        _expanded_block_log_prob(X, start, shift, G, log_const, full, z, lp)
+        _expanded_block_log_prob(X, start, shift, G, log_const, full, exact, mc, fac, z, lp)
         ll += _responsibilities_in_place(lp, w, start)
         wb[:] = 0.0
         for i in range(m):
@@ -462,25 +491,40 @@ def _fused_stats_expanded(X, w, shift, G, log_const, full, B):
                 continue
             for a in range(D):
                 mean_b[a] = mom[k, Q + a] / wb[k]
-            wt = W[k] + wb[k]
-            frac = wb[k] / wt
-            cross = W[k] * frac
-            if full:
+            # the block's scatter about its own mean, into sc (lower triangle / diagonal)
+            if is_exact[k]:
+                sc[:, :] = 0.0
+                for i in range(m):
+                    r = lp[i, k]
+                    for a in range(D):
+                        da = z[i, Q + a] - mean_b[a]
+                        if full:
+                            for c in range(a + 1):
+                                sc[a, c] += r * da * (z[i, Q + c] - mean_b[c])
+                        else:
+                            sc[a, a] += r * da * da
+            elif full:
                 t = 0
                 for a in range(D):
-                    delta_a = mean_b[a] - M[k, a]
                     for c in range(a + 1):
-                        v = (mom[k, t + c] - wb[k] * mean_b[a] * mean_b[c]
-                             + cross * delta_a * (mean_b[c] - M[k, c]))
-                        S[k, a, c] += v
-                        if c != a:
-                            S[k, c, a] += v
+                        sc[a, c] = mom[k, t + c] - wb[k] * mean_b[a] * mean_b[c]
                     t += a + 1
             else:
                 for a in range(D):
-                    delta = mean_b[a] - M[k, a]
-                    S[k, 0, a] += (max(mom[k, a] - wb[k] * mean_b[a] * mean_b[a], 0.0)
-                                   + cross * delta * delta)
+                    sc[a, a] = max(mom[k, a] - wb[k] * mean_b[a] * mean_b[a], 0.0)
+            wt = W[k] + wb[k]
+            frac = wb[k] / wt
+            cross = W[k] * frac
+            for a in range(D):
+                delta_a = mean_b[a] - M[k, a]
+                if full:
+                    for c in range(a + 1):
+                        v = sc[a, c] + cross * delta_a * (mean_b[c] - M[k, c])
+                        S[k, a, c] += v
+                        if c != a:
+                            S[k, c, a] += v
+                else:
+                    S[k, 0, a] += sc[a, a] + cross * delta_a * delta_a
             for a in range(D):
                 M[k, a] += (mean_b[a] - M[k, a]) * frac
             W[k] = wt
@@ -488,20 +532,20 @@ def _fused_stats_expanded(X, w, shift, G, log_const, full, B):
 
 
 @_jit
-def _fused_log_prob_expanded(X, shift, G, log_const, full, B):
+def _fused_log_prob_expanded(X, shift, G, log_const, full, exact, mc, fac, B):
     n, D = X.shape
     F, K = G.shape
     out = np.empty((n, K))
     z_buf = np.empty((B, F))
     for start in range(0, n, B):
         m = min(B, n - start)
-        _expanded_block_log_prob(X, start, shift, G, log_const, full, z_buf[:m],
-                                 out[start:start + m])
+        _expanded_block_log_prob(X, start, shift, G, log_const, full, exact, mc, fac,
+                                 z_buf[:m], out[start:start + m])
     return out
 
 
 @_jit
-def _fused_labels_expanded(X, shift, G, log_const, full, B):
+def _fused_labels_expanded(X, shift, G, log_const, full, exact, mc, fac, B):
     """``argmax_k`` of the weighted log-densities, without the (n, K) array."""
     n, D = X.shape
     F, K = G.shape
@@ -511,7 +555,8 @@ def _fused_labels_expanded(X, shift, G, log_const, full, B):
     for start in range(0, n, B):
         m = min(B, n - start)
         lp = lp_buf[:m]
-        _expanded_block_log_prob(X, start, shift, G, log_const, full, z_buf[:m], lp)
+        _expanded_block_log_prob(X, start, shift, G, log_const, full, exact, mc, fac,
+                                 z_buf[:m], lp)
         for i in range(m):
             best = 0
             top = lp[i, 0]
@@ -525,47 +570,52 @@ def _fused_labels_expanded(X, shift, G, log_const, full, B):
 
 
 def _expanded_setup(weights, means, prec_chol, covariance_type):
-    """``(shift, G, log_const, full, block_rows)`` for the expanded kernels, or None.
+    """``(shift, G, log_const, full, exact, mc, fac, block_rows)`` for the expanded kernels.
 
-    None when a mean lies more than 1000 standard deviations from the shift (the
-    cancellation bound, measured against each component's smallest variance, which is at
-    least ``1 / ||U_k||_F^2``), or for diag/spherical models with K * D below
-    ``_DIAG_GEMM_MIN_WORK`` (the loop kernel is faster there).
+    ``exact`` lists the components whose mean lies more than 1000 standard deviations from
+    the shift (measured against the component's smallest variance, which is at least
+    ``1 / ||U_k||_F^2``): the kernels compute those exactly centered. None for
+    diag/spherical models with K * D below ``_DIAG_GEMM_MIN_WORK`` (the loop kernel is
+    faster there) and when most components would need the exact loop.
     """
     K, D = means.shape
     full = covariance_type in ("full", "tied")
     if not full and K * D < _DIAG_GEMM_MIN_WORK:
         return None
     shift = means.mean(axis=0)
-    mc = means - shift
+    mc = np.ascontiguousarray(means - shift)
     with np.errstate(divide="ignore"):
         log_w = np.log(weights)
     if full:
         chol = prec_chol if covariance_type == "full" else np.broadcast_to(prec_chol, (K, D, D))
+        fac = np.ascontiguousarray(chol)
         spread = (mc**2).sum(axis=1) * (chol**2).sum(axis=(1, 2))
-        if not float(np.max(spread)) < _EXPANDED_MAX_SPREAD:
-            return None
         prec = np.einsum("kab,kcb->kac", chol, chol)
         rows, cols = np.tril_indices(D)
         quad = -0.5 * prec[:, rows, cols] * np.where(rows == cols, 1.0, 2.0)
         lin = np.einsum("kab,kb->ka", prec, mc)
-        maha_mu = np.einsum("ka,ka->k", lin, mc)
         log_det = np.log(np.diagonal(chol, axis1=1, axis2=2)).sum(axis=1)
         pairs = D * (D + 1) // 2
         block = 512 if pairs <= 64 else 256 if pairs <= 160 else 128
     else:
         pc = prec_chol if covariance_type == "diag" else np.repeat(prec_chol[:, None], D, axis=1)
         prec = pc**2
-        if not float(np.max((mc**2 * prec).sum(axis=1))) < _EXPANDED_MAX_SPREAD:
-            return None
+        fac = np.ascontiguousarray(prec[:, None, :])
+        spread = (mc**2 * prec).sum(axis=1)
         quad = -0.5 * prec
         lin = prec * mc
-        maha_mu = (lin * mc).sum(axis=1)
         log_det = np.log(pc).sum(axis=1)
         block = _GEMM_BLOCK
+    exact = np.flatnonzero(~(spread < _EXPANDED_MAX_SPREAD))
+    if 2 * len(exact) > K:
+        return None
+    maha_mu = np.einsum("ka,ka->k", lin, mc)
+    maha_mu[exact] = 0.0
+    quad[exact] = 0.0
+    lin[exact] = 0.0
     G = np.ascontiguousarray(np.concatenate([quad, lin], axis=1).T)
     log_const = -0.5 * D * _LOG_2PI + log_det + log_w - 0.5 * maha_mu
-    return shift, G, log_const, full, block
+    return shift, G, log_const, full, exact, mc, fac, block
 
 
 def fused_statistics(X, sample_weight, weights, means, prec_chol, covariance_type):
@@ -581,9 +631,8 @@ def fused_statistics(X, sample_weight, weights, means, prec_chol, covariance_typ
     want_full = covariance_type in ("full", "tied")
     setup = _expanded_setup(weights, means, prec_chol, covariance_type)
     if setup is not None:
-        shift, G, log_const, full, block = setup
-        W, M, S, ll = _fused_stats_expanded(np.ascontiguousarray(X), w, shift, G, log_const,
-                                            full, block)
+        shift = setup[0]
+        W, M, S, ll = _fused_stats_expanded(np.ascontiguousarray(X), w, *setup)
     elif want_full and D >= _GEMM_MIN_FEATURES:
         shift, ucat, bcat, log_const = _full_setup(weights, means, prec_chol, covariance_type)
         W, M, S, ll = _fused_stats_gemm(np.ascontiguousarray(X), w, ucat, bcat, log_const, shift)
@@ -600,9 +649,7 @@ def fused_log_prob(X, weights, means, prec_chol, covariance_type):
     D = X.shape[1]
     setup = _expanded_setup(weights, means, prec_chol, covariance_type)
     if setup is not None:
-        shift, G, log_const, full, block = setup
-        return _fused_log_prob_expanded(np.ascontiguousarray(X), shift, G, log_const, full,
-                                        block)
+        return _fused_log_prob_expanded(np.ascontiguousarray(X), *setup)
     if covariance_type in ("full", "tied") and D >= _GEMM_MIN_FEATURES:
         shift, ucat, bcat, log_const = _full_setup(weights, means, prec_chol, covariance_type)
         return _fused_log_prob_full_gemm(np.ascontiguousarray(X, dtype=np.float64), ucat,
@@ -617,6 +664,5 @@ def fused_labels(X, weights, means, prec_chol, covariance_type):
     the expanded kernels apply."""
     setup = _expanded_setup(weights, means, prec_chol, covariance_type)
     if setup is not None:
-        shift, G, log_const, full, block = setup
-        return _fused_labels_expanded(np.ascontiguousarray(X), shift, G, log_const, full, block)
+        return _fused_labels_expanded(np.ascontiguousarray(X), *setup)
     return fused_log_prob(X, weights, means, prec_chol, covariance_type).argmax(axis=1)

@@ -230,6 +230,46 @@ def test_vectorisable_exp_is_within_one_ulp_of_libm():
     assert [_exp_or_zero(v) for v in (-500.0, -600.0, -745.5, -np.inf)] == [0.0] * 4
 
 
+@pytest.mark.parametrize("cov", ["full", "diag", "spherical"])
+def test_fused_collapsing_component_is_computed_exactly(cov):
+    """One component with a tiny variance (1e7 sd from the shift) is computed exactly
+    centered inside the expanded-moment kernels, while the others use the GEMM form."""
+    from distgmm._fused import _expanded_setup, fused_labels, fused_log_prob, fused_statistics
+    from distgmm._statistics import chunk_statistics_reference
+
+    rng = np.random.default_rng(4)
+    K, D = 8, 8
+    means = rng.normal(0, 3, size=(K, D))
+    X = np.concatenate([means[k] + rng.normal(size=(60, D)) for k in range(K - 1)]
+                       + [means[K - 1] + 1e-4 * rng.normal(size=(60, D))])
+    scale = np.r_[np.ones(K - 1), 1e-8]
+    covariances = {"full": np.eye(D) * scale[:, None, None], "diag": np.ones((K, D)) *
+                   scale[:, None], "spherical": scale}[cov]
+    params = MixtureParams.from_covariances(np.full(K, 1 / K), means, covariances, cov)
+    setup = _expanded_setup(params.weights, params.means, params.precisions_cholesky, cov)
+    assert setup is not None and list(setup[4]) == [K - 1]
+    ref = chunk_statistics_reference(X, None, params)
+    resp_sum, m, scatter, ll = fused_statistics(X, None, params.weights, params.means,
+                                                params.precisions_cholesky, cov)
+    np.testing.assert_allclose(resp_sum, ref.resp_sum, rtol=1e-10)
+    np.testing.assert_allclose(scatter, ref.scatter, rtol=1e-8, atol=1e-14)
+    assert ll == pytest.approx(ref.log_likelihood, rel=1e-11)
+    if cov == "full":
+        lp = log_gaussian_prob(X, params.means, params.precisions_cholesky, cov)
+    else:  # the reference's diag form is expanded (as scikit-learn's): compute it directly
+        prec = np.broadcast_to(1 / (covariances if cov == "diag" else covariances[:, None]),
+                               (K, D))
+        lp = -0.5 * (D * np.log(2 * np.pi) + (((X[:, None, :] - means) ** 2) * prec).sum(-1)
+                     - np.log(prec).sum(axis=1))
+    lp = lp + np.log(params.weights)
+    np.testing.assert_allclose(
+        fused_log_prob(X, params.weights, params.means, params.precisions_cholesky, cov),
+        lp, rtol=1e-10)
+    np.testing.assert_array_equal(
+        fused_labels(X, params.weights, params.means, params.precisions_cholesky, cov),
+        lp.argmax(axis=1))
+
+
 @pytest.mark.parametrize("cov", COV_TYPES)
 def test_fused_stays_exact_for_components_far_apart(cov):
     """Means 1e5 standard deviations apart take the exactly centered path (no cancellation)."""
