@@ -390,9 +390,9 @@ def _fused_log_prob_full_gemm(X, ucat, bcat, log_const, shift):
 # ------------------------------------------------------------------ expanded-moment kernels
 #
 # With z(x) = [quadratic terms of x, x] (the rows shifted by the mean of the component
-# means), every weighted log-density is linear in z: log w_k N(x | k) = c_k + z(x) . G[:, k],
+# means), every weighted log-density is linear in z: log w_k N(x | k) = c_k + Gt[k] . z(x),
 # and every per-component first and second moment is a column of R^T Z. So one block of
-# rows costs two GEMMs, Z @ G and R^T @ Z, whatever K. Quadratic terms are x_a x_c (a >= c)
+# rows costs two GEMMs, Gt @ Z^T and R^T @ Z, whatever K. Quadratic terms are x_a x_c (a >= c)
 # for full/tied covariances and x_a^2 for diag/spherical.
 #
 # The price is cancellation, in the log-density and in ``sum r x x^T - W m m^T``, for a
@@ -403,89 +403,146 @@ def _fused_log_prob_full_gemm(X, ucat, bcat, log_const, shift):
 
 
 @_jit
-def _expanded_features(X, start, shift, full, z):
-    """Fill ``z`` (m, Q + D) with the expanded features of rows ``start:start + m`` of ``X``."""
-    m, F = z.shape
+def _expanded_features(X, start, shift, full, zt):
+    """Fill ``zt`` (Q + D, m) with the expanded features of rows ``start:start + m`` of ``X``.
+
+    Feature-major, so that every product below and every later per-row operation runs
+    along contiguous rows of ``m`` values and vectorises.
+    """
+    F, m = zt.shape
     D = X.shape[1]
     Q = F - D
-    for i in range(m):
+    for i0 in range(0, m, 8):  # 8 x D tiles: neither the reads nor the writes stride far
+        i1 = min(i0 + 8, m)
         for a in range(D):
-            z[i, Q + a] = X[start + i, a] - shift[a]
-        if full:
-            t = 0
-            for a in range(D):
-                va = z[i, Q + a]
-                for c in range(a + 1):
-                    z[i, t + c] = va * z[i, Q + c]
-                t += a + 1
-        else:
-            for a in range(D):
-                z[i, a] = z[i, Q + a] * z[i, Q + a]
+            sa = shift[a]
+            for i in range(i0, i1):
+                zt[Q + a, i] = X[start + i, a] - sa
+    if full:
+        t = 0
+        for a in range(D):
+            for c in range(a + 1):
+                for i in range(m):
+                    zt[t, i] = zt[Q + a, i] * zt[Q + c, i]
+                t += 1
+    else:
+        for a in range(D):
+            for i in range(m):
+                zt[a, i] = zt[Q + a, i] * zt[Q + a, i]
 
 
 @_jit
-def _expanded_block_log_prob(X, start, shift, G, log_const, full, exact, mc, fac, z, lp):
-    """Weighted log-densities of a block into ``lp`` (m, K); fills ``z`` for the statistics.
+def _expanded_block_log_prob(X, start, shift, Gt, log_const, full, exact, mc, fac, zt, lpt,
+                             scratch):
+    """Weighted log-densities of a block into ``lpt`` (K, m); fills ``zt`` for the statistics.
 
     Components listed in ``exact`` get ``log_const[k] - 0.5 |(x - mc_k) U_k|^2`` (full:
     ``fac`` holds the precision factors U) or ``... - 0.5 sum p (x - mc_k)^2`` (diag:
-    ``fac[k, 0]`` holds the precisions), computed directly.
+    ``fac[k, 0]`` holds the precisions), computed directly. ``scratch`` is (2, >= m).
     """
-    _expanded_features(X, start, shift, full, z)
-    np.dot(z, G, lp)
-    m, K = lp.shape
-    F = z.shape[1]
+    _expanded_features(X, start, shift, full, zt)
+    np.dot(Gt, zt, lpt)
+    K, m = lpt.shape
+    F = zt.shape[0]
     D = X.shape[1]
     Q = F - D
-    for i in range(m):
-        for k in range(K):
-            lp[i, k] += log_const[k]
-    for k in exact:
+    for k in range(K):
+        c = log_const[k]
         for i in range(m):
-            maha = 0.0
-            if full:
-                for j in range(D):
-                    acc = 0.0
-                    for a in range(j + 1):
-                        acc += (z[i, Q + a] - mc[k, a]) * fac[k, a, j]
-                    maha += acc * acc
-            else:
-                for a in range(D):
-                    d = z[i, Q + a] - mc[k, a]
-                    maha += d * d * fac[k, 0, a]
-            lp[i, k] = log_const[k] - 0.5 * maha
+            lpt[k, i] += c
+    maha = scratch[0]
+    acc = scratch[1]
+    for k in exact:
+        maha[:m] = 0.0
+        if full:
+            for j in range(D):
+                acc[:m] = 0.0
+                for a in range(j + 1):
+                    mu = mc[k, a]
+                    u = fac[k, a, j]
+                    for i in range(m):
+                        acc[i] += (zt[Q + a, i] - mu) * u
+                for i in range(m):
+                    maha[i] += acc[i] * acc[i]
+        else:
+            for a in range(D):
+                mu = mc[k, a]
+                p = fac[k, 0, a]
+                for i in range(m):
+                    d = zt[Q + a, i] - mu
+                    maha[i] += d * d * p
+        c = log_const[k]
+        for i in range(m):
+            lpt[k, i] = c - 0.5 * maha[i]
 
 
 @_jit
-def _fused_stats_expanded(X, w, shift, G, log_const, full, exact, mc, fac, B):
+def _responsibilities_columns(lpt, w, start, mx, tot):
+    """Column-wise :func:`_responsibilities_in_place` for ``lpt`` (K, m): loops over rows of
+    ``m`` values (vectorised); ``mx`` and ``tot`` are (m,) scratch buffers."""
+    K, m = lpt.shape
+    for i in range(m):
+        mx[i] = lpt[0, i]
+    for k in range(1, K):
+        for i in range(m):
+            mx[i] = max(mx[i], lpt[k, i])
+    for i in range(m):
+        tot[i] = 0.0
+    for k in range(K):
+        for i in range(m):
+            e = _exp_or_zero(lpt[k, i] - mx[i])
+            lpt[k, i] = e
+            tot[i] += e
+    ll = 0.0
+    for i in range(m):
+        wi = w[start + i]
+        ll += wi * (mx[i] + math.log(tot[i]))
+        tot[i] = wi / tot[i]
+    for k in range(K):
+        for i in range(m):
+            lpt[k, i] *= tot[i]
+    return ll
+
+
+@_jit
+def _fused_stats_expanded(X, w, shift, Gt, log_const, full, exact, mc, fac, B):
     """E-step, log-likelihood and centered statistics with two GEMMs per block of ``B`` rows."""
     n, D = X.shape
-    F, K = G.shape
+    K, F = Gt.shape
     Q = F - D
     W = np.zeros(K)
     M = np.zeros((K, D))
     S = np.zeros((K, D, D)) if full else np.zeros((K, 1, D))
     ll = 0.0
-    z_buf = np.empty((B, F))
-    lp_buf = np.empty((B, K))
+    # full-size block buffers, and exact-size ones for the last, shorter block (np.dot
+    # needs contiguous operands, which column slices of a (F, B) buffer are not)
+    tail = n % B
+    zt_full, lpt_full = np.empty((F, B)), np.empty((K, B))
+    zt_tail, lpt_tail = np.empty((F, tail)), np.empty((K, tail))
+    scratch = np.empty((2, B))
+    mx = np.empty(B)
+    tot = np.empty(B)
     mom = np.empty((K, F))
     wb = np.empty(K)
     mean_b = np.empty(D)
     sc = np.empty((D, D))
+    dev = np.empty((D, B))
     is_exact = np.zeros(K, dtype=np.bool_)
     for k in exact:
         is_exact[k] = True
     for start in range(0, n, B):
         m = min(B, n - start)
-        z = z_buf[:m]
-        lp = lp_buf[:m]
-        _expanded_block_log_prob(X, start, shift, G, log_const, full, exact, mc, fac, z, lp)
-        ll += _responsibilities_in_place(lp, w, start)
-        wb[:] = 0.0
-        for i in range(m):
-            for k in range(K):
-                wb[k] += lp[i, k]
-        np.dot(lp.T, z, mom)
+        zt = zt_full if m == B else zt_tail
+        lpt = lpt_full if m == B else lpt_tail
+        _expanded_block_log_prob(X, start, shift, Gt, log_const, full, exact, mc, fac, zt, lpt,
+                                 scratch)
+        ll += _responsibilities_columns(lpt, w, start, mx, tot)
+        for k in range(K):
+            acc = 0.0
+            for i in range(m):
+                acc += lpt[k, i]
+            wb[k] = acc
+        np.dot(lpt, zt.T, mom)
         for k in range(K):
             if wb[k] <= 0.0:
                 continue
@@ -493,16 +550,16 @@ def _fused_stats_expanded(X, w, shift, G, log_const, full, exact, mc, fac, B):
                 mean_b[a] = mom[k, Q + a] / wb[k]
             # the block's scatter about its own mean, into sc (lower triangle / diagonal)
             if is_exact[k]:
-                sc[:, :] = 0.0
-                for i in range(m):
-                    r = lp[i, k]
-                    for a in range(D):
-                        da = z[i, Q + a] - mean_b[a]
-                        if full:
-                            for c in range(a + 1):
-                                sc[a, c] += r * da * (z[i, Q + c] - mean_b[c])
-                        else:
-                            sc[a, a] += r * da * da
+                for a in range(D):
+                    mu = mean_b[a]
+                    for i in range(m):
+                        dev[a, i] = zt[Q + a, i] - mu
+                for a in range(D):
+                    for c in range(0 if full else a, a + 1):
+                        acc = 0.0
+                        for i in range(m):
+                            acc += lpt[k, i] * dev[a, i] * dev[c, i]
+                        sc[a, c] = acc
             elif full:
                 t = 0
                 for a in range(D):
@@ -532,45 +589,56 @@ def _fused_stats_expanded(X, w, shift, G, log_const, full, exact, mc, fac, B):
 
 
 @_jit
-def _fused_log_prob_expanded(X, shift, G, log_const, full, exact, mc, fac, B):
+def _fused_log_prob_expanded(X, shift, Gt, log_const, full, exact, mc, fac, B):
     n, D = X.shape
-    F, K = G.shape
+    K, F = Gt.shape
     out = np.empty((n, K))
-    z_buf = np.empty((B, F))
+    tail = n % B
+    zt_full, lpt_full = np.empty((F, B)), np.empty((K, B))
+    zt_tail, lpt_tail = np.empty((F, tail)), np.empty((K, tail))
+    scratch = np.empty((2, B))
     for start in range(0, n, B):
         m = min(B, n - start)
-        _expanded_block_log_prob(X, start, shift, G, log_const, full, exact, mc, fac,
-                                 z_buf[:m], out[start:start + m])
+        zt = zt_full if m == B else zt_tail
+        lpt = lpt_full if m == B else lpt_tail
+        _expanded_block_log_prob(X, start, shift, Gt, log_const, full, exact, mc, fac, zt, lpt,
+                                 scratch)
+        for i in range(m):
+            for k in range(K):
+                out[start + i, k] = lpt[k, i]
     return out
 
 
 @_jit
-def _fused_labels_expanded(X, shift, G, log_const, full, exact, mc, fac, B):
+def _fused_labels_expanded(X, shift, Gt, log_const, full, exact, mc, fac, B):
     """``argmax_k`` of the weighted log-densities, without the (n, K) array."""
     n, D = X.shape
-    F, K = G.shape
+    K, F = Gt.shape
     out = np.empty(n, dtype=np.int64)
-    z_buf = np.empty((B, F))
-    lp_buf = np.empty((B, K))
+    tail = n % B
+    zt_full, lpt_full = np.empty((F, B)), np.empty((K, B))
+    zt_tail, lpt_tail = np.empty((F, tail)), np.empty((K, tail))
+    scratch = np.empty((2, B))
+    top = np.empty(B)
     for start in range(0, n, B):
         m = min(B, n - start)
-        lp = lp_buf[:m]
-        _expanded_block_log_prob(X, start, shift, G, log_const, full, exact, mc, fac,
-                                 z_buf[:m], lp)
+        zt = zt_full if m == B else zt_tail
+        lpt = lpt_full if m == B else lpt_tail
+        _expanded_block_log_prob(X, start, shift, Gt, log_const, full, exact, mc, fac, zt, lpt,
+                                 scratch)
         for i in range(m):
-            best = 0
-            top = lp[i, 0]
-            for k in range(1, K):
-                v = lp[i, k]
-                if v > top:
-                    top = v
-                    best = k
-            out[start + i] = best
+            top[i] = lpt[0, i]
+            out[start + i] = 0
+        for k in range(1, K):
+            for i in range(m):
+                if lpt[k, i] > top[i]:
+                    top[i] = lpt[k, i]
+                    out[start + i] = k
     return out
 
 
 def _expanded_setup(weights, means, prec_chol, covariance_type):
-    """``(shift, G, log_const, full, exact, mc, fac, block_rows)`` for the expanded kernels.
+    """``(shift, Gt, log_const, full, exact, mc, fac, block_rows)`` for the expanded kernels.
 
     ``exact`` lists the components whose mean lies more than 1000 standard deviations from
     the shift (measured against the component's smallest variance, which is at least
@@ -613,9 +681,9 @@ def _expanded_setup(weights, means, prec_chol, covariance_type):
     maha_mu[exact] = 0.0
     quad[exact] = 0.0
     lin[exact] = 0.0
-    G = np.ascontiguousarray(np.concatenate([quad, lin], axis=1).T)
+    Gt = np.ascontiguousarray(np.concatenate([quad, lin], axis=1))
     log_const = -0.5 * D * _LOG_2PI + log_det + log_w - 0.5 * maha_mu
-    return shift, G, log_const, full, exact, mc, fac, block
+    return shift, Gt, log_const, full, exact, mc, fac, block
 
 
 def fused_statistics(X, sample_weight, weights, means, prec_chol, covariance_type):
