@@ -48,6 +48,21 @@ def _jit(fn):
                       error_model="numpy")(fn)
 
 
+def _jit_ordered(fn):
+    """``_jit`` without reassociation, for kernels whose loops store while they compute.
+
+    With reassociation allowed, LLVM may compute such a loop (and the exponential inlined
+    into it) in a different order in its vector body than in its scalar fallback, and picks
+    between them by run-time pointer checks: the same chunk then gave results differing in
+    the last bits from one worker process to another. Without it, vector and scalar code
+    do the same operations in the same order, and every result is reproducible bit for bit.
+    """
+    if not HAVE_NUMBA:
+        return fn
+    return numba.njit(cache=True, nogil=True, fastmath={"contract"}, boundscheck=False,
+                      error_model="numpy")(fn)
+
+
 _LOG2E = 1.4426950408889634
 _LN2_HI = 6.93147180369123816490e-01    # fdlibm's split of log(2): k * _LN2_HI is exact
 _LN2_LO = 1.90821492927058770002e-10
@@ -402,7 +417,7 @@ def _fused_log_prob_full_gemm(X, ucat, bcat, log_const, shift):
 # over the block, so every component stays within ~1e-10 relative of the reference.
 
 
-@_jit
+@_jit_ordered
 def _expanded_features(X, start, shift, full, zt):
     """Fill ``zt`` (Q + D, m) with the expanded features of rows ``start:start + m`` of ``X``.
 
@@ -431,7 +446,7 @@ def _expanded_features(X, start, shift, full, zt):
                 zt[a, i] = zt[Q + a, i] * zt[Q + a, i]
 
 
-@_jit
+@_jit_ordered
 def _expanded_block_log_prob(X, start, shift, Gt, log_const, full, exact, mc, fac, zt, lpt,
                              scratch):
     """Weighted log-densities of a block into ``lpt`` (K, m); fills ``zt`` for the statistics.
@@ -476,7 +491,7 @@ def _expanded_block_log_prob(X, start, shift, Gt, log_const, full, exact, mc, fa
             lpt[k, i] = c - 0.5 * maha[i]
 
 
-@_jit
+@_jit_ordered
 def _responsibilities_columns(lpt, w, start, mx, tot):
     """Column-wise :func:`_responsibilities_in_place` for ``lpt`` (K, m): loops over rows of
     ``m`` values (vectorised); ``mx`` and ``tot`` are (m,) scratch buffers."""
@@ -504,7 +519,7 @@ def _responsibilities_columns(lpt, w, start, mx, tot):
     return ll
 
 
-@_jit
+@_jit_ordered
 def _fused_stats_expanded(X, w, shift, Gt, log_const, full, exact, mc, fac, B):
     """E-step, log-likelihood and centered statistics with two GEMMs per block of ``B`` rows."""
     n, D = X.shape
@@ -588,7 +603,7 @@ def _fused_stats_expanded(X, w, shift, Gt, log_const, full, exact, mc, fac, B):
     return W, M, S, ll
 
 
-@_jit
+@_jit_ordered
 def _fused_log_prob_expanded(X, shift, Gt, log_const, full, exact, mc, fac, B):
     n, D = X.shape
     K, F = Gt.shape
@@ -609,7 +624,7 @@ def _fused_log_prob_expanded(X, shift, Gt, log_const, full, exact, mc, fac, B):
     return out
 
 
-@_jit
+@_jit_ordered
 def _fused_labels_expanded(X, shift, Gt, log_const, full, exact, mc, fac, B):
     """``argmax_k`` of the weighted log-densities, without the (n, K) array."""
     n, D = X.shape
