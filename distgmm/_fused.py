@@ -1,11 +1,28 @@
 """Compiled (numba) fused kernels: E-step, log-likelihood and centered statistics in one sweep.
 
-These compute exactly what the NumPy reference kernels in :mod:`distgmm._kernels` and
-:mod:`distgmm._statistics` compute, but in one pass over a chunk held in cache: points are
-processed in blocks of ``_BLOCK`` rows, transposed so that the innermost loops run over
-points and vectorise. Within a block the per-component statistics are centered on the
-block's own weighted means, and blocks are merged with the same pairwise correction as
-chunks. Tests compare these kernels with the NumPy reference on random inputs.
+These compute what the NumPy reference kernels in :mod:`distgmm._kernels` and
+:mod:`distgmm._statistics` compute, to rounding, in one pass over a chunk held in cache.
+Tests compare them with the NumPy reference on random inputs.
+
+Which kernel runs (per chunk, decided from the parameters):
+
+expanded-moment kernels (:func:`_fused_stats_expanded`; full and tied always, diag and
+spherical from K * D >= 32)
+    Blocks of rows become feature-major matrices of expanded features ``[x x^T terms, x]``
+    (rows shifted by the mean of the component means), so a block costs two GEMMs whatever
+    K: ``Gt @ Z^T`` gives every weighted log-density and ``R^T @ Z`` every first and second
+    moment. Components whose mean lies more than 1000 standard deviations from the shift
+    (typically one collapsing onto a few points) are computed exactly centered by a loop,
+    so cancellation stays below ~1e-10 relative for every component. When most components
+    would need that loop, the kernels below run instead.
+exactly centered kernels (:func:`_fused_stats_gemm` for full/tied with D >= 4, the loop
+kernel :func:`_fused_stats` otherwise)
+    Statistics centered on each block's own weighted means, merged with the same pairwise
+    correction as chunks.
+
+Exponentials use a polynomial the compiler vectorises (:func:`_exp_or_zero`, within 1 ulp
+of libm, flushed to zero below exp(-500)). Kernels whose loops store while they compute are
+compiled without reassociation, so every chunk gives the same bits in every worker process.
 
 Set ``DISTGMM_KERNEL=numpy`` to use the NumPy reference everywhere (for example to compare
 the two paths in a benchmark).
