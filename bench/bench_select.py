@@ -4,6 +4,7 @@ Run from the repository root (after ``pip install -e .``)::
 
     python bench/bench_select.py                       # 1e6 x 8 points, 12 candidates
     python bench/bench_select.py --rows 2e5 --iters 5
+    python bench/bench_select.py --stream /tmp/select.zarr   # read from a Zarr store every pass
 
 Two workloads on the same persisted data (a local cluster of single-threaded workers):
 
@@ -15,6 +16,11 @@ Two workloads on the same persisted data (a local cluster of single-threaded wor
     one estimator with ``n_init=8`` (the restarts run in lockstep) against 8 separate fits
     with the restarts' seeds.
 
+With ``--stream STORE`` the data is a point store (generated there if missing, float32,
+zstd) read from disk on every pass (``persist=False``), as for data larger than the
+cluster's memory: there the lockstep pass also reads and decompresses each chunk once
+instead of once per model.
+
 Every fit runs a fixed number of EM iterations (``tol=0``) from ``random_from_data``
 starting points, so both sides do exactly the same arithmetic; the benchmark checks that
 the lockstep models equal the separate ones and prints wall time, data passes and the
@@ -25,6 +31,7 @@ not shared; see the README.)
 from __future__ import annotations
 
 import argparse
+import os
 import time
 import warnings
 
@@ -35,6 +42,7 @@ from sklearn.exceptions import ConvergenceWarning
 
 import distgmm
 from distgmm._estimator import fit_candidates
+from distgmm.store import generate
 
 
 def make_data(n, d, k=6, seed=0):
@@ -55,17 +63,27 @@ def main() -> None:
     parser.add_argument("--features", type=int, default=8)
     parser.add_argument("--iters", type=int, default=8)
     parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--stream", metavar="STORE",
+                        help="stream from this Zarr point store instead of persisted memory")
     args = parser.parse_args()
     warnings.simplefilter("ignore", ConvergenceWarning)
     n, d = int(args.rows), args.features
-    X = make_data(n, d)
     common = dict(tol=0, max_iter=args.iters, init_params="random_from_data", random_state=0)
+    if args.stream:
+        common["persist"] = False
     grid = [(k, cov) for cov in ("full", "diag") for k in range(1, 7)]
     with LocalCluster(n_workers=args.workers, threads_per_worker=1, processes=True,
                       dashboard_address=":0", memory_limit="8GiB") as cluster, \
             Client(cluster) as client:
-        dX = da.from_array(X, chunks=(max(8192, (8 << 20) // (8 * d)), d)).persist()
-        wait(dX)
+        if args.stream:
+            if not os.path.exists(args.stream):
+                generate(args.stream, n_points=n, n_features=d, n_components=6, seed=0,
+                         client=client)
+            dX = args.stream  # the estimator opens the store itself
+        else:
+            X = make_data(n, d)
+            dX = da.from_array(X, chunks=(max(8192, (8 << 20) // (8 * d)), d)).persist()
+            wait(dX)
         distgmm.GaussianMixture(2, **common).fit(dX)  # compile the kernels in every worker
 
         def lockstep():
@@ -84,7 +102,9 @@ def main() -> None:
                    for a, b in zip(lock, seq))
         # fit_candidates: one pass per iteration for all candidates, plus one scoring pass;
         # separately: one pass per iteration per candidate (BIC needs another pass each).
-        print(f"select, {len(grid)} candidates, {args.iters} iterations, N={n:.0e}, D={d}: "
+        where = "streaming from Zarr" if args.stream else "persisted"
+        print(f"select ({where}), {len(grid)} candidates, {args.iters} iterations, "
+              f"N={n:.0e}, D={d}: "
               f"lockstep {t_lock:.2f} s ({args.iters + 1} passes), one after another "
               f"{t_seq:.2f} s ({len(grid) * args.iters} passes): {t_seq / t_lock:.1f}x; "
               f"models identical: {same}")

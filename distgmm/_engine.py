@@ -288,12 +288,31 @@ class ChunkedPoints:
             )
 
     def take_rows(self, indices: np.ndarray) -> np.ndarray:
-        """Rows at the given global indices, as float64 (a small gather, not a pass)."""
-        order = np.argsort(indices)
-        rows = self.client.compute(self.points[np.asarray(indices)[order]]).result()
-        out = np.empty_like(rows, dtype=np.float64)
-        out[order] = rows
+        """Rows at the given global indices, as float64 (a small gather, not a pass).
+
+        One task per chunk that holds any of the rows, on the same chunk keys as the passes.
+        """
+        indices = np.asarray(indices, dtype=np.int64)
+        bounds = np.cumsum((0,) + tuple(self.row_chunks))
+        chunk_of = np.searchsorted(bounds, indices, side="right") - 1
+        token = uuid.uuid4().hex
+        layer: dict = {}
+        keys, positions = [], []
+        for c in np.unique(chunk_of):
+            where = np.flatnonzero(chunk_of == c)
+            key = (f"take-rows-{token}", int(c))
+            layer[key] = (_run_chunk, _Payload(_take_task, (indices[where] - bounds[c],)),
+                          self._block_keys[c], None, int(c))
+            keys.append(key)
+            positions.append(where)
+        out = np.empty((len(indices), self.n_features))
+        for where, rows in zip(positions, self._compute(layer, keys)):
+            out[where] = rows
         return out
+
+
+def _take_task(block, weights, index, local_rows):
+    return np.asarray(block[local_rows], dtype=np.float64)
 
 
 def _summary_task(block, weights, index):
