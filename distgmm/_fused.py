@@ -510,6 +510,20 @@ def _expanded_block_log_prob(X, start, shift, Gt, log_const, full, exact, mc, fa
 
 
 @_jit_ordered
+def _block_buffers(n, F, K, B):
+    """Feature and log-density buffers for blocks of ``B`` rows, and exact-size ones for the
+    last, shorter block (np.dot needs contiguous operands, which column slices of a (F, B)
+    buffer are not), plus (2, B) scratch. Row ``F - 1`` of the features is the constant 1:
+    its moment is the responsibility sum."""
+    tail = n % B
+    zt_full, lpt_full = np.empty((F, B)), np.empty((K, B))
+    zt_tail, lpt_tail = np.empty((F, tail)), np.empty((K, tail))
+    zt_full[F - 1] = 1.0
+    zt_tail[F - 1] = 1.0
+    return zt_full, lpt_full, zt_tail, lpt_tail, np.empty((2, B))
+
+
+@_jit_ordered
 def _responsibilities_columns(lpt, w, start, mx, tot):
     """Column-wise :func:`_responsibilities_in_place` for ``lpt`` (K, m): loops over rows of
     ``m`` values (vectorised); ``mx`` and ``tot`` are (m,) scratch buffers."""
@@ -547,14 +561,7 @@ def _fused_stats_expanded(X, w, shift, Gt, log_const, full, exact, mc, fac, B):
     M = np.zeros((K, D))
     S = np.zeros((K, D, D)) if full else np.zeros((K, 1, D))
     ll = 0.0
-    # full-size block buffers, and exact-size ones for the last, shorter block (np.dot
-    # needs contiguous operands, which column slices of a (F, B) buffer are not)
-    tail = n % B
-    zt_full, lpt_full = np.empty((F, B)), np.empty((K, B))
-    zt_tail, lpt_tail = np.empty((F, tail)), np.empty((K, tail))
-    zt_full[F - 1] = 1.0  # the constant feature: its moment is the responsibility sum
-    zt_tail[F - 1] = 1.0
-    scratch = np.empty((2, B))
+    zt_full, lpt_full, zt_tail, lpt_tail, scratch = _block_buffers(n, F, K, B)
     mx = np.empty(B)
     tot = np.empty(B)
     mom = np.empty((K, F))
@@ -621,40 +628,14 @@ def _fused_stats_expanded(X, w, shift, Gt, log_const, full, exact, mc, fac, B):
 
 
 @_jit_ordered
-def _fused_log_prob_expanded(X, shift, Gt, log_const, full, exact, mc, fac, B):
+def _fused_scores_expanded(X, shift, Gt, log_const, full, exact, mc, fac, B, labels):
+    """Weighted log-densities (n, K), or with ``labels`` their ``argmax_k`` (n,) without the
+    (n, K) array; returns ``(log_densities, labels)`` with the other one empty."""
     n, D = X.shape
     K, F = Gt.shape
-    out = np.empty((n, K))
-    tail = n % B
-    zt_full, lpt_full = np.empty((F, B)), np.empty((K, B))
-    zt_tail, lpt_tail = np.empty((F, tail)), np.empty((K, tail))
-    zt_full[F - 1] = 1.0  # the constant feature: its moment is the responsibility sum
-    zt_tail[F - 1] = 1.0
-    scratch = np.empty((2, B))
-    for start in range(0, n, B):
-        m = min(B, n - start)
-        zt = zt_full if m == B else zt_tail
-        lpt = lpt_full if m == B else lpt_tail
-        _expanded_block_log_prob(X, start, shift, Gt, log_const, full, exact, mc, fac, zt, lpt,
-                                 scratch)
-        for i in range(m):
-            for k in range(K):
-                out[start + i, k] = lpt[k, i]
-    return out
-
-
-@_jit_ordered
-def _fused_labels_expanded(X, shift, Gt, log_const, full, exact, mc, fac, B):
-    """``argmax_k`` of the weighted log-densities, without the (n, K) array."""
-    n, D = X.shape
-    K, F = Gt.shape
-    out = np.empty(n, dtype=np.int64)
-    tail = n % B
-    zt_full, lpt_full = np.empty((F, B)), np.empty((K, B))
-    zt_tail, lpt_tail = np.empty((F, tail)), np.empty((K, tail))
-    zt_full[F - 1] = 1.0  # the constant feature: its moment is the responsibility sum
-    zt_tail[F - 1] = 1.0
-    scratch = np.empty((2, B))
+    out = np.empty((0 if labels else n, K))
+    best = np.empty(n if labels else 0, dtype=np.int64)
+    zt_full, lpt_full, zt_tail, lpt_tail, scratch = _block_buffers(n, F, K, B)
     top = np.empty(B)
     for start in range(0, n, B):
         m = min(B, n - start)
@@ -662,15 +643,20 @@ def _fused_labels_expanded(X, shift, Gt, log_const, full, exact, mc, fac, B):
         lpt = lpt_full if m == B else lpt_tail
         _expanded_block_log_prob(X, start, shift, Gt, log_const, full, exact, mc, fac, zt, lpt,
                                  scratch)
+        if not labels:
+            for i in range(m):
+                for k in range(K):
+                    out[start + i, k] = lpt[k, i]
+            continue
         for i in range(m):
             top[i] = lpt[0, i]
-            out[start + i] = 0
+            best[start + i] = 0
         for k in range(1, K):
             for i in range(m):
                 if lpt[k, i] > top[i]:
                     top[i] = lpt[k, i]
-                    out[start + i] = k
-    return out
+                    best[start + i] = k
+    return out, best
 
 
 def _expanded_setup(weights, means, prec_chol, covariance_type):
@@ -760,7 +746,7 @@ def fused_log_prob(X, weights, means, prec_chol, covariance_type):
     D = X.shape[1]
     setup = _expanded_setup(weights, means, prec_chol, covariance_type)
     if setup is not None:
-        return _fused_log_prob_expanded(np.ascontiguousarray(X), *setup)
+        return _fused_scores_expanded(np.ascontiguousarray(X), *setup, False)[0]
     if covariance_type in ("full", "tied") and D >= _GEMM_MIN_FEATURES:
         shift, ucat, bcat, log_const = _full_setup(weights, means, prec_chol, covariance_type)
         return _fused_log_prob_full_gemm(np.ascontiguousarray(X, dtype=np.float64), ucat,
@@ -775,5 +761,5 @@ def fused_labels(X, weights, means, prec_chol, covariance_type):
     the expanded kernels apply."""
     setup = _expanded_setup(weights, means, prec_chol, covariance_type)
     if setup is not None:
-        return _fused_labels_expanded(np.ascontiguousarray(X), *setup)
+        return _fused_scores_expanded(np.ascontiguousarray(X), *setup, True)[1]
     return fused_log_prob(X, weights, means, prec_chol, covariance_type).argmax(axis=1)
