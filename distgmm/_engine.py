@@ -46,8 +46,10 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
+import dask
 import dask.array as da
 import numpy as np
+from distributed import futures_of
 from threadpoolctl import threadpool_limits
 
 from ._kernels import nearest_center
@@ -165,6 +167,30 @@ def _run_chunk(payload: _Payload, block, weights, index: int):
     return payload.fn(block, weights, index, *payload.args)
 
 
+def _chunk_graph(array: da.Array) -> tuple[dict, list]:
+    """The graph and the row-chunk keys through which the passes read ``array``.
+
+    For a persisted array, the graph of its futures (the chunks stay where they are).
+    Otherwise an optimised graph whose chunk tasks have keys of their own (an identity
+    task fused into the read): dask's optimiser may give a key such as ``from-zarr-…``
+    a different task in each computation that uses it, which the scheduler warns can
+    deadlock, so the passes never share chunk keys with other computations.
+    """
+    keys = [k[0] if isinstance(k, list) else k for k in array.__dask_keys__()]
+    held = {f.key for f in futures_of(array)}
+    if all(k in held for k in keys):
+        return dict(array.__dask_graph__()), keys
+    renamed = array.map_blocks(_identity, name=f"distgmm-chunks-{uuid.uuid4().hex}",
+                               dtype=array.dtype, meta=array._meta)
+    (optimised,) = dask.optimize(renamed)
+    keys = [k[0] if isinstance(k, list) else k for k in optimised.__dask_keys__()]
+    return dict(optimised.__dask_graph__()), keys
+
+
+def _identity(block):
+    return block
+
+
 def _merge_top(parts: list, merge: Callable[[list], Any]) -> Any:
     return parts[0] if len(parts) == 1 else merge(parts)
 
@@ -187,13 +213,12 @@ class ChunkedPoints:
         self.client = client
         self.n_rows, self.n_features = points.shape
         self.row_chunks = points.chunks[0]
-        self._block_keys = [row[0] for row in points.__dask_keys__()]
         # The chunks' graph, materialised once: keys of persisted chunks map to their
-        # futures, keys of chunks read from a store to the read tasks.
-        self._graph = dict(points.__dask_graph__())
+        # futures; chunks read from a store get read tasks under keys of their own.
+        self._graph, self._block_keys = _chunk_graph(points)
         if sample_weight is not None:
-            self._weight_keys = list(sample_weight.__dask_keys__())
-            self._graph.update(dict(sample_weight.__dask_graph__()))
+            weights_graph, self._weight_keys = _chunk_graph(sample_weight)
+            self._graph.update(weights_graph)
         else:
             self._weight_keys = [None] * len(self._block_keys)
         self.summary: DataSummary | None = None
