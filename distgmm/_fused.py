@@ -8,15 +8,15 @@ Which kernel runs (per chunk, decided from the parameters):
 
 expanded-moment kernels (:func:`_fused_stats_expanded`; full and tied always, diag and
 spherical from K * D >= 32)
-    Blocks of rows become feature-major matrices of expanded features ``[x x^T terms, x]``
+    Blocks of rows become feature-major matrices of expanded features ``[x x^T terms, x, 1]``
     (rows shifted by the mean of the component means), so a block costs two GEMMs whatever
     K: ``Gt @ Z^T`` gives every weighted log-density and ``R^T @ Z`` every first and second
     moment. Components whose mean lies more than 1000 standard deviations from the shift
     (typically one collapsing onto a few points) are computed exactly centered by a loop,
     so cancellation stays below ~1e-10 relative for every component. When most components
-    would need that loop, the kernels below run instead.
-exactly centered kernels (:func:`_fused_stats_gemm` for full/tied with D >= 4, the loop
-kernel :func:`_fused_stats` otherwise)
+    would need that loop (diag/spherical only), the loop kernel runs instead.
+loop kernel (:func:`_fused_stats`; diag and spherical with K * D < 32, or most means far
+from the shift)
     Statistics centered on each block's own weighted means, merged with the same pairwise
     correction as chunks.
 
@@ -45,8 +45,6 @@ except ImportError:  # pragma: no cover - exercised only where numba is missing
 __all__ = ["use_fused", "fused_statistics", "fused_log_prob", "fused_labels"]
 
 _BLOCK = 256
-_GEMM_BLOCK = 512
-_GEMM_MIN_FEATURES = 4
 _EXP_FLOOR = -500.0
 _DIAG_GEMM_MIN_WORK = 32         # K * D from which diag/spherical use the GEMM variant
 _EXPANDED_MAX_SPREAD = 1e6       # max squared distance (in variances) of a mean from the shift
@@ -124,103 +122,46 @@ if HAVE_NUMBA:  # contraction (FMA) only: reassociation would undo the two-part 
 
 
 @_jit
-def _responsibilities_in_place(lp, w, start):
-    """Turn weighted log-probabilities ``lp`` (m, K) into ``w_i * p(k | x_i)`` in place.
-
-    Returns ``sum_i w_i log p(x_i)`` over the block (rows ``start:start + m`` of ``w``).
-    """
-    m, K = lp.shape
-    ll = 0.0
-    for i in range(m):
-        mx = -np.inf
-        for k in range(K):
-            if lp[i, k] > mx:
-                mx = lp[i, k]
-        tot = 0.0
-        for k in range(K):
-            e = _exp_or_zero(lp[i, k] - mx)
-            lp[i, k] = e
-            tot += e
-        wi = w[start + i]
-        ll += wi * (mx + math.log(tot))
-        f = wi / tot
-        for k in range(K):
-            lp[i, k] *= f
-    return ll
-
-
-@_jit
-def _block_log_prob(xt, start, stop, chol, diag_prec, full, log_const, b, lp):
-    """Weighted log-probabilities of points ``start:stop`` of ``xt`` (D, n) into ``lp`` (K, B).
-
-    ``full``: ``chol`` (K, D, D) upper-triangular precision factors, ``b[k] = mu_k @ U_k``.
-    Otherwise ``diag_prec`` (K, D) precisions with ``b`` the shifted means.
-    """
+def _block_log_prob(xt, start, stop, prec, mc, log_const, lp):
+    """Diag/spherical weighted log-probabilities of points ``start:stop`` of ``xt`` (D, n)
+    into ``lp`` (K, B): ``prec`` (K, D) precisions, ``mc`` (K, D) shifted means."""
     D = xt.shape[0]
     K = lp.shape[0]
     m = stop - start
-    acc = np.empty(m)
     maha = np.empty(m)
     for k in range(K):
         maha[:] = 0.0
-        if full:
-            for j in range(D):
-                bj = b[k, j]
-                for i in range(m):
-                    acc[i] = -bj
-                for a in range(j + 1):
-                    u = chol[k, a, j]
-                    for i in range(m):
-                        acc[i] += xt[a, start + i] * u
-                for i in range(m):
-                    maha[i] += acc[i] * acc[i]
-        else:
-            for a in range(D):
-                mu = b[k, a]
-                p = diag_prec[k, a]
-                for i in range(m):
-                    d = xt[a, start + i] - mu
-                    maha[i] += d * d * p
+        for a in range(D):
+            mu = mc[k, a]
+            p = prec[k, a]
+            for i in range(m):
+                d = xt[a, start + i] - mu
+                maha[i] += d * d * p
         c = log_const[k]
         for i in range(m):
             lp[k, i] = c - 0.5 * maha[i]
 
 
 @_jit
-def _fused_stats(xt, w, chol, diag_prec, full, log_const, b, want_scatter_full):
-    """One sweep: E-step, weighted log-likelihood, per-component count/mean/centered scatter."""
+def _fused_stats(xt, w, prec, mc, log_const):
+    """Diag/spherical loop kernel, exactly centered: E-step, weighted log-likelihood and
+    per-component count/mean/scatter diagonal in one sweep (few components and features,
+    or most means far from the shift)."""
     D, n = xt.shape
     K = log_const.shape[0]
     W = np.zeros(K)
     M = np.zeros((K, D))
-    if want_scatter_full:
-        S = np.zeros((K, D, D))
-    else:
-        S = np.zeros((K, 1, D))
+    S = np.zeros((K, D))
     ll = 0.0
     lp = np.empty((K, _BLOCK))
+    mx = np.empty(_BLOCK)
+    tot = np.empty(_BLOCK)
     mean_b = np.empty(D)
-    d = np.empty((D, _BLOCK))
     for start in range(0, n, _BLOCK):
         stop = min(start + _BLOCK, n)
         m = stop - start
-        _block_log_prob(xt, start, stop, chol, diag_prec, full, log_const, b, lp)
-        # normalise: lp becomes w_i * responsibilities
-        for i in range(m):
-            mx = -np.inf
-            for k in range(K):
-                if lp[k, i] > mx:
-                    mx = lp[k, i]
-            s = 0.0
-            for k in range(K):
-                e = _exp_or_zero(lp[k, i] - mx)
-                lp[k, i] = e
-                s += e
-            wi = w[start + i]
-            ll += wi * (mx + math.log(s))
-            f = wi / s
-            for k in range(K):
-                lp[k, i] *= f
+        _block_log_prob(xt, start, stop, prec, mc, log_const, lp)
+        ll += _responsibilities_columns(lp[:, :m], w, start, mx, tot)  # w_i * p(k | x_i)
         for k in range(K):
             wb = 0.0
             for i in range(m):
@@ -232,112 +173,32 @@ def _fused_stats(xt, w, chol, diag_prec, full, log_const, b, want_scatter_full):
                 for i in range(m):
                     acc += lp[k, i] * xt[a, start + i]
                 mean_b[a] = acc / wb
-            for a in range(D):
-                mu = mean_b[a]
-                for i in range(m):
-                    d[a, i] = xt[a, start + i] - mu
             # merge the block into the running statistics (pairwise correction)
             wt = W[k] + wb
             frac = wb / wt
             cross = W[k] * frac
             for a in range(D):
-                delta_a = mean_b[a] - M[k, a]
-                if want_scatter_full:
-                    for c in range(a + 1):
-                        acc = 0.0
-                        for i in range(m):
-                            acc += lp[k, i] * d[a, i] * d[c, i]
-                        S[k, a, c] += acc + cross * delta_a * (mean_b[c] - M[k, c])
-                else:
-                    acc = 0.0
-                    for i in range(m):
-                        acc += lp[k, i] * d[a, i] * d[a, i]
-                    S[k, 0, a] += acc + cross * delta_a * delta_a
-            for a in range(D):
-                M[k, a] += (mean_b[a] - M[k, a]) * frac
-            W[k] = wt
-    if want_scatter_full:
-        for k in range(K):
-            for a in range(D):
-                for c in range(a):
-                    S[k, c, a] = S[k, a, c]
-    return W, M, S, ll
-
-
-@_jit
-def _fused_stats_gemm(X, w, ucat, bcat, log_const, shift):
-    """Full/tied for D >= 4 with exactly centered statistics: in-cache GEMMs per block.
-
-    ``ucat`` (D, K*D) holds the precision factors side by side and ``bcat`` (K*D,) the
-    matching ``mu_k @ U_k``. Per component and block, the rows are centered on the
-    component's block mean before the scatter GEMM, so no cancellation occurs whatever the
-    spread of the means. :func:`_fused_stats_expanded` is faster (two GEMMs per block instead
-    of K + 1) and is used whenever its cancellation bound holds; this kernel is the fallback.
-    """
-    n, D = X.shape
-    K = log_const.shape[0]
-    W = np.zeros(K)
-    M = np.zeros((K, D))
-    S = np.zeros((K, D, D))
-    ll = 0.0
-    B = _GEMM_BLOCK
-    xb_buf = np.empty((B, D))
-    y_buf = np.empty((B, K * D))
-    lp_buf = np.empty((B, K))
-    d_buf = np.empty((B, D))
-    dw_buf = np.empty((B, D))
-    sums = np.empty((K, D))
-    scatter_b = np.empty((D, D))
-    wb = np.empty(K)
-    mean_b = np.empty(D)
-    for start in range(0, n, B):
-        stop = min(start + B, n)
-        m = stop - start
-        xb = xb_buf[:m]
-        lp = lp_buf[:m]
-        d = d_buf[:m]
-        dw = dw_buf[:m]
-        _full_block_log_prob(X, start, shift, ucat, bcat, log_const, xb, y_buf[:m], lp)
-        ll += _responsibilities_in_place(lp, w, start)
-        wb[:] = 0.0
-        for i in range(m):
-            for k in range(K):
-                wb[k] += lp[i, k]
-        np.dot(lp.T, xb, sums)
-        for k in range(K):
-            if wb[k] <= 0.0:
-                continue
-            for a in range(D):
-                mean_b[a] = sums[k, a] / wb[k]
-            for i in range(m):
-                r = lp[i, k]
-                for a in range(D):
-                    v = xb[i, a] - mean_b[a]
-                    d[i, a] = v
-                    dw[i, a] = v * r
-            np.dot(dw.T, d, scatter_b)
-            wt = W[k] + wb[k]
-            frac = wb[k] / wt
-            cross = W[k] * frac
-            for a in range(D):
-                delta_a = mean_b[a] - M[k, a]
-                for c in range(D):
-                    S[k, a, c] += scatter_b[a, c] + cross * delta_a * (mean_b[c] - M[k, c])
-            for a in range(D):
-                M[k, a] += (mean_b[a] - M[k, a]) * frac
+                mu = mean_b[a]
+                acc = 0.0
+                for i in range(m):
+                    dv = xt[a, start + i] - mu
+                    acc += lp[k, i] * dv * dv
+                delta_a = mu - M[k, a]
+                S[k, a] += acc + cross * delta_a * delta_a
+                M[k, a] += delta_a * frac
             W[k] = wt
     return W, M, S, ll
 
 
 @_jit
-def _fused_log_prob(xt, chol, diag_prec, full, log_const, b):
+def _fused_log_prob(xt, prec, mc, log_const):
     D, n = xt.shape
     K = log_const.shape[0]
     out = np.empty((n, K))
     lp = np.empty((K, _BLOCK))
     for start in range(0, n, _BLOCK):
         stop = min(start + _BLOCK, n)
-        _block_log_prob(xt, start, stop, chol, diag_prec, full, log_const, b, lp)
+        _block_log_prob(xt, start, stop, prec, mc, log_const, lp)
         for i in range(stop - start):
             for k in range(K):
                 out[start + i, k] = lp[k, i]
@@ -345,78 +206,15 @@ def _fused_log_prob(xt, chol, diag_prec, full, log_const, b):
 
 
 def _prepare(X, weights, means, prec_chol, covariance_type):
-    """Shifted transposed points and the per-component constants of the kernels."""
+    """Diag/spherical loop kernels' inputs: shifted transposed points, precisions (K, D),
+    shifted means and log constants."""
     K, D = means.shape
     shift = means.mean(axis=0)
     xt = np.ascontiguousarray((np.asarray(X, dtype=np.float64) - shift).T)
-    mc = means - shift
-    log_w = np.log(weights) if weights is not None else np.zeros(K)
-    if covariance_type in ("full", "tied"):
-        chol = prec_chol if covariance_type == "full" else np.broadcast_to(prec_chol, (K, D, D))
-        chol = np.ascontiguousarray(chol)
-        b = np.einsum("ka,kaj->kj", mc, chol)
-        log_det = np.log(np.diagonal(chol, axis1=1, axis2=2)).sum(axis=1)
-        diag_prec = np.zeros((1, 1))
-        full = True
-    else:
-        pc = prec_chol if covariance_type == "diag" else np.repeat(prec_chol[:, None], D, axis=1)
-        diag_prec = np.ascontiguousarray(pc**2)
-        b = np.ascontiguousarray(mc)
-        log_det = np.log(pc).sum(axis=1)
-        chol = np.zeros((1, 1, 1))
-        full = False
+    pc = prec_chol if covariance_type == "diag" else np.repeat(prec_chol[:, None], D, axis=1)
     with np.errstate(divide="ignore"):
-        log_const = -0.5 * D * _LOG_2PI + log_det + log_w
-    return xt, shift, chol, diag_prec, full, log_const, b
-
-
-def _full_setup(weights, means, prec_chol, covariance_type):
-    """Shift, side-by-side factors (D, K*D), their offsets and log constants (GEMM kernels)."""
-    K, D = means.shape
-    shift = means.mean(axis=0)
-    chol = prec_chol if covariance_type == "full" else np.broadcast_to(prec_chol, (K, D, D))
-    ucat = np.ascontiguousarray(np.concatenate(list(chol), axis=1))
-    bcat = np.einsum("ka,kaj->kj", means - shift, chol).ravel()
-    with np.errstate(divide="ignore"):
-        log_const = (-0.5 * D * _LOG_2PI + np.log(np.diagonal(chol, axis1=1, axis2=2)).sum(axis=1)
-                     + np.log(weights))
-    return shift, ucat, bcat, log_const
-
-
-@_jit
-def _full_block_log_prob(X, start, shift, ucat, bcat, log_const, xb, y, lp):
-    """Weighted log-probabilities of rows ``start:start + len(lp)`` of ``X`` into ``lp``.
-
-    Fills ``xb`` with the shifted rows (kept for the statistics) using the GEMM ``xb @ ucat``.
-    """
-    m, D = xb.shape
-    K = lp.shape[1]
-    for i in range(m):
-        for a in range(D):
-            xb[i, a] = X[start + i, a] - shift[a]
-    np.dot(xb, ucat, y)
-    for i in range(m):
-        for k in range(K):
-            acc = 0.0
-            for j in range(D):
-                v = y[i, k * D + j] - bcat[k * D + j]
-                acc += v * v
-            lp[i, k] = log_const[k] - 0.5 * acc
-
-
-@_jit
-def _fused_log_prob_full_gemm(X, ucat, bcat, log_const, shift):
-    n, D = X.shape
-    K = log_const.shape[0]
-    out = np.empty((n, K))
-    B = _GEMM_BLOCK
-    xb_buf = np.empty((B, D))
-    y_buf = np.empty((B, K * D))
-    for start in range(0, n, B):
-        m = min(B, n - start)
-        _full_block_log_prob(X, start, shift, ucat, bcat, log_const, xb_buf[:m], y_buf[:m],
-                             out[start:start + m])
-    return out
+        log_const = -0.5 * D * _LOG_2PI + np.log(pc).sum(axis=1) + np.log(weights)
+    return xt, shift, np.ascontiguousarray(pc**2), np.ascontiguousarray(means - shift), log_const
 
 
 # ------------------------------------------------------------------ expanded-moment kernels
@@ -525,8 +323,9 @@ def _block_buffers(n, F, K, B):
 
 @_jit_ordered
 def _responsibilities_columns(lpt, w, start, mx, tot):
-    """Column-wise :func:`_responsibilities_in_place` for ``lpt`` (K, m): loops over rows of
-    ``m`` values (vectorised); ``mx`` and ``tot`` are (m,) scratch buffers."""
+    """Turn weighted log-probabilities ``lpt`` (K, m) into ``w_i * p(k | x_i)`` in place and
+    return ``sum_i w_i log p(x_i)`` (rows ``start:start + m`` of ``w``). Loops run along rows
+    of ``m`` values and vectorise; ``mx`` and ``tot`` are scratch of at least m values."""
     K, m = lpt.shape
     for i in range(m):
         mx[i] = lpt[0, i]
@@ -666,7 +465,7 @@ def _expanded_setup(weights, means, prec_chol, covariance_type):
     the shift (measured against the component's smallest variance, which is at least
     ``1 / ||U_k||_F^2``): the kernels compute those exactly centered. None for
     diag/spherical models with K * D below ``_DIAG_GEMM_MIN_WORK`` (the loop kernel is
-    faster there) and when most components would need the exact loop.
+    faster there) and, for those, when most components would need the exact loop.
     """
     K, D = means.shape
     full = covariance_type in ("full", "tied")
@@ -694,8 +493,8 @@ def _expanded_setup(weights, means, prec_chol, covariance_type):
         lin = prec * mc
         log_det = np.log(pc).sum(axis=1)
     exact = np.flatnonzero(~(spread < _EXPANDED_MAX_SPREAD))
-    if 2 * len(exact) > K:
-        return None
+    if not full and 2 * len(exact) > K:
+        return None  # the loop kernel centers every component exactly, and is faster
     maha_mu = np.einsum("ka,ka->k", lin, mc)
     maha_mu[exact] = 0.0
     quad[exact] = 0.0
@@ -725,35 +524,26 @@ def fused_statistics(X, sample_weight, weights, means, prec_chol, covariance_typ
     n, D = X.shape
     w = np.ones(n) if sample_weight is None else \
         np.ascontiguousarray(sample_weight, dtype=np.float64)
-    want_full = covariance_type in ("full", "tied")
     setup = _expanded_setup(weights, means, prec_chol, covariance_type)
     if setup is not None:
         shift = setup[0]
         W, M, S, ll = _fused_stats_expanded(np.ascontiguousarray(X), w, *setup)
-    elif want_full and D >= _GEMM_MIN_FEATURES:
-        shift, ucat, bcat, log_const = _full_setup(weights, means, prec_chol, covariance_type)
-        W, M, S, ll = _fused_stats_gemm(np.ascontiguousarray(X), w, ucat, bcat, log_const, shift)
-    else:
-        xt, shift, chol, diag_prec, _, log_const, b = _prepare(
-            X, weights, means, prec_chol, covariance_type)
-        W, M, S, ll = _fused_stats(xt, w, chol, diag_prec, want_full, log_const, b, want_full)
+        if not setup[3]:  # diag/spherical: the (K, 1, D) scatter diagonals
+            S = S[:, 0, :]
+    else:  # diag/spherical only
+        xt, shift, prec, mc, log_const = _prepare(X, weights, means, prec_chol, covariance_type)
+        W, M, S, ll = _fused_stats(xt, w, prec, mc, log_const)
     M = np.where(W[:, None] > 0, M + shift, 0.0)
-    return W, M, (S if want_full else S[:, 0, :]), float(ll)
+    return W, M, S, float(ll)
 
 
 def fused_log_prob(X, weights, means, prec_chol, covariance_type):
     """Weighted log-probabilities ``log w_k + log N(x_i | k)``, shape (n, K)."""
-    D = X.shape[1]
     setup = _expanded_setup(weights, means, prec_chol, covariance_type)
     if setup is not None:
         return _fused_scores_expanded(np.ascontiguousarray(X), *setup, False)[0]
-    if covariance_type in ("full", "tied") and D >= _GEMM_MIN_FEATURES:
-        shift, ucat, bcat, log_const = _full_setup(weights, means, prec_chol, covariance_type)
-        return _fused_log_prob_full_gemm(np.ascontiguousarray(X, dtype=np.float64), ucat,
-                                         bcat, log_const, shift)
-    xt, _, chol, diag_prec, full, log_const, b = _prepare(
-        X, weights, means, prec_chol, covariance_type)
-    return _fused_log_prob(xt, chol, diag_prec, full, log_const, b)
+    xt, _, prec, mc, log_const = _prepare(X, weights, means, prec_chol, covariance_type)
+    return _fused_log_prob(xt, prec, mc, log_const)
 
 
 def fused_labels(X, weights, means, prec_chol, covariance_type):
