@@ -26,6 +26,7 @@ from typing import Any, Callable
 
 import dask.array as da
 import numpy as np
+from distributed import wait
 from sklearn.base import BaseEstimator, DensityMixin
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.utils.validation import check_is_fitted
@@ -281,16 +282,19 @@ class GaussianMixture(DensityMixin, BaseEstimator):
     def _chunked(self, X, sample_weight, client) -> ChunkedPoints:
         X, lazy = as_points(X)
         n_rows, n_features = X.shape
-        keepalive = []  # scattered futures must outlive the fit, or workers drop the data
+        keepalive = []  # persisted data must outlive the fit, or workers drop it
         if not lazy:
             rows = _chunk_rows_for(n_rows, n_features)
             starts = range(0, n_rows, rows)
             futures = client.scatter([np.ascontiguousarray(X[s:s + rows]) for s in starts],
                                      hash=False)
-            X = da.concatenate([
+            # Persisted under keys of its own (the chunks stay where they were scattered),
+            # so passes can read them in place; the scattered futures are then let go.
+            X = client.persist(da.concatenate([
                 da.from_delayed(f, shape=(min(rows, n_rows - s), n_features), dtype=X.dtype)
-                for f, s in zip(futures, starts)])
-            keepalive.extend(futures)
+                for f, s in zip(futures, starts)]))
+            wait(X)
+            keepalive.append(X)
         elif self._should_persist(X, client):
             X = client.persist(X)
             keepalive.append(X)
@@ -311,9 +315,11 @@ class GaussianMixture(DensityMixin, BaseEstimator):
                 offsets = np.cumsum((0,) + X.chunks[0][:-1])
                 futures = client.scatter([weights[a:a + c] for a, c in
                                           zip(offsets, X.chunks[0])], hash=False)
-                weights = da.concatenate([da.from_delayed(f, shape=(c,), dtype=np.float64)
-                                          for f, c in zip(futures, X.chunks[0])])
-                keepalive.extend(futures)
+                weights = client.persist(da.concatenate([
+                    da.from_delayed(f, shape=(c,), dtype=np.float64)
+                    for f, c in zip(futures, X.chunks[0])]))
+                wait(weights)
+                keepalive.append(weights)
         data = ChunkedPoints(X, weights, client)
         data.keepalive = keepalive
         return data

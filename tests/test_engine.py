@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import dask.array as da
 import numpy as np
 import pytest
@@ -168,3 +170,123 @@ def test_fit_many_records_a_collapsing_candidate(client):
                        [bad, good], 0, errors="record")
     assert results[0].params is None and "component 2" in results[0].error
     assert results[1].params is not None and results[1].error is None
+
+
+# ------------------------------------------------------------ direct passes (Client.run)
+def _pass_inputs(client):
+    """Persisted points and weights in 12 chunks (a two-level merge tree) and two models."""
+    from distgmm._statistics import MixtureParams
+
+    X = da.from_array(data(), chunks=(20, 3))
+    w = da.from_array(np.linspace(0.5, 2.0, N), chunks=(20,))
+    X, w = client.persist([X, w])
+    eye = np.tile(np.eye(3), (2, 1, 1))
+    params = [MixtureParams(np.array([0.5, 0.5]), data()[[0, 200]], eye, eye, "full"),
+              MixtureParams(np.array([0.3, 0.7]), data()[[5, 150]], eye, eye, "full")]
+    return X, w, params
+
+
+def _same_bits(a, b):
+    for sa, sb in zip(a, b, strict=True):
+        for field in ("resp_sum", "means", "scatter"):
+            assert np.array_equal(getattr(sa, field), getattr(sb, field)), field
+        assert (sa.log_likelihood, sa.weight_sum) == (sb.log_likelihood, sb.weight_sum)
+
+
+def test_direct_passes_run_no_tasks_and_give_the_graph_bits(client):
+    """Once validated, a pass over persisted chunks runs in place on the workers: no tasks
+    reach the scheduler, and the result has the bits of the graph's pass."""
+    from distributed import get_task_stream
+
+    from distgmm._engine import ChunkedPoints, _em_task_many, _merge_lists
+
+    X, w, params = _pass_inputs(client)
+    points = ChunkedPoints(X, w, client)
+    graph = points.map_reduce(_em_task_many, params, merge=_merge_lists)  # validates too
+    with get_task_stream(client) as stream:
+        direct = points.map_reduce(_em_task_many, params, merge=_merge_lists)
+    assert points.direct
+    assert not [t for t in stream.data if "em_task" in str(t["key"])]
+    _same_bits(direct, graph)
+    streamed = ChunkedPoints(da.from_array(data(), chunks=(20, 3)), None, client)
+    streamed.map_reduce(_em_task_many, params, merge=_merge_lists)
+    streamed.map_reduce(_em_task_many, params, merge=_merge_lists)
+    assert not streamed.direct, "only persisted chunks are read in place"
+
+
+def test_direct_passes_survive_chunks_moving_to_another_worker():
+    """A worker retired mid-fit hands its chunks over: the next pass reads them where they
+    now are. With weights, a chunk's points and weights may land on different workers;
+    such passes run as graphs. Every pass has the same bits."""
+    from distributed import Client
+
+    from distgmm._engine import ChunkedPoints, _em_task_many, _merge_lists
+
+    with LocalCluster(n_workers=4, threads_per_worker=1, processes=True,
+                      dashboard_address=":0") as cluster, Client(cluster) as client:
+        X, w, params = _pass_inputs(client)
+        for weights in (None, w):
+            points = ChunkedPoints(X, weights, client)
+            first = points.map_reduce(_em_task_many, params, merge=_merge_lists)
+            _same_bits(points.map_reduce(_em_task_many, params, merge=_merge_lists), first)
+            assert points.direct
+            holder = next(iter(client.who_has(X)[X.__dask_keys__()[0][0]]))
+            client.retire_workers([holder])
+            for _ in range(2):
+                _same_bits(points.map_reduce(_em_task_many, params, merge=_merge_lists), first)
+            if weights is None:
+                assert points.direct and holder not in points._plan
+
+
+def test_parameters_too_large_to_inline_travel_as_one_task(client, monkeypatch):
+    """Passes whose parameters exceed the inlining bound share them as a task: same bits."""
+    from distgmm import _engine
+
+    X = da.from_array(data(), chunks=(50, 3))
+    inline = GaussianMixture(2, random_state=3, persist=False, **start("full")).fit(X)
+    monkeypatch.setattr(_engine, "_INLINE_PAYLOAD_BYTES", 0)
+    shared = GaussianMixture(2, random_state=3, persist=False, **start("full")).fit(X)
+    assert shared.lower_bounds_ == inline.lower_bounds_
+    assert np.array_equal(shared.covariances_, inline.covariances_)
+
+
+def test_a_pass_whose_chunks_are_not_where_planned_goes_through_the_scheduler(client):
+    """Workers asked for chunks they do not hold (a chunk moving between the placement and
+    the call) answer None; the pass then runs as a graph, with the same bits."""
+    from distributed import get_task_stream
+
+    from distgmm._engine import ChunkedPoints, _em_task_many, _merge_lists
+
+    X, w, params = _pass_inputs(client)
+    points = ChunkedPoints(X, w, client)
+    first = points.map_reduce(_em_task_many, params, merge=_merge_lists)
+    points.map_reduce(_em_task_many, params, merge=_merge_lists)
+    assert points.direct and len(points._plan) == 2
+    place = points._place
+
+    def misplace():  # every worker is sent the other one's chunks
+        assert place()
+        lists = list(points._plan.values())
+        points._plan = dict(zip(points._plan, lists[::-1]))
+        return True
+
+    points._place = misplace
+    with get_task_stream(client) as stream:
+        _same_bits(points.map_reduce(_em_task_many, params, merge=_merge_lists), first)
+    assert [t for t in stream.data if "em_task" in str(t["key"])], "ran as a graph"
+
+
+@pytest.mark.parametrize("weighted", [False, True])
+def test_in_memory_input_is_read_in_place_after_the_first_pass(client, weighted):
+    """A NumPy array (and weights) given to fit is scattered and persisted: only the first,
+    validating pass is a graph of tasks; the other passes run in place on the workers."""
+    from distributed import get_task_stream
+
+    weights = np.linspace(0.5, 2.0, N) if weighted else None
+    with get_task_stream(client) as stream:
+        gm = GaussianMixture(2, tol=0, max_iter=5, **start("full")).fit(
+            data(), sample_weight=weights)
+    assert gm.n_iter_ == 5
+    passes = {m.group(1) for t in stream.data
+              if (m := re.search(r"em_task_many-(\w+)", str(t["key"])))}
+    assert len(passes) == 1, passes
