@@ -33,7 +33,7 @@ iteration of the ``random_from_data`` and ``k-means++`` methods).
 Persisted data takes a shorter road once validated: each pass is one ``Client.run`` call in
 which every worker computes the chunks it already holds, on its task threads, and the client
 merges the per-chunk values in the same tree (see :meth:`ChunkedPoints._direct_pass`). That
-skips the scheduler's task machinery (at (1e6, 8, 8) about 15 of 75 ms per iteration). When a
+skips the scheduler's task machinery (at (1e6, 8, 8) about 24 of 72 ms per iteration). When a
 chunk has moved or a worker is gone, that pass goes through the scheduler as a graph, which
 fetches or recomputes what it needs, and the next one looks again where the chunks are.
 Workers started by ``dask worker`` log one INFO line ("Run out-of-band function") per direct
@@ -99,9 +99,9 @@ _TREE_WIDTH = 8
 # A pass's function and arguments travel inside every chunk task while they pickle to at
 # most this many bytes in all; larger ones become one task the chunk tasks depend on.
 _INLINE_PAYLOAD_BYTES = 16 << 20
-# Direct passes (Client.run) for persisted data of at most this many chunks: every chunk's value
-# travels to the client, and beyond this a pass is long enough that the graph's fixed cost
-# (~15 ms) no longer matters.
+# Direct passes (Client.run) for persisted data of at most this many chunks: every chunk's
+# value travels to the client, and beyond this a pass is long enough that the graph's fixed
+# cost (~25 ms on a local cluster) no longer matters.
 _DIRECT_MAX_CHUNKS = 64
 _KMEANS_PARALLEL_ROUNDS = 5
 _KMEANS_MAX_ITER = 300
