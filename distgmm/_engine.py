@@ -52,10 +52,9 @@ import json
 import logging
 import math
 import os
-import pickle
 import time
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields, is_dataclass
 from typing import Any, Callable
 
 import dask
@@ -96,7 +95,7 @@ logger = logging.getLogger(__name__)
 INIT_METHODS = ("kmeans", "k-means||", "k-means++", "random", "random_from_data")
 
 _TREE_WIDTH = 8
-# A pass's function and arguments travel inside every chunk task while they pickle to at
+# A pass's function and arguments travel inside every chunk task while their arrays take at
 # most this many bytes in all; larger ones become one task the chunk tasks depend on.
 _INLINE_PAYLOAD_BYTES = 16 << 20
 # Direct passes (Client.run) for persisted data of at most this many chunks: every chunk's
@@ -217,6 +216,18 @@ def _merge_top(parts: list, merge: Callable[[list], Any]) -> Any:
     return parts[0] if len(parts) == 1 else merge(parts)
 
 
+def _array_bytes(value: Any) -> int:
+    """Bytes of the NumPy arrays in ``value`` (nested lists, tuples and dataclasses such as
+    :class:`MixtureParams`): what a pass's arguments weigh in a task."""
+    if isinstance(value, np.ndarray):
+        return value.nbytes
+    if isinstance(value, (list, tuple)):
+        return sum(_array_bytes(v) for v in value)
+    if is_dataclass(value):
+        return sum(_array_bytes(getattr(value, f.name)) for f in fields(value))
+    return 0
+
+
 def _tree_merge(values: list, merge: Callable[[list], Any]) -> Any:
     """``merge`` over per-chunk values in the tree of :meth:`ChunkedPoints._add_pass`."""
     while len(values) > _TREE_WIDTH:
@@ -234,18 +245,15 @@ async def _direct_pass_on_worker(payload: _Payload, plan: dict, dask_worker=None
     """Run by ``Client.run`` on each worker: the pass over the chunks ``plan`` lists for
     this worker, read from its own memory (spilled chunks are read back as for a task),
     on its task threads (one chunk per thread at a time, as tasks would run); ``None``
-    when one of them is not there (moved, released or recomputed elsewhere)."""
-    items = plan[dask_worker.address]
-    if not all(b in dask_worker.data and (w is None or w in dask_worker.data)
-               for b, w, _ in items):
-        return None
+    when one of them is not there (moved, released or recomputed elsewhere since the
+    client asked where the chunks are)."""
     loop = asyncio.get_running_loop()
     executor = dask_worker.executors["default"]
     try:
         return await asyncio.gather(*[
             loop.run_in_executor(executor, _chunk_from, dask_worker.data, payload, item)
-            for item in items])
-    except KeyError:  # released while the pass ran
+            for item in plan[dask_worker.address]])
+    except KeyError:
         return None
 
 
@@ -401,8 +409,7 @@ class ChunkedPoints:
         token = uuid.uuid4().hex
         name = f"{chunk_fn.__name__.lstrip('_')}-{token}"
         payload = _Payload(chunk_fn, args)
-        size = len(pickle.dumps(payload, protocol=pickle.HIGHEST_PROTOCOL))
-        if size * self.n_chunks > _INLINE_PAYLOAD_BYTES:
+        if _array_bytes(args) * self.n_chunks > _INLINE_PAYLOAD_BYTES:
             # One task holds it; workers fetch it once each (a transfer and a round trip).
             layer[f"payload-{token}"] = payload
             payload = f"payload-{token}"

@@ -132,6 +132,19 @@ def _check_float(name, value, low):
         raise ValueError(f"{name} must be a finite number >= {low}, got {value!r}.")
 
 
+def _scattered(client, parts: list[np.ndarray]) -> da.Array:
+    """``parts`` sent to the workers as the row chunks of a persisted dask array.
+
+    Persisted under keys of its own (the chunks stay where they were scattered, and the
+    scattered futures are let go), so passes read the chunks in place on the workers.
+    """
+    futures = client.scatter(parts, hash=False)
+    array = client.persist(da.concatenate([
+        da.from_delayed(f, shape=p.shape, dtype=p.dtype) for f, p in zip(futures, parts)]))
+    wait(array)
+    return array
+
+
 class GaussianMixture(DensityMixin, BaseEstimator):
     """Gaussian mixture fitted by distributed EM; a drop-in for ``sklearn.mixture.GaussianMixture``.
 
@@ -286,14 +299,7 @@ class GaussianMixture(DensityMixin, BaseEstimator):
         if not lazy:
             rows = _chunk_rows_for(n_rows, n_features)
             starts = range(0, n_rows, rows)
-            futures = client.scatter([np.ascontiguousarray(X[s:s + rows]) for s in starts],
-                                     hash=False)
-            # Persisted under keys of its own (the chunks stay where they were scattered),
-            # so passes can read them in place; the scattered futures are then let go.
-            X = client.persist(da.concatenate([
-                da.from_delayed(f, shape=(min(rows, n_rows - s), n_features), dtype=X.dtype)
-                for f, s in zip(futures, starts)]))
-            wait(X)
+            X = _scattered(client, [np.ascontiguousarray(X[s:s + rows]) for s in starts])
             keepalive.append(X)
         elif self._should_persist(X, client):
             X = client.persist(X)
@@ -313,12 +319,8 @@ class GaussianMixture(DensityMixin, BaseEstimator):
                 weights = weights.rechunk((X.chunks[0],))
             else:
                 offsets = np.cumsum((0,) + X.chunks[0][:-1])
-                futures = client.scatter([weights[a:a + c] for a, c in
-                                          zip(offsets, X.chunks[0])], hash=False)
-                weights = client.persist(da.concatenate([
-                    da.from_delayed(f, shape=(c,), dtype=np.float64)
-                    for f, c in zip(futures, X.chunks[0])]))
-                wait(weights)
+                weights = _scattered(client, [weights[a:a + c] for a, c in
+                                              zip(offsets, X.chunks[0])])
                 keepalive.append(weights)
         data = ChunkedPoints(X, weights, client)
         data.keepalive = keepalive
