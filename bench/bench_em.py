@@ -13,26 +13,35 @@ client-side M-step),
 the ratio, attained GFLOP/s (3*N*K*D^2 flops per iteration for full covariances, the
 issue's convention; 8*N*K*D for diag) against
 the machine's measured GEMM rate, the time against the machine's limit (those flops at the
-GEMM rate plus N*K exponentials at NumPy's vectorised exp rate, one core per worker), peak memory of the client and of the workers, and label
-throughput (distgmm predict into a dask array vs scikit-learn predict). distgmm's data is
-persisted on a local cluster of worker processes (one per core, one thread each).
+GEMM rate plus N*K exponentials at NumPy's vectorised exp rate, one core per worker), peak
+memory of the client and of the workers, and labeling throughput: distgmm labelling the
+persisted points into a Zarr array on disk (``distgmm.predict_to_zarr``, the workers write
+their chunks' labels) against scikit-learn's ``predict`` into memory, best of 3 each; and,
+for information, the label job (``distgmm label``: rows read from a point store on disk,
+labels written to it). distgmm's data is persisted on distgmm's own local cluster
+(``distgmm.cluster.local_cluster_client``: worker processes, one per core, one thread each).
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import resource
+import tempfile
 import time
 import warnings
 
 import dask.array as da
 import numpy as np
-from distributed import Client, LocalCluster, wait
+from distributed import wait
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.mixture import GaussianMixture as SkGaussianMixture
 from threadpoolctl import threadpool_limits
 
 import distgmm
+from distgmm.cluster import local_cluster_client
+from distgmm.jobs import label_store
+from distgmm.store import ingest
 
 DEFAULT_SIZES = [
     (1_000_000, 2, 4, "full"),
@@ -103,7 +112,7 @@ def sklearn_iteration(model, X, iters: int) -> float:
     return float(np.median(times))
 
 
-def bench_size(client, n, d, k, cov, iters, gemm, exps):
+def bench_size(client, n, d, k, cov, iters, gemm, exps, work):
     X = make_data(n, d, k)
     init = start(X, k, cov)
     warnings.simplefilter("ignore", ConvergenceWarning)
@@ -117,8 +126,11 @@ def bench_size(client, n, d, k, cov, iters, gemm, exps):
     starts = range(0, n, chunk_rows)
     futures = client.scatter([X[a:a + chunk_rows] for a in starts], hash=False)
     wait(futures)
-    dX = da.concatenate([da.from_delayed(f, shape=(min(chunk_rows, n - a), d), dtype=X.dtype)
-                         for f, a in zip(futures, starts)])
+    # Persisted under the array's own keys, the chunks staying where they were scattered.
+    dX = client.persist(da.concatenate([
+        da.from_delayed(f, shape=(min(chunk_rows, n - a), d), dtype=X.dtype)
+        for f, a in zip(futures, starts)]))
+    wait(dX)
     client.run(lambda: resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
     times = []
 
@@ -128,9 +140,22 @@ def bench_size(client, n, d, k, cov, iters, gemm, exps):
     # merge) plus the client's M-step. The first pass also compiles and validates.
     ours_it = float(np.median(np.diff(times[1:])))
 
-    t_label = min(_timed(lambda: client.compute(gm.predict(dX)).result()) for _ in range(2))
+    with tempfile.TemporaryDirectory(dir=work) as tmp:
+        out = os.path.join(tmp, "labels.zarr")
+        t_label = min(_timed(lambda: distgmm.predict_to_zarr(gm, dX, out, overwrite=True,
+                                                             client=client))
+                      for _ in range(3))
+        assert np.array_equal(distgmm.predict_to_zarr(gm, dX, out, overwrite=True,
+                                                      client=client)[:1000], gm.predict(X[:1000]))
+        np.save(os.path.join(tmp, "x.npy"), X)
+        store = os.path.join(tmp, "points.zarr")
+        ingest(os.path.join(tmp, "x.npy"), store)
+        model = os.path.join(tmp, "model.npz")
+        distgmm.save_model(gm, model)
+        t_job = min(label_store(model, store, name=f"run{i}", client=client).seconds
+                    for i in range(3))
     with threadpool_limits(n_threads):
-        t_sk_label = min(_timed(lambda: sk.predict(X)) for _ in range(2))
+        t_sk_label = min(_timed(lambda: sk.predict(X)) for _ in range(3))
 
     # The issue's convention for full covariances; for diag/spherical the same count of the
     # four N x K x D products an iteration needs (E-step and M-step, 2 flops per multiply-add).
@@ -152,6 +177,7 @@ def bench_size(client, n, d, k, cov, iters, gemm, exps):
         "label Mrows/s": n / t_label / 1e6,
         "sklearn label Mrows/s": n / t_sk_label / 1e6,
         "label ratio": t_sk_label / t_label,
+        "label job Mrows/s": n / t_job / 1e6,
         "client MiB": client_rss / 1024,
         "worker max MiB": max(worker_rss.values()) / 1024,
     }
@@ -163,17 +189,18 @@ def main() -> None:
                         help="N,D,K[,covariance_type] (e.g. 1e6,8,8,full)")
     parser.add_argument("--iters", type=int, default=6)
     parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--work", default=None,
+                        help="directory for the label outputs and point stores (default: $TMPDIR)")
     args = parser.parse_args()
     gemm = gemm_gflops(args.workers)
     exps = exp_rate(args.workers)
     print(f"machine GEMM rate ({args.workers} threads): {gemm:.1f} GFLOP/s; "
           f"exp rate: {exps / 1e9:.2f} G/s")
-    with LocalCluster(n_workers=args.workers, threads_per_worker=1, processes=True,
-                      dashboard_address=":0", memory_limit="8GiB") as cluster, \
-            Client(cluster) as client:
+    client = local_cluster_client(args.workers, memory_limit="8GiB")
+    with client, client.cluster, client.as_current():
         rows = []
         for n, d, k, cov in args.sizes:
-            row = bench_size(client, n, d, k, cov, args.iters, gemm, exps)
+            row = bench_size(client, n, d, k, cov, args.iters, gemm, exps, args.work)
             rows.append(row)
             print("  ".join(f"{key}={val:.3g}" if isinstance(val, float) else f"{key}={val}"
                             for key, val in row.items()), flush=True)

@@ -8,13 +8,15 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-__all__ = ["GaussianMixture", "CollapsedComponentError", "load_model", "save_model"]
+__all__ = ["GaussianMixture", "CollapsedComponentError", "load_model", "predict_to_zarr",
+           "save_model"]
 __version__ = "0.1.0"
 
 _LAZY = {
     "GaussianMixture": "distgmm._estimator",
     "CollapsedComponentError": "distgmm._kernels",
     "load_model": "distgmm.store._model",
+    "predict_to_zarr": "distgmm.store._predict",
     "save_model": "distgmm.store._model",
 }
 

@@ -305,19 +305,22 @@ class ChunkedPoints:
         chunk_fn: Callable,
         *args: Any,
         merge: Callable[[list], Any] = merge_statistics,
+        validate: bool = True,
     ) -> Any:
         """``merge`` of ``chunk_fn(block, weights, block_index, *args)`` over all chunks.
 
         One ``compute``. The first call also computes the validation summary in the same
-        graph and raises if the data or weights are invalid.
+        graph and raises if the data or weights are invalid, unless ``validate`` is false
+        (a pass that only applies a fitted model, as ``predict`` does, needs no summary;
+        it then runs in place from the first pass on).
         """
-        if self.summary is not None and self._plan is not None:
+        if (self.summary is not None or not validate) and self._plan is not None:
             result = self._direct_pass(chunk_fn, args, merge)
             if result is not _MISSING:
                 return result
         layer: dict = {}
         tops = self._add_pass(layer, chunk_fn, args, merge)
-        if self.summary is None:
+        if self.summary is None and validate:
             summary_tops = self._add_pass(layer, _summary_task, (), merge_statistics)
             values = self._compute(layer, tops + summary_tops)
             tops, summary_tops = values[:len(tops)], values[len(tops):]

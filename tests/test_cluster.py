@@ -431,6 +431,22 @@ def _resolved_compose(*files: str) -> dict:
 
 
 @pytest.mark.timeout(90)
+def test_embedded_cluster_workers_start_with_huge_page_malloc():
+    """The CLI's own LocalCluster gives its workers WORKER_ENVIRONMENT, next to Dask's own
+    pre-spawn settings (which it must not drop)."""
+    from distgmm.cluster import local_cluster_client
+
+    client = local_cluster_client(1, memory_limit="1GiB")
+    cluster = client.cluster
+    try:
+        (env,) = client.run(lambda: {k: os.environ.get(k) for k in
+                                     ("GLIBC_TUNABLES", "MALLOC_TRIM_THRESHOLD_")}).values()
+    finally:
+        client.close()
+        cluster.close()
+    assert env == {"GLIBC_TUNABLES": "glibc.malloc.hugetlb=1", "MALLOC_TRIM_THRESHOLD_": "65536"}
+
+
 def test_compose_file_is_valid_and_is_the_tested_topology():
     config = _resolved_compose("docker-compose.yml")
     services = config["services"]
@@ -467,6 +483,7 @@ def test_compose_file_is_valid_and_is_the_tested_topology():
     assert worker["command"][:3] == ["dask", "worker", "tcp://scheduler:8786"]
     joined = " ".join(worker["command"])
     assert " ".join(WORKER_ARGS) in joined
+    assert worker["environment"]["GLIBC_TUNABLES"] == "glibc.malloc.hugetlb=1"
     # the runner is the distgmm CLI pointed at the scheduler
     assert runner["entrypoint"] == ["distgmm"]
     env = runner["environment"]

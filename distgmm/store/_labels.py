@@ -36,7 +36,7 @@ from zarr.core.sync import sync
 
 from distgmm.errors import DistgmmInputError
 from distgmm.store._location import StoreLocation
-from distgmm.store._points import _compressors, open_group_checked
+from distgmm.store._points import _label_compressors, open_group_checked
 
 __all__ = ["LABELS_ATTR", "LabelState", "label_state", "label_names", "prepare_labels",
            "record_chunks_done"]
@@ -172,7 +172,7 @@ def prepare_labels(store: str | StoreLocation | zarr.Group, name: str, model_fin
     else:
         labels = group.require_group("labels").create_array(
             name, shape=(n_rows,), chunks=(chunk_rows,), dtype="int32", fill_value=-1,
-            compressors=_compressors(), dimension_names=("row",))
+            compressors=_label_compressors(), dimension_names=("row",))
     _save(labels, n_rows, record)
     return _state_from(name, labels, n_rows, chunk_rows)
 
