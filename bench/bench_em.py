@@ -166,7 +166,7 @@ def bench_size(client, n, d, k, cov, iters, gemm, exps, work):
     client_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     del futures
     return {
-        "size": f"({n:.0e}, {d}, {k}) {cov}",
+        "size": f"({n:.2g}, {d}, {k}) {cov}",
         "sklearn s/it": sk_it,
         "distgmm s/it": ours_it,
         "speed-up": sk_it / ours_it,
@@ -197,7 +197,7 @@ def main() -> None:
     print(f"machine GEMM rate ({args.workers} threads): {gemm:.1f} GFLOP/s; "
           f"exp rate: {exps / 1e9:.2f} G/s")
     client = local_cluster_client(args.workers, memory_limit="8GiB")
-    with client, client.cluster, client.as_current():
+    with client.cluster, client, client.as_current():
         rows = []
         for n, d, k, cov in args.sizes:
             row = bench_size(client, n, d, k, cov, args.iters, gemm, exps, args.work)

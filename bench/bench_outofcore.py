@@ -5,11 +5,12 @@ Run from the repository root (after ``pip install -e .``)::
     python bench/bench_outofcore.py --dir /tmp/ooc --rows 100e6 --memory-limit 512MiB
 
 It generates a point store (float32, zstd) with ``distgmm.store.generate`` if it is not
-there yet, starts a LocalCluster whose total worker memory limit is about a third of the
-store's uncompressed size, fits a few EM iterations straight from Zarr, and reports seconds
-per iteration, the read rate (uncompressed bytes per second) against the disk's sequential
-read rate (measured with ``dd``-style reads of the chunk files, page cache dropped where
-possible), every worker's peak RSS against its limit, and whether any worker restarted.
+there yet, starts distgmm's own local cluster (``local_cluster_client``) whose total
+worker memory limit is about a third of the store's uncompressed size, fits a few EM
+iterations straight from Zarr, and reports seconds per iteration, the read rate
+(uncompressed bytes per second) against the disk's sequential read rate (measured with
+``dd``-style reads of the chunk files, page cache dropped where possible), every worker's
+peak RSS against its limit, and whether any worker restarted.
 """
 
 from __future__ import annotations
@@ -21,10 +22,10 @@ import resource
 import time
 
 import numpy as np
-from distributed import Client, LocalCluster
 from sklearn.exceptions import ConvergenceWarning
 
 import distgmm
+from distgmm.cluster import local_cluster_client
 from distgmm.store import generate, open_points
 
 
@@ -61,9 +62,8 @@ def main() -> None:
     warnings.simplefilter("ignore", ConvergenceWarning)
     store = os.path.join(args.dir, "points.zarr")
     n_rows = int(args.rows)
-    with LocalCluster(n_workers=args.workers, threads_per_worker=1, processes=True,
-                      memory_limit=args.memory_limit, dashboard_address=":0") as cluster, \
-            Client(cluster) as client:
+    client = local_cluster_client(args.workers, memory_limit=args.memory_limit)
+    with client.cluster, client, client.as_current():
         if not os.path.exists(store):
             t = time.perf_counter()
             generate(store, n_points=n_rows, n_features=args.features,

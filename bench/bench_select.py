@@ -37,10 +37,11 @@ import warnings
 
 import dask.array as da
 import numpy as np
-from distributed import Client, LocalCluster, wait
+from distributed import wait
 from sklearn.exceptions import ConvergenceWarning
 
 import distgmm
+from distgmm.cluster import local_cluster_client
 from distgmm._estimator import fit_candidates
 from distgmm.store import generate
 
@@ -72,9 +73,8 @@ def main() -> None:
     if args.stream:
         common["persist"] = False
     grid = [(k, cov) for cov in ("full", "diag") for k in range(1, 7)]
-    with LocalCluster(n_workers=args.workers, threads_per_worker=1, processes=True,
-                      dashboard_address=":0", memory_limit="8GiB") as cluster, \
-            Client(cluster) as client:
+    client = local_cluster_client(args.workers, memory_limit="8GiB")
+    with client.cluster, client, client.as_current():
         if args.stream:
             if not os.path.exists(args.stream):
                 generate(args.stream, n_points=n, n_features=d, n_components=6, seed=0,

@@ -214,6 +214,31 @@ def test_direct_passes_run_no_tasks_and_give_the_graph_bits(client):
     assert not streamed.direct, "only persisted chunks are read in place"
 
 
+def test_many_chunks_run_in_place_while_their_values_are_small(client, monkeypatch):
+    """Beyond 64 chunks a pass runs in place once the function's previous pass has shown its
+    values small enough to bring every chunk's to the client; otherwise it stays a graph."""
+    from distributed import get_task_stream
+
+    from distgmm import _engine
+    from distgmm._engine import ChunkedPoints, _em_task_many, _merge_lists
+
+    _, _, params = _pass_inputs(client)
+    X = client.persist(da.from_array(data(), chunks=(3, 3)))  # 80 chunks: a 3-level tree
+    points = ChunkedPoints(X, None, client)
+    assert points.n_chunks > _engine._DIRECT_MAX_CHUNKS
+    graph = points.map_reduce(_em_task_many, params, merge=_merge_lists)  # weighs the values
+    with get_task_stream(client) as stream:
+        direct = points.map_reduce(_em_task_many, params, merge=_merge_lists)
+    assert points.direct and not [t for t in stream.data if "em_task" in str(t["key"])]
+    _same_bits(direct, graph)
+
+    monkeypatch.setattr(_engine, "_DIRECT_MAX_BYTES", points.n_chunks * 100)
+    with get_task_stream(client) as stream:
+        again = points.map_reduce(_em_task_many, params, merge=_merge_lists)
+    assert [t for t in stream.data if "em_task" in str(t["key"])], "values too large: a graph"
+    _same_bits(again, graph)
+
+
 def test_direct_passes_survive_chunks_moving_to_another_worker():
     """A worker retired mid-fit hands its chunks over: the next pass reads them where they
     now are. With weights, a chunk's points and weights may land on different workers;

@@ -36,14 +36,16 @@ def _listing(directory) -> list[str]:
     return sorted(os.listdir(directory))
 
 
-def test_persisted_points_are_labelled_in_place_with_predict_labels(tmp_path, client, fitted):
+@pytest.mark.parametrize("rows", [70, 8])  # 9 chunks (the last shorter), 75 chunks
+def test_persisted_points_are_labelled_in_place_with_predict_labels(tmp_path, client, fitted,
+                                                                      rows):
     """Labels equal predict's; the output has X's row chunks; no tasks run (in place)."""
     X, gm = fitted
-    dX = _persisted(client, X, 70)  # 9 chunks, the last one shorter
+    dX = _persisted(client, X, rows)
     with get_task_stream(client) as stream:
         out = distgmm.predict_to_zarr(gm, dX, str(tmp_path / "labels.zarr"), client=client)
     assert not [t for t in stream.data if "write_chunk" in str(t["key"])]
-    assert out.dtype == np.int32 and out.shape == (600,) and out.chunks == (70,)
+    assert out.dtype == np.int32 and out.shape == (600,) and out.chunks == (rows,)
     np.testing.assert_array_equal(out[:], gm.predict(X))
     assert _listing(tmp_path) == ["labels.zarr"], "no temporary left beside the output"
 

@@ -14,10 +14,10 @@ Decisions:
   chunks of ``X``, so no two workers write the same Zarr chunk. ``X`` must therefore have
   regular row chunks (all equal, the last one no larger); anything else is refused with
   the ``rechunk`` that fixes it.
-* Persisted ``X`` of at most 64 chunks is labelled in place: one ``Client.run`` in which
-  each worker labels the chunks it holds (as the EM passes do, see
-  :class:`distgmm._engine.ChunkedPoints`); otherwise one task per chunk. NumPy input is
-  scattered first, as :meth:`GaussianMixture.fit` does.
+* Persisted ``X`` is labelled in place: one ``Client.run`` in which each worker labels the
+  chunks it holds (as the EM passes do, see :class:`distgmm._engine.ChunkedPoints`; only
+  row counts come back); otherwise one task per chunk. NumPy input is scattered first, as
+  :meth:`GaussianMixture.fit` does.
 * Nothing partial is left behind: a local array is written under a hidden sibling name and
   renamed into place when every chunk is written; a remote one is removed if writing fails.
   An existing destination is refused unless ``overwrite=True``, and only a Zarr array is
@@ -42,7 +42,7 @@ from distgmm._estimator import _chunk_rows_for, _scattered, as_points
 from distgmm._statistics import MixtureParams
 from distgmm.cluster import get_client
 from distgmm.errors import DistgmmInputError
-from distgmm.store._location import StoreLocation, _exchange
+from distgmm.store._location import _TMP_MARK, StoreLocation, _exchange
 from distgmm.store._points import _label_compressors
 
 __all__ = ["predict_to_zarr"]
@@ -137,7 +137,7 @@ def _building(location: StoreLocation):
         return
     parent, name = os.path.split(location.path.rstrip("/"))
     os.makedirs(parent or ".", exist_ok=True)
-    tmp = os.path.join(parent, f".{name}.building-{uuid.uuid4().hex[:12]}")
+    tmp = os.path.join(parent, f".{name}{_TMP_MARK}{uuid.uuid4().hex[:12]}")
     try:
         yield StoreLocation(tmp)
         if os.path.lexists(location.path) and _exchange(tmp, location.path):
@@ -205,7 +205,8 @@ def predict_to_zarr(model: Any, X: Any, url: str, *, overwrite: bool = False, cl
                           compressors=_label_compressors(), dimension_names=("row",))
         if n_rows:
             written = ChunkedPoints(X, None, client).map_reduce(
-                _write_chunk, target, uuid.uuid4().hex, params, chunk_rows, merge=_total, validate=False)
+                _write_chunk, target, uuid.uuid4().hex, params, chunk_rows, merge=_total,
+                validate=False, value_bytes=8)
             if written != n_rows:  # pragma: no cover - a broken invariant, not bad input
                 raise RuntimeError(f"wrote {written} labels for {n_rows} rows")
     return zarr.open_array(location.zarr_store(read_only=True), mode="r")
