@@ -36,7 +36,9 @@ merges the per-chunk values in the same tree (see :meth:`ChunkedPoints._direct_p
 skips the scheduler's task machinery (at (1e6, 8, 8) about 24 of 72 ms per iteration). When a
 chunk has moved or a worker is gone, that pass goes through the scheduler as a graph, which
 fetches or recomputes what it needs, and the next one looks again where the chunks are.
-Workers started by ``dask worker`` log one INFO line ("Run out-of-band function") per direct
+Beyond 64 chunks a pass runs in place only while all the chunks' values (weighed on the
+previous pass of the same function) fit in ``_DIRECT_MAX_BYTES``, since they all travel to
+the client. Workers started by ``dask worker`` log one INFO line ("Run out-of-band function") per direct
 pass; a ``LocalCluster`` logs warnings only.
 
 Input validation that needs the data (non-finite values, negative weights) is a summary
