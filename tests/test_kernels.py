@@ -270,6 +270,54 @@ def test_fused_collapsing_component_is_computed_exactly(cov):
         lp.argmax(axis=1))
 
 
+@pytest.mark.parametrize("cov", ["diag", "spherical"])
+def test_float32_labels_redo_close_calls_in_float64(cov):
+    """diag/spherical labels come from a float32 GEMM; rows whose two best components are
+    within its rounding are redone in float64, so every label is the float64 path's
+    (points are put near the boundaries, where float32 alone gets some wrong)."""
+    from distgmm._fused import _expanded_features, _expanded_setup, _fused_scores_expanded, \
+        fused_labels
+
+    rng = np.random.default_rng(11)
+    K, D = 16, 24
+    means = rng.normal(0, 2, size=(K, D)) + 50.0
+    covariances = {"diag": rng.uniform(0.5, 2.0, size=(K, D)),
+                   "spherical": rng.uniform(0.5, 2.0, size=K)}[cov]
+    params = MixtureParams.from_covariances(np.full(K, 1 / K), means, covariances, cov)
+    args = (params.weights, params.means, params.precisions_cholesky, cov)
+    # Points where two components' log-densities cross on the segment between their means
+    # (found by bisection), nudged along it: gaps from about 1e-8 to 1, where float32's
+    # rounding is about 1e-3.
+    lp_of = lambda Y: log_gaussian_prob(Y, means, params.precisions_cholesky, cov)  # noqa: E731
+    a = rng.integers(0, K, 6000)
+    b = (a + rng.integers(1, K, 6000)) % K
+    rows = np.arange(6000)
+    lo, hi = np.zeros(6000), np.ones(6000)  # at t = 0 the point is means[b]: b wins
+    for _ in range(60):
+        t = (lo + hi) / 2
+        lp = lp_of(means[a] * t[:, None] + means[b] * (1 - t[:, None]))
+        a_wins = lp[rows, a] > lp[rows, b]
+        hi, lo = np.where(a_wins, t, hi), np.where(a_wins, lo, t)
+    t = lo + rng.choice([-1, 1], 6000) * 10.0 ** rng.uniform(-10, -3, 6000)
+    X = means[a] * t[:, None] + means[b] * (1 - t[:, None])
+    X = np.vstack([X, means[rng.integers(0, K, 2000)] + rng.normal(size=(2000, D))])
+    setup = _expanded_setup(*args)
+    assert setup is not None and not len(setup[4])
+    in64 = _fused_scores_expanded(X, *setup, True)[1]
+    lp = _fused_scores_expanded(X, *setup, False)[0]
+    top2 = np.sort(lp, axis=1)[:, -2:]
+    decided = top2[:, 1] - top2[:, 0] > 1e-9  # not tied to float64 rounding
+    labels = fused_labels(X, *args)
+    np.testing.assert_array_equal(labels[decided], in64[decided])
+    # float32 alone (the same features and GEMM, no check) gets some of these wrong
+    shift, Gt, log_const, full = setup[:4]
+    zt = np.empty((Gt.shape[1], len(X)))
+    zt[-1] = 1.0
+    _expanded_features(X, 0, shift, full, zt)
+    only32 = ((Gt.astype(np.float32) @ zt.astype(np.float32)) + log_const[:, None]).argmax(0)
+    assert (only32[decided] != in64[decided]).sum() > 10
+
+
 @pytest.mark.parametrize("cov", COV_TYPES)
 def test_fused_stays_exact_for_components_far_apart(cov):
     """Means 1e5 standard deviations apart take the exactly centered path (no cancellation)."""
