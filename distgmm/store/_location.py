@@ -17,7 +17,7 @@ from zarr.storage import FsspecStore, LocalStore
 
 from distgmm.errors import DistgmmInputError
 
-__all__ = ["StoreLocation", "building_store"]
+__all__ = ["StoreLocation", "building", "building_store"]
 
 logger = logging.getLogger(__name__)
 
@@ -148,6 +148,15 @@ def building_store(location: StoreLocation, overwrite: bool = False) -> Iterator
     refuses incomplete stores. On error, whatever was built is removed.
     """
     check_destination(location, overwrite)
+    with building(location) as target:
+        yield target
+
+
+@contextlib.contextmanager
+def building(location: StoreLocation) -> Iterator[StoreLocation]:
+    """Yield where to build what goes at ``location``; on success it replaces whatever is
+    there, as :func:`building_store` describes; on error nothing is left. No checks: the
+    caller decides what may be replaced."""
     if not location.is_local:
         if location.exists():
             location.remove()

@@ -26,11 +26,8 @@ Decisions:
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import json
-import os
-import shutil
 import uuid
 from typing import Any
 
@@ -42,7 +39,7 @@ from distgmm._estimator import _chunk_rows_for, _scattered, as_points
 from distgmm._statistics import MixtureParams
 from distgmm.cluster import get_client
 from distgmm.errors import DistgmmInputError
-from distgmm.store._location import _TMP_MARK, StoreLocation, _exchange
+from distgmm.store._location import StoreLocation, building
 from distgmm.store._points import _label_compressors
 
 __all__ = ["predict_to_zarr"]
@@ -122,35 +119,6 @@ def _check_destination(location: StoreLocation, overwrite: bool) -> None:
             "choose another path.")
 
 
-@contextlib.contextmanager
-def _building(location: StoreLocation):
-    """Yield where to write; on success the result is at ``location``, on error nothing is."""
-    if not location.is_local:
-        if location.exists():
-            location.remove()
-        try:
-            yield location
-        except BaseException:
-            with contextlib.suppress(Exception):
-                location.remove()
-            raise
-        return
-    parent, name = os.path.split(location.path.rstrip("/"))
-    os.makedirs(parent or ".", exist_ok=True)
-    tmp = os.path.join(parent, f".{name}{_TMP_MARK}{uuid.uuid4().hex[:12]}")
-    try:
-        yield StoreLocation(tmp)
-        if os.path.lexists(location.path) and _exchange(tmp, location.path):
-            shutil.rmtree(tmp)  # now the replaced array
-        else:
-            if os.path.lexists(location.path):
-                shutil.rmtree(location.path)
-            os.rename(tmp, location.path)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-
-
 def predict_to_zarr(model: Any, X: Any, url: str, *, overwrite: bool = False, client: Any = None,
                     storage_options: dict[str, Any] | None = None) -> zarr.Array:
     """Write ``model.predict(X)`` to a new Zarr array at ``url``, chunk by chunk on the workers.
@@ -199,7 +167,7 @@ def predict_to_zarr(model: Any, X: Any, url: str, *, overwrite: bool = False, cl
         X = _scattered(client, [np.ascontiguousarray(X[s:s + rows])
                                 for s in range(0, n_rows, rows)])
     chunk_rows = _regular_chunk_rows(X.chunks[0]) if n_rows else 1
-    with _building(location) as target:
+    with building(location) as target:
         zarr.create_array(target.zarr_store(read_only=False), shape=(n_rows,),
                           chunks=(chunk_rows,), dtype="int32", fill_value=-1,
                           compressors=_label_compressors(), dimension_names=("row",))
