@@ -41,7 +41,7 @@ from threadpoolctl import threadpool_limits
 import distgmm
 from distgmm.cluster import local_cluster_client
 from distgmm.jobs import label_store
-from distgmm.store import ingest
+from distgmm.store import default_chunk_rows, ingest
 
 DEFAULT_SIZES = [
     (1_000_000, 2, 4, "full"),
@@ -122,7 +122,9 @@ def bench_size(client, n, d, k, cov, iters, gemm, exps, work):
         sk = SkGaussianMixture(k, covariance_type=cov, tol=0, max_iter=1, **init).fit(X)
         sk_it = sklearn_iteration(sk, X, iters)
 
-    chunk_rows = max(8192, min(1 << 17, (8 << 20) // (8 * d)))
+    # The product's default chunk size (16 MiB, as for stores and NumPy input), at most
+    # 131072 rows so that a million small-D rows still make 8 chunks for the workers.
+    chunk_rows = min(1 << 17, default_chunk_rows(d, X.dtype))
     starts = range(0, n, chunk_rows)
     futures = client.scatter([X[a:a + chunk_rows] for a in starts], hash=False)
     wait(futures)
