@@ -31,14 +31,13 @@ import tempfile
 import time
 import warnings
 
-import dask.array as da
 import numpy as np
-from distributed import wait
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.mixture import GaussianMixture as SkGaussianMixture
 from threadpoolctl import threadpool_limits
 
 import distgmm
+from distgmm._estimator import _scattered
 from distgmm.cluster import local_cluster_client
 from distgmm.jobs import label_store
 from distgmm.store import default_chunk_rows, ingest
@@ -125,14 +124,8 @@ def bench_size(client, n, d, k, cov, iters, gemm, exps, work):
     # The product's default chunk size (16 MiB, as for stores and NumPy input), at most
     # 131072 rows so that a million small-D rows still make 8 chunks for the workers.
     chunk_rows = min(1 << 17, default_chunk_rows(d, X.dtype))
-    starts = range(0, n, chunk_rows)
-    futures = client.scatter([X[a:a + chunk_rows] for a in starts], hash=False)
-    wait(futures)
-    # Persisted under the array's own keys, the chunks staying where they were scattered.
-    dX = client.persist(da.concatenate([
-        da.from_delayed(f, shape=(min(chunk_rows, n - a), d), dtype=X.dtype)
-        for f, a in zip(futures, starts)]))
-    wait(dX)
+    # Scattered and persisted as distgmm does with NumPy input.
+    dX = _scattered(client, [X[a:a + chunk_rows] for a in range(0, n, chunk_rows)])
     client.run(lambda: resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
     times = []
 
@@ -166,7 +159,6 @@ def bench_size(client, n, d, k, cov, iters, gemm, exps, work):
     limit = flops / gemm / 1e9 + n * k / exps
     worker_rss = client.run(lambda: resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
     client_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    del futures
     return {
         "size": f"({n:.2g}, {d}, {k}) {cov}",
         "sklearn s/it": sk_it,

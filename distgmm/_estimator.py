@@ -425,9 +425,7 @@ class GaussianMixture(DensityMixin, BaseEstimator):
 
     def _params(self) -> MixtureParams:
         check_is_fitted(self, "precisions_cholesky_")
-        return MixtureParams(np.asarray(self.weights_), np.asarray(self.means_),
-                             np.asarray(self.covariances_), np.asarray(self.precisions_cholesky_),
-                             self.covariance_type)
+        return MixtureParams.of_model(self)
 
     def fit_predict(self, X, y=None, sample_weight=None):
         """Fit, then return the label of every point; equals ``fit(X).predict(X)``."""

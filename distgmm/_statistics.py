@@ -17,6 +17,7 @@ is in float64 whatever the stored dtype.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -44,6 +45,9 @@ __all__ = [
     "hard_assignment_statistics",
     "m_step",
 ]
+
+#: Rows scored at a time by the NumPy path of :meth:`MixtureParams.labels`.
+_LABEL_BLOCK_ROWS = 65536
 
 
 @dataclass(frozen=True)
@@ -80,6 +84,15 @@ class MixtureParams:
         return precisions_from_cholesky(self.precisions_cholesky, self.covariance_type)
 
     @classmethod
+    def of_model(cls, model: Any) -> "MixtureParams":
+        """The parameters of a fitted ``GaussianMixture`` (distgmm's or scikit-learn's: the
+        fitted attributes ``weights_``, ``means_``, ``covariances_``,
+        ``precisions_cholesky_`` and ``covariance_type``)."""
+        return cls(np.asarray(model.weights_), np.asarray(model.means_),
+                   np.asarray(model.covariances_), np.asarray(model.precisions_cholesky_),
+                   model.covariance_type)
+
+    @classmethod
     def from_covariances(cls, weights, means, covariances, covariance_type) -> "MixtureParams":
         covariances = np.asarray(covariances, dtype=np.float64)
         return cls(
@@ -110,11 +123,17 @@ class MixtureParams:
         )
 
     def labels(self, X: np.ndarray) -> np.ndarray:
-        """Most likely component of each row of a block ``X``, shape (n,), as int64."""
+        """Most likely component of each row of ``X``, shape (n,), as int64.
+
+        The NumPy path works on blocks of ``_LABEL_BLOCK_ROWS`` rows, so the (rows, K)
+        scores stay small; the compiled one works in cache-sized blocks of its own.
+        """
         if use_fused():
             return fused_labels(X, self.weights, self.means, self.precisions_cholesky,
                                 self.covariance_type)
-        return self.weighted_log_prob(X).argmax(axis=1)
+        return np.concatenate([
+            self.weighted_log_prob(X[s:s + _LABEL_BLOCK_ROWS]).argmax(axis=1)
+            for s in range(0, X.shape[0], _LABEL_BLOCK_ROWS)] or [np.empty(0, np.int64)])
 
     def weighted_log_prob(self, X: np.ndarray) -> np.ndarray:
         """``log w_k + log N(x_i | k)`` for a block ``X``, shape (n, K)."""

@@ -71,9 +71,7 @@ class LabelReport:
 
 def model_params(model: Any) -> MixtureParams:
     """The :class:`MixtureParams` of a fitted ``GaussianMixture`` (small; shipped to tasks)."""
-    return MixtureParams(np.asarray(model.weights_), np.asarray(model.means_),
-                         np.asarray(model.covariances_), np.asarray(model.precisions_cholesky_),
-                         model.covariance_type)
+    return MixtureParams.of_model(model)
 
 
 def label_block(params: MixtureParams, X: np.ndarray, proba: bool = False
@@ -81,19 +79,18 @@ def label_block(params: MixtureParams, X: np.ndarray, proba: bool = False
     """Labels (int32) and optionally probabilities (float32) of a block ``X`` of shape (n, D).
 
     Labels alone skip the normalisation (``argmax`` of the weighted log-densities is the
-    ``argmax`` of the responsibilities); rows are processed in sub-blocks to stay in cache.
+    ``argmax`` of the responsibilities: :meth:`MixtureParams.labels`); probabilities are
+    computed in sub-blocks of rows to stay in cache.
     """
+    if not proba:
+        return params.labels(X).astype(np.int32), None
     n = X.shape[0]
     labels = np.empty(n, dtype=np.int32)
-    probs = np.empty((n, params.n_components), dtype=np.float32) if proba else None
+    probs = np.empty((n, params.n_components), dtype=np.float32)
     for start in range(0, n, _SUB_BLOCK_ROWS):
-        part = X[start:start + _SUB_BLOCK_ROWS]
-        if proba:
-            log_resp = params.log_responsibilities(part)[1]
-            labels[start:start + part.shape[0]] = log_resp.argmax(axis=1)
-            probs[start:start + part.shape[0]] = np.exp(log_resp)
-        else:
-            labels[start:start + part.shape[0]] = params.labels(part)
+        log_resp = params.log_responsibilities(X[start:start + _SUB_BLOCK_ROWS])[1]
+        labels[start:start + log_resp.shape[0]] = log_resp.argmax(axis=1)
+        probs[start:start + log_resp.shape[0]] = np.exp(log_resp)
     return labels, probs
 
 

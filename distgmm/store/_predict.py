@@ -44,9 +44,6 @@ from distgmm.store._points import _label_compressors
 
 __all__ = ["predict_to_zarr"]
 
-#: Rows labelled at a time inside a chunk (keeps the (rows, K) scores in cache).
-_SUB_BLOCK_ROWS = 65536
-
 
 def _params_of(model: Any) -> MixtureParams:
     """The parameters of a fitted GaussianMixture (distgmm's or scikit-learn's)."""
@@ -54,17 +51,7 @@ def _params_of(model: Any) -> MixtureParams:
         raise DistgmmInputError(
             f"{type(model).__name__} is not fitted; call fit first or load a model file "
             "with distgmm.load_model.")
-    return MixtureParams(np.asarray(model.weights_), np.asarray(model.means_),
-                         np.asarray(model.covariances_), np.asarray(model.precisions_cholesky_),
-                         model.covariance_type)
-
-
-def _label_rows(params: MixtureParams, block: np.ndarray) -> np.ndarray:
-    labels = np.empty(block.shape[0], dtype=np.int32)
-    for start in range(0, block.shape[0], _SUB_BLOCK_ROWS):
-        stop = start + _SUB_BLOCK_ROWS
-        labels[start:stop] = params.labels(block[start:stop])
-    return labels
+    return MixtureParams.of_model(model)
 
 
 @functools.lru_cache(maxsize=2)
@@ -77,7 +64,7 @@ def _output(location: StoreLocation, token: str) -> zarr.Array:
 def _write_chunk(block, weights, index, location: StoreLocation, token: str,
                  params: MixtureParams, chunk_rows: int) -> int:
     """Chunk function of the pass: label chunk ``index`` and write its region."""
-    labels = _label_rows(params, np.asarray(block))
+    labels = params.labels(np.asarray(block)).astype(np.int32)
     start = index * chunk_rows
     _output(location, token)[start:start + labels.shape[0]] = labels
     return labels.shape[0]
