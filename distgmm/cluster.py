@@ -24,17 +24,24 @@ get it from their environment (``docker-compose.yml`` sets it).
 
 from __future__ import annotations
 
+import asyncio
 import atexit
+import json
 import logging
 import os
+import sys
 import threading
 
 import dask
-from distributed import Client, LocalCluster
+from distributed import Client, Scheduler, SpecCluster
+from distributed.deploy.subprocess import SubprocessWorker
 from distributed.security import Security
+from distributed.worker_memory import parse_memory_limit
+
+from distgmm._worker_preload import PARENT_PID_ENV
 
 __all__ = [
-    "get_client", "local_cluster_client", "make_security", "close_embedded_cluster",
+    "get_client", "current_client", "local_cluster_client", "make_security", "close_embedded_cluster",
     "ClusterUnavailableError", "scheduler_lost", "CONNECT_TIMEOUT", "WORKER_ENVIRONMENT",
 ]
 
@@ -45,6 +52,9 @@ logger = logging.getLogger(__name__)
 CONNECT_TIMEOUT = 20
 
 _lock = threading.Lock()
+
+#: How long a new local cluster may take until all its workers have joined.
+_WORKER_START_TIMEOUT = 120
 
 #: Environment set in the worker processes of the embedded LocalCluster before they start
 #: (see the module docstring).
@@ -129,16 +139,44 @@ def make_security(
     )
 
 
+class _WorkerProcess(SubprocessWorker):
+    """A Dask worker (a ``Nanny`` and its worker process) started as a new interpreter.
+
+    ``python -m dask spec ...``, as ``dask worker`` runs: the user's ``__main__`` is never
+    imported again, unlike multiprocessing's spawn, which re-runs a plain script in every
+    worker. The process gets this process's Dask configuration, :data:`WORKER_ENVIRONMENT`
+    (unless the environment already sets those variables) and the pid to outlive no
+    longer than (see :mod:`distgmm._worker_preload`).
+    """
+
+    async def _start(self) -> None:
+        spec = {"cls": self.worker_class, "opts": self.worker_kwargs}
+        # Dask's default log level for its own loggers is INFO, which would print every
+        # worker's start and stop on the user's terminal; keep them at WARNING then.
+        level = dask.config.get("logging.distributed", "warning")
+        config = dask.config.merge(dask.config.global_config, {"logging": {
+            "distributed": "warning" if level == "info" else level}})
+        environ = {**WORKER_ENVIRONMENT, **os.environ,
+                   "DASK_INTERNAL_INHERIT_CONFIG": dask.config.serialize(config),
+                   PARENT_PID_ENV: str(os.getpid())}
+        self.process = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "dask", "spec", self.scheduler, "--spec", json.dumps(spec),
+            stdin=asyncio.subprocess.DEVNULL, env=environ)
+
+
 def local_cluster_client(
     n_workers: int | None = None,
     threads_per_worker: int = 1,
     memory_limit: str | int | None = None,
 ) -> Client:
-    """Start a new LocalCluster of worker processes and return a client connected to it.
+    """Start a new local cluster and return a client connected to it.
 
-    Defaults: one worker per core, one thread each (so BLAS stays single-threaded per
-    worker and workers x threads = cores), the machine's memory split evenly. Workers get
-    :data:`WORKER_ENVIRONMENT`.
+    The scheduler runs in this process (on the client's event loop); each worker is a
+    ``Nanny`` in a process of its own, started as a new interpreter (:class:`_WorkerProcess`),
+    so a plain script without an ``if __name__ == "__main__":`` guard works. Workers end
+    with this process, also when it is killed. Defaults: one worker per core, one thread
+    each (so BLAS stays single-threaded per worker and workers x threads = cores), the
+    machine's memory split evenly. The dashboard listens on 127.0.0.1 only.
     """
     n_workers = n_workers or os.cpu_count() or 1
     if n_workers < 1 or threads_per_worker < 1:
@@ -146,16 +184,26 @@ def local_cluster_client(
             f"workers and threads per worker must be at least 1, got {n_workers} and "
             f"{threads_per_worker}."
         )
-    environ = {**dask.config.get("distributed.nanny.pre-spawn-environ"), **WORKER_ENVIRONMENT}
-    with dask.config.set({"distributed.nanny.pre-spawn-environ": environ}):
-        cluster = LocalCluster(
-            n_workers=n_workers,
-            threads_per_worker=threads_per_worker,
-            processes=True,
-            memory_limit=memory_limit if memory_limit is not None else "auto",
-            dashboard_address=":0",
-        )
+    limit = parse_memory_limit("auto" if memory_limit is None else memory_limit, 1,
+                               total_cores=n_workers, logger=logger)
+    worker = {"cls": _WorkerProcess, "options": {
+        "worker_class": "distributed.Nanny",
+        "worker_kwargs": {"host": "127.0.0.1", "nthreads": threads_per_worker,
+                          "memory_limit": limit, "dashboard": False,
+                          "silence_logs": logging.WARNING,
+                          "preload_nanny": ["distgmm._worker_preload"]}}}
+    scheduler = {"cls": Scheduler, "options": {
+        "host": "127.0.0.1", "port": 0, "dashboard": True,
+        "dashboard_address": "127.0.0.1:0"}}
+    cluster = SpecCluster(workers={i: worker for i in range(n_workers)}, scheduler=scheduler,
+                          worker=worker, name="distgmm-local", silence_logs=logging.WARNING)
     client = Client(cluster, set_as_default=False)
+    try:
+        client.wait_for_workers(n_workers, timeout=_WORKER_START_TIMEOUT)
+    except BaseException:
+        client.close()
+        cluster.close()
+        raise
     logger.info("started local cluster %s, dashboard %s", cluster.scheduler_address,
                 client.dashboard_link)
     return client
@@ -180,6 +228,16 @@ def close_embedded_cluster() -> None:
 
 
 atexit.register(close_embedded_cluster)
+
+
+def current_client() -> Client | None:
+    """The user's current (default) ``distributed`` client, or None if there is none."""
+    from distributed import default_client
+
+    try:
+        return default_client()
+    except ValueError:
+        return None
 
 
 def get_client(scheduler: str | None = None, security: Security | None = None) -> Client:
@@ -207,12 +265,9 @@ def get_client(scheduler: str | None = None, security: Security | None = None) -
                 client = _connect(scheduler, security)
                 _remote[scheduler] = client
             return client
-        try:
-            from distributed import default_client
-
-            return default_client()
-        except ValueError:
-            pass
+        client = current_client()
+        if client is not None:
+            return client
         client = _embedded.get("client")
         if client is None or client.status not in ("running", "connecting"):
             client = local_cluster_client()
