@@ -56,6 +56,7 @@ import math
 import os
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, fields, is_dataclass
 from typing import Any, Callable
 
@@ -87,6 +88,7 @@ __all__ = [
     "EMResult",
     "IterationInfo",
     "ChunkedPoints",
+    "LocalPoints",
     "fit_em",
     "seed_sequence",
     "INIT_METHODS",
@@ -263,7 +265,108 @@ async def _direct_pass_on_worker(payload: _Payload, plan: dict, dask_worker=None
         return None
 
 
-class ChunkedPoints:
+class _RowChunks:
+    """What every runner of passes over row chunks shares: the shape, the chunking and the
+    validation summary gathered by the first pass.
+
+    Runners implement ``map_reduce(chunk_fn, *args, merge=..., validate=True)`` (the merge
+    of ``chunk_fn(block, weights, block_index, *args)`` over all chunks, in the fixed tree
+    of :func:`_tree_merge`) and ``take_rows(indices)``.
+    """
+
+    n_rows: int
+    n_features: int
+    row_chunks: tuple[int, ...]
+    summary: DataSummary | None
+    weighted: bool
+
+    @property
+    def n_chunks(self) -> int:
+        return len(self.row_chunks)
+
+    def ensure_summary(self) -> DataSummary:
+        """Compute the validation summary if no pass has done so yet."""
+        if self.summary is None:
+            self.summary = self.map_reduce(_summary_task, merge=merge_statistics,
+                                           validate=False)
+            self.validate_summary()
+        return self.summary
+
+    def validate_summary(self) -> None:
+        s = self.summary
+        if s.n_nonfinite_rows:
+            raise ValueError(
+                f"X contains NaN or infinite values in {s.n_nonfinite_rows} of {s.n_rows} rows; "
+                "drop or impute them before fitting (distgmm ingest --drop-nonfinite skips them)."
+            )
+        if s.n_nonfinite_weights:
+            raise ValueError(
+                f"sample_weight contains {s.n_nonfinite_weights} NaN or infinite values; "
+                "pass finite weights."
+            )
+        if s.n_negative_weights:
+            raise ValueError(
+                f"sample_weight contains {s.n_negative_weights} negative values; "
+                "weights must be >= 0."
+            )
+        if not s.weight_sum > 0:
+            raise ValueError(
+                "sample_weight sums to zero; give at least one point a positive weight."
+            )
+
+
+class LocalPoints(_RowChunks):
+    """Points held in this process as NumPy row chunks: the passes without a cluster.
+
+    The same chunk functions and the same merge tree as :class:`ChunkedPoints`, so a fit
+    here gives the same bits as on a cluster with the same chunking. Chunks are evaluated
+    by a pool of threads when there are several (the compiled kernels release the GIL).
+
+    Parameters
+    ----------
+    points : ndarray of shape (N, D)
+    sample_weight : ndarray of shape (N,) or None
+    chunk_rows : int
+        Rows per chunk (the last may be shorter).
+    threads : int, optional
+        Threads evaluating chunks; default the number of cores.
+    """
+
+    def __init__(self, points: np.ndarray, sample_weight: np.ndarray | None, chunk_rows: int,
+                 threads: int | None = None):
+        self.points = points
+        self.sample_weight = sample_weight
+        self.n_rows, self.n_features = points.shape
+        starts = range(0, self.n_rows, chunk_rows)
+        self._blocks = [points[a:a + chunk_rows] for a in starts]
+        self._weights = [None if sample_weight is None else sample_weight[a:a + chunk_rows]
+                         for a in starts]
+        self.row_chunks = tuple(len(b) for b in self._blocks)
+        self.weighted = sample_weight is not None
+        self.summary = None
+        self._threads = min(threads or os.cpu_count() or 1, self.n_chunks)
+
+    def map_reduce(self, chunk_fn: Callable, *args: Any,
+                   merge: Callable[[list], Any] = merge_statistics, validate: bool = True,
+                   value_bytes: int | None = None) -> Any:
+        """As :meth:`ChunkedPoints.map_reduce`; the summary is checked before the pass."""
+        if validate:
+            self.ensure_summary()
+        calls = [functools.partial(chunk_fn, b, w, i, *args)
+                 for i, (b, w) in enumerate(zip(self._blocks, self._weights))]
+        if self._threads > 1:
+            with ThreadPoolExecutor(self._threads) as pool:
+                values = list(pool.map(lambda call: call(), calls))
+        else:
+            values = [call() for call in calls]
+        return _tree_merge(values, merge)
+
+    def take_rows(self, indices: np.ndarray) -> np.ndarray:
+        """Rows at the given global indices, as float64."""
+        return np.asarray(self.points[np.asarray(indices, dtype=np.int64)], dtype=np.float64)
+
+
+class ChunkedPoints(_RowChunks):
     """Points (and optional per-point weights) as row chunks, with a map-reduce over them.
 
     Parameters
@@ -281,6 +384,7 @@ class ChunkedPoints:
         self.client = client
         self.n_rows, self.n_features = points.shape
         self.row_chunks = points.chunks[0]
+        self.weighted = sample_weight is not None
         # The chunks' graph, materialised once: keys of persisted chunks map to their
         # futures; chunks read from a store get read tasks under keys of their own.
         self._graph, self._block_keys = _chunk_graph(points)
@@ -301,10 +405,6 @@ class ChunkedPoints:
         self._plan: dict | None = {} if persisted else None
         # Bytes of one chunk's value, per chunk function, from its last pass.
         self._value_bytes: dict[Callable, int] = {}
-
-    @property
-    def n_chunks(self) -> int:
-        return len(self._block_keys)
 
     def map_reduce(
         self,
@@ -463,37 +563,6 @@ class ChunkedPoints:
         self._held = futures
         return self.client.gather(futures)
 
-    def ensure_summary(self) -> DataSummary:
-        """Compute the validation summary if no pass has done so yet."""
-        if self.summary is None:
-            layer: dict = {}
-            tops = self._add_pass(layer, _summary_task, (), merge_statistics)
-            self.summary = _merge_top(self._compute(layer, tops), merge_statistics)
-            self.validate_summary()
-        return self.summary
-
-    def validate_summary(self) -> None:
-        s = self.summary
-        if s.n_nonfinite_rows:
-            raise ValueError(
-                f"X contains NaN or infinite values in {s.n_nonfinite_rows} of {s.n_rows} rows; "
-                "drop or impute them before fitting (distgmm ingest --drop-nonfinite skips them)."
-            )
-        if s.n_nonfinite_weights:
-            raise ValueError(
-                f"sample_weight contains {s.n_nonfinite_weights} NaN or infinite values; "
-                "pass finite weights."
-            )
-        if s.n_negative_weights:
-            raise ValueError(
-                f"sample_weight contains {s.n_negative_weights} negative values; "
-                "weights must be >= 0."
-            )
-        if not s.weight_sum > 0:
-            raise ValueError(
-                "sample_weight sums to zero; give at least one point a positive weight."
-            )
-
     def take_rows(self, indices: np.ndarray) -> np.ndarray:
         """Rows at the given global indices, as float64 (a small gather, not a pass).
 
@@ -599,7 +668,7 @@ def _concat_lists(parts: list[list]) -> list:
 
 
 # ---------------------------------------------------------------------------- initialisation
-def _d2_sample(data: ChunkedPoints, centers: np.ndarray | None, root, keys) -> np.ndarray | None:
+def _d2_sample(data: _RowChunks, centers: np.ndarray | None, root, keys) -> np.ndarray | None:
     """One row drawn with probability proportional to w * D^2 (or w when no centers)."""
     candidates = data.map_reduce(_d2_sample_task, centers, root, keys, merge=_concat_lists)
     totals = np.array([c[0] for c in candidates])
@@ -620,7 +689,7 @@ def _too_few_distinct(n_found: int, n_components: int) -> ValueError:
     )
 
 
-def _kmeans_plusplus(data: ChunkedPoints, n_components: int, root, restart: int) -> np.ndarray:
+def _kmeans_plusplus(data: _RowChunks, n_components: int, root, restart: int) -> np.ndarray:
     """Exact k-means++ seeding: one pass per center."""
     centers = None
     for j in range(n_components):
@@ -646,7 +715,7 @@ def _weighted_kmeans_plusplus(points, weights, n_components, rng) -> np.ndarray:
     return np.array(centers)
 
 
-def _kmeans_parallel(data: ChunkedPoints, n_components: int, root, restart: int) -> np.ndarray:
+def _kmeans_parallel(data: _RowChunks, n_components: int, root, restart: int) -> np.ndarray:
     """k-means|| seeding (Bahmani et al. 2012) with oversampling factor 2K."""
     first = _d2_sample(data, None, root, (restart, _P_KPAR, 0))
     candidates = first[None, :]
@@ -668,7 +737,7 @@ def _kmeans_parallel(data: ChunkedPoints, n_components: int, root, restart: int)
     return _weighted_kmeans_plusplus(candidates, weights, n_components, rng)
 
 
-def _lloyd(data: ChunkedPoints, centers: np.ndarray) -> np.ndarray:
+def _lloyd(data: _RowChunks, centers: np.ndarray) -> np.ndarray:
     """Distributed Lloyd iterations until the squared center shift is below tolerance."""
     summary = data.ensure_summary()
     tol = _KMEANS_TOL * float(np.mean(summary.variance))
@@ -683,7 +752,7 @@ def _lloyd(data: ChunkedPoints, centers: np.ndarray) -> np.ndarray:
     return centers
 
 
-def _initial_params(data: ChunkedPoints, cfg: "EMConfig", root, restart: int) -> MixtureParams:
+def _initial_params(data: _RowChunks, cfg: "EMConfig", root, restart: int) -> MixtureParams:
     K, cov = cfg.n_components, cfg.covariance_type
     if cfg.weights_init is not None and cfg.means_init is not None and \
             cfg.precisions_init is not None:
@@ -750,20 +819,20 @@ class EMConfig:
     means_init: np.ndarray | None = None
     precisions_init: np.ndarray | None = None
 
-    def fingerprint(self, data: ChunkedPoints, entropy) -> str:
+    def fingerprint(self, data: _RowChunks, entropy) -> str:
         """Digest identifying a fit: config, data shape and chunking, seed."""
         h = hashlib.sha256()
         plain = {k: getattr(self, k) for k in ("n_components", "covariance_type", "tol",
                                                "reg_covar", "max_iter", "n_init", "init_params")}
         plain.update(shape=[data.n_rows, data.n_features], chunks=list(data.row_chunks),
-                     entropy=str(entropy), weighted=data.sample_weight is not None)
+                     entropy=str(entropy), weighted=data.weighted)
         h.update(json.dumps(plain, sort_keys=True).encode())
         for a in (self.weights_init, self.means_init, self.precisions_init):
             h.update(b"-" if a is None else np.ascontiguousarray(a, dtype=np.float64).tobytes())
         return h.hexdigest()
 
 
-def _fingerprint(configs: list[EMConfig], data: ChunkedPoints, entropy) -> str:
+def _fingerprint(configs: list[EMConfig], data: _RowChunks, entropy) -> str:
     h = hashlib.sha256()
     for cfg in configs:
         h.update(cfg.fingerprint(data, entropy).encode())
@@ -893,7 +962,7 @@ def _merge_lists(parts: list[list]) -> list:
 
 @_single_threaded_blas
 def fit_many(
-    data: ChunkedPoints,
+    data: _RowChunks,
     configs: list[EMConfig],
     random_state: Any = None,
     *,
@@ -901,6 +970,7 @@ def fit_many(
     on_iteration: Callable[[IterationInfo], None] | None = None,
     checkpoint: FileCheckpoint | None = None,
     errors: str = "raise",
+    initial_params: Callable[[int, int], MixtureParams] | None = None,
 ) -> list[EMResult]:
     """Fit several configurations and all their restarts in lockstep, one pass per iteration.
 
@@ -911,7 +981,7 @@ def fit_many(
 
     Parameters
     ----------
-    data : ChunkedPoints
+    data : LocalPoints or ChunkedPoints
     configs : list of EMConfig
     random_state : None, int, RandomState, Generator or SeedSequence
         Restart ``r`` of every configuration uses the random streams of spawn key ``(r, ...)``.
@@ -925,10 +995,17 @@ def fit_many(
     errors : {"raise", "record"}
         What a collapsing run does: raise at once, or end that run and record the message
         (a configuration whose runs all failed gets ``params=None`` and ``error``).
+    initial_params : callable, optional
+        ``initial_params(config_index, restart)`` gives a run's starting parameters,
+        called for the runs in order (configuration, then restart). Default: the initialisation
+        ``config.init_params`` names, from random streams derived from ``random_state``,
+        the restart and the chunk index (:func:`_initial_params`).
 
     Returns
     -------
-    list of EMResult, one per configuration (the best restart by final lower bound).
+    list of EMResult, one per configuration: the restart with the best final lower bound
+    (scikit-learn's rule: a later restart replaces the best one if its lower bound is
+    higher, or if the best one's is still -inf, as after ``max_iter=0``).
     """
     from ._kernels import CollapsedComponentError
 
@@ -966,7 +1043,8 @@ def fit_many(
             run.params, run.lower_bound = warm_start
         else:
             try:
-                run.params = _initial_params(data, cfg, root, run.restart)
+                run.params = (_initial_params(data, cfg, root, run.restart)
+                              if initial_params is None else initial_params(run.config, run.restart))
             except CollapsedComponentError as exc:
                 fail(run, exc)
                 continue
@@ -1018,7 +1096,7 @@ def fit_many(
             continue
         best = good[0]
         for run in good[1:]:
-            if run.lower_bound > best.lower_bound:
+            if run.lower_bound > best.lower_bound or best.lower_bound == -math.inf:
                 best = run
         results.append(EMResult(best.params, best.converged, best.iteration, best.lower_bound,
                                 list(best.lower_bounds), histories, elapsed))
@@ -1026,21 +1104,23 @@ def fit_many(
 
 
 @_single_threaded_blas
-def score_many(data: ChunkedPoints, params_list: list[MixtureParams]) -> list[float]:
+def score_many(data: _RowChunks, params_list: list[MixtureParams]) -> list[float]:
     """Mean (weighted) log-likelihood of the data under each model, in one pass."""
     totals = data.map_reduce(_em_task_many, list(params_list), merge=_merge_lists)
     return [t.log_likelihood / t.weight_sum for t in totals]
 
 
 def fit_em(
-    data: ChunkedPoints,
+    data: _RowChunks,
     cfg: EMConfig,
     random_state: Any = None,
     *,
     warm_start: tuple[MixtureParams, float] | None = None,
     on_iteration: Callable[[IterationInfo], None] | None = None,
     checkpoint: FileCheckpoint | None = None,
+    initial_params: Callable[[int, int], MixtureParams] | None = None,
 ) -> EMResult:
     """Fit one configuration (its ``n_init`` restarts in lockstep); see :func:`fit_many`."""
     return fit_many(data, [cfg], random_state, warm_start=warm_start,
-                    on_iteration=on_iteration, checkpoint=checkpoint)[0]
+                    on_iteration=on_iteration, checkpoint=checkpoint,
+                    initial_params=initial_params)[0]

@@ -54,16 +54,20 @@ class CollapsedComponentError(ValueError):
         self.component = component
 
 
-_REMEDY = (
-    "decrease n_components, increase reg_covar (e.g. to 1e-4), or scale the input data"
+#: scikit-learn's words for a singular covariance, kept verbatim so that code matching
+#: scikit-learn's message matches ours; the component and an example value follow.
+SINGULAR_MESSAGE = (
+    "Fitting the mixture model failed because some components have ill-defined empirical "
+    "covariance (for instance caused by singleton or collapsed samples). Try to decrease the "
+    "number of components, increase reg_covar, or scale the input data."
 )
 
 
 def _singular_error(component: int | None, covariance_type: str) -> CollapsedComponentError:
     what = "the tied covariance" if component is None else f"component {component}"
     return CollapsedComponentError(
-        f"{what} has a singular {covariance_type} covariance (collapsed onto too few "
-        f"distinct points); {_REMEDY}.",
+        f"{SINGULAR_MESSAGE} Here {what} has a singular {covariance_type} covariance "
+        "(collapsed onto too few distinct points); reg_covar=1e-4, for example, may do.",
         component,
     )
 

@@ -23,7 +23,6 @@ import numpy as np
 
 from ._fused import fused_labels, fused_log_prob, fused_statistics, use_fused
 from ._kernels import (
-    CollapsedComponentError,
     covariances_from_precision_cholesky,
     log_gaussian_prob,
     log_responsibilities,
@@ -361,22 +360,17 @@ def m_step(
 ) -> MixtureParams:
     """New parameters from the merged statistics (scikit-learn's M-step).
 
+    As scikit-learn does, every component's weight is ``n_k + 10 eps``: a component that
+    received no points keeps a weight of about 1e-16 and the covariance ``reg_covar``, and
+    the fit goes on; only a covariance that is singular (``reg_covar=0``, or points that
+    are all equal) is an error.
+
     Raises
     ------
     CollapsedComponentError
-        If a component received no weight or its covariance is singular.
+        If a component's covariance is singular.
     """
-    resp_sum = total.resp_sum
-    empty = np.flatnonzero(resp_sum <= 10 * np.finfo(np.float64).eps * total.weight_sum)
-    if empty.size:
-        k = int(empty[0])
-        raise CollapsedComponentError(
-            f"component {k} is empty: it received {resp_sum[k]:.3g} of the total weight "
-            f"{total.weight_sum:.6g}; decrease n_components, use another init_params or "
-            "random_state, or scale the input data.",
-            k,
-        )
-    nk = resp_sum + 10 * np.finfo(np.float64).eps
+    nk = total.resp_sum + 10 * np.finfo(np.float64).eps
     n_features = total.means.shape[1]
     if covariance_type == "full":
         covariances = total.scatter / nk[:, None, None]

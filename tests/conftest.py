@@ -1,4 +1,10 @@
-"""Shared fixtures: one real LocalCluster of worker processes for the whole session."""
+"""Shared fixtures: one real LocalCluster of worker processes for the whole session.
+
+Only tests that ask for ``client`` get a default ``distributed.Client``; fits of small
+in-memory data run in the test process and need none. ``test_entry_points.py`` and
+``test_sklearn_suite.py`` run user code and scikit-learn's tests in fresh interpreters,
+where no client exists unless the code makes one.
+"""
 
 from __future__ import annotations
 
@@ -13,12 +19,19 @@ os.environ.setdefault("MPLBACKEND", "Agg")
 
 @pytest.fixture(scope="session")
 def cluster():
-    """A LocalCluster with two single-threaded worker processes, shared by the session."""
+    """A LocalCluster with two single-threaded worker processes, shared by the session.
+
+    Tests that pass its address as ``scheduler=`` leave distgmm's cached client to it;
+    that client is closed before the cluster, so it does not try to reconnect at exit.
+    """
+    from distgmm.cluster import close_embedded_cluster
+
     with LocalCluster(
         n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0",
         memory_limit="2GiB",
     ) as cluster:
         yield cluster
+        close_embedded_cluster()
 
 
 @pytest.fixture(scope="session")

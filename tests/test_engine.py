@@ -303,14 +303,15 @@ def test_a_pass_whose_chunks_are_not_where_planned_goes_through_the_scheduler(cl
 
 @pytest.mark.parametrize("weighted", [False, True])
 def test_in_memory_input_is_read_in_place_after_the_first_pass(client, weighted):
-    """A NumPy array (and weights) given to fit is scattered and persisted: only the first,
-    validating pass is a graph of tasks; the other passes run in place on the workers."""
+    """A NumPy array (and weights) fitted on a cluster (``scheduler=``) is scattered and
+    persisted: only the first, validating pass is a graph of tasks; the other passes run
+    in place on the workers."""
     from distributed import get_task_stream
 
     weights = np.linspace(0.5, 2.0, N) if weighted else None
     with get_task_stream(client) as stream:
-        gm = GaussianMixture(2, tol=0, max_iter=5, **start("full")).fit(
-            data(), sample_weight=weights)
+        gm = GaussianMixture(2, tol=0, max_iter=5, scheduler=client.scheduler.address,
+                             **start("full")).fit(data(), sample_weight=weights)
     assert gm.n_iter_ == 5
     passes = {m.group(1) for t in stream.data
               if (m := re.search(r"em_task_many-(\w+)", str(t["key"])))}

@@ -52,21 +52,70 @@ def assert_same_fit(ours, ref, shift=0.0):
                                rtol=1e-5, atol=1e-8)
 
 
+@pytest.mark.parametrize("lazy", [False, True], ids=["in-process", "cluster"])
 @pytest.mark.parametrize("cov", COV_TYPES)
 @pytest.mark.parametrize("name", sorted(DATASETS))
-def test_parity_with_sklearn_from_same_start(client, name, cov):
+def test_parity_with_sklearn_from_same_start(client, name, cov, lazy):
     X = DATASETS[name]()
     K = 3 if name != "seed-blobs-2d" else 2
     init = starting_point(X, K, cov)
     ref = SkGaussianMixture(K, covariance_type=cov, tol=1e-6, max_iter=300, **init).fit(X)
-    ours = GaussianMixture(K, covariance_type=cov, tol=1e-6, max_iter=300, **init).fit(X)
+    data = da.from_array(X, chunks=(128, X.shape[1])) if lazy else X
+    ours = GaussianMixture(K, covariance_type=cov, tol=1e-6, max_iter=300, **init).fit(data)
     assert_same_fit(ours, ref)
     np.testing.assert_allclose(ours.lower_bounds_, ref.lower_bounds_, rtol=1e-6)
 
 
+@pytest.mark.parametrize("init_params", ["kmeans", "k-means++", "random", "random_from_data"])
+@pytest.mark.parametrize("cov", COV_TYPES)
+def test_in_process_fit_is_sklearns_fit_for_the_same_seed(init_params, cov):
+    """In-memory data, no scheduler: scikit-learn's own initialisation draws, restarts in
+    its order, its choice of the best restart, so the same numbers for the same seed.
+
+    Restarts that reach the same optimum have lower bounds a rounding apart, so which one
+    is kept can differ: with ``n_init=3`` the kept fit must be the same optimum (up to the
+    order of the components) and every restart's start is compared through ``n_init=1``
+    fits from the same stream. The first lower bound of ``k-means++`` and
+    ``random_from_data`` starts (covariances of ``reg_covar``, log-densities near -1e6)
+    agrees to about 1e-8 relative.
+    """
+    X = DATASETS["three-5d"]()
+    kw = dict(n_components=3, covariance_type=cov, init_params=init_params, max_iter=40)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        sk_state, our_state = np.random.RandomState(11), np.random.RandomState(11)
+        for _ in range(3):  # three restarts in a row from one stream, as n_init=3 draws
+            ref = SkGaussianMixture(random_state=sk_state, **kw).fit(X)
+            ours = GaussianMixture(random_state=our_state, **kw).fit(X)
+            assert_same_fit(ours, ref)
+            np.testing.assert_allclose(ours.lower_bounds_[1:], ref.lower_bounds_[1:],
+                                       rtol=1e-9)
+            np.testing.assert_array_equal(ours.predict(X), ref.predict(X))
+        ref = SkGaussianMixture(random_state=11, n_init=3, **kw).fit(X)
+        ours = GaussianMixture(random_state=11, n_init=3, **kw).fit(X)
+    assert ours.lower_bound_ == pytest.approx(ref.lower_bound_, rel=1e-6)
+    order = np.lexsort(ours.means_.T), np.lexsort(ref.means_.T)
+    np.testing.assert_allclose(ours.means_[order[0]], ref.means_[order[1]], rtol=1e-4)
+
+
+def test_origin_example_gives_sklearns_clusters():
+    """The origin project's 30 points: with the same seed, scikit-learn's clusters (11 and
+    19 points, mean log-likelihood -5.748), not another optimum."""
+    from importlib.resources import files
+
+    X = np.loadtxt(files("distgmm") / "data" / "kmeansSamples.txt")
+    ref = SkGaussianMixture(n_components=2, random_state=0).fit(X)
+    ours = GaussianMixture(n_components=2, random_state=0).fit(X)
+    assert sorted(np.bincount(ours.predict(X))) == [11, 19]
+    np.testing.assert_array_equal(ours.predict(X), ref.predict(X))
+    assert ours.score(X) == pytest.approx(ref.score(X), rel=1e-12)
+    assert ours.score(X) == pytest.approx(-5.748, abs=1e-3)
+
+
+@pytest.mark.parametrize("lazy", [False, True], ids=["numpy", "dask"])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("cov", COV_TYPES)
-def test_parity_far_from_origin(client, cov, dtype):
+def test_parity_far_from_origin(client, cov, dtype, lazy):
     """Data with mean 1e6 and spread 1: float32 and float64 storage.
 
     scikit-learn's tied/diag/spherical M-step and diag/spherical E-step use raw second
@@ -74,16 +123,28 @@ def test_parity_far_from_origin(client, cov, dtype):
     converge), so the reference is scikit-learn on the same values (cast to float64)
     translated to the origin: a Gaussian mixture fit is translation-equivariant, so that is
     the exact answer. For 'full' scikit-learn is exact and is also compared directly.
+
+    Fits of dask input keep float64 attributes, exact whatever the stored dtype. In-memory
+    float32 input gets float32 attributes (scikit-learn's dtype contract): the exact answer
+    rounded to float32, whose spacing at 1e6 is 0.0625.
     """
     offset = 1e6
     X = blobs([400, 600], [[0, 0, 0], [2.5, 2.5, 2.5]], [1.0, 0.7], seed=4, offset=offset)
     X = X.astype(dtype)
     X64 = X.astype(np.float64)
     init = starting_point(X64, 2, cov)
-    ours = GaussianMixture(2, covariance_type=cov, tol=1e-6, max_iter=300, **init).fit(X)
+    data = da.from_array(X, chunks=(300, 3)) if lazy else X
+    ours = GaussianMixture(2, covariance_type=cov, tol=1e-6, max_iter=300, **init).fit(data)
     centered = dict(init, means_init=init["means_init"] - offset)
     ref = SkGaussianMixture(2, covariance_type=cov, tol=1e-6, max_iter=300,
                             **centered).fit(X64 - offset)
+    if dtype == np.float32 and not lazy:
+        assert ours.means_.dtype == np.float32 and ours.covariances_.dtype == np.float32
+        assert ours.n_iter_ == ref.n_iter_
+        np.testing.assert_array_equal(ours.means_, (ref.means_ + offset).astype(np.float32))
+        np.testing.assert_allclose(ours.covariances_, ref.covariances_, rtol=1e-6)
+        return
+    assert ours.means_.dtype == np.float64
     assert_same_fit(ours, ref, shift=offset)
     if cov == "full":
         direct = SkGaussianMixture(2, covariance_type=cov, tol=1e-6, max_iter=300,
@@ -198,8 +259,12 @@ def test_zarr_array_input(client, tmp_path):
     z[:] = X
     init = starting_point(X.astype(np.float64), 2, "full")
     a = GaussianMixture(2, **init).fit(z)
-    b = GaussianMixture(2, **init).fit(X)
-    np.testing.assert_allclose(a.means_, b.means_, rtol=1e-10)
+    b = GaussianMixture(2, **init).fit(da.from_array(X, chunks=(128, 2)))
+    np.testing.assert_array_equal(a.means_, b.means_)
+    assert a.means_.dtype == np.float64  # out of core: float64 attributes
+    c = GaussianMixture(2, **init).fit(X)  # in memory: float32, as scikit-learn
+    assert c.means_.dtype == np.float32
+    np.testing.assert_allclose(c.means_, a.means_, rtol=1e-6)
     assert isinstance(a.predict(z), da.Array)
 
 
@@ -241,15 +306,29 @@ def test_collapsing_component_is_named(client):
     means = np.array([[0.0, 0.0], [5.0, 5.0], [100.0, 100.0]])
     start = dict(means_init=means, weights_init=np.full(3, 1 / 3),
                  precisions_init=np.tile(np.eye(2), (3, 1, 1)))
-    with pytest.raises(CollapsedComponentError, match=r"component 2 .*increase reg_covar") as e:
+    with pytest.raises(CollapsedComponentError,
+                       match=r"^Fitting the mixture model failed .*increase reg_covar.*"
+                             r"component 2 has a singular full covariance") as e:
         GaussianMixture(3, reg_covar=0.0, **start).fit(X)
     assert e.value.component == 2
 
 
-def test_fewer_distinct_points_than_components(client):
+@pytest.mark.parametrize("where", ["in-process", "cluster"])
+def test_fewer_distinct_points_than_components_fits_as_sklearn_does(client, where):
+    """Two distinct points, three components: reg_covar keeps every covariance well
+    defined, so the fit goes on with a component that receives no points (weight ~1e-16),
+    as scikit-learn's does, in this process and on the cluster."""
     X = np.vstack([np.zeros((50, 2)), np.ones((50, 2))])
-    with pytest.raises(ValueError, match="only 2 distinct points.*n_components=3"):
-        GaussianMixture(3, random_state=0).fit(X)
+    kw = {} if where == "in-process" else {"scheduler": client.scheduler.address,
+                                           "init_params": "random_from_data"}
+    gm = GaussianMixture(3, random_state=0, **kw).fit(X)
+    assert np.isfinite(gm.means_).all() and np.isfinite(gm.covariances_).all()
+    on_ones = np.isclose(gm.means_, 1.0).all(axis=1)
+    assert gm.weights_[on_ones].sum() == pytest.approx(0.5, abs=1e-9)
+    if where == "in-process":
+        ref = SkGaussianMixture(3, random_state=0).fit(X)
+        np.testing.assert_allclose(gm.weights_, ref.weights_, rtol=1e-9, atol=1e-15)
+        np.testing.assert_array_equal(gm.predict(X), ref.predict(X))
 
 
 def test_verbose_logs_iterations(client, caplog):
@@ -265,50 +344,88 @@ def _fit(X, **kw):
     return GaussianMixture(**{"n_components": 2, **kw}).fit(X, sample_weight=sw)
 
 
+def _rows(n=50, d=2):
+    return np.random.default_rng(0).normal(size=(n, d))
+
+
+# In-memory input: scikit-learn's exception types and messages, then what to do.
 BAD_INPUTS = [
-    ("not 2-D", lambda: np.ones(10), {}, r"X must be 2-D .*got 1-D.*reshape\(-1, 1\)"),
-    ("feature chunks", lambda: da.ones((100, 4), chunks=(50, 2)), {},
-     r"chunked along the feature axis.*rechunk"),
+    ("not 2-D", lambda: np.ones(10), {}, ValueError,
+     r"(?s)Expected 2D array, got 1D array.*Reshape your data"),
     ("NaN", lambda: np.where(np.arange(200)[:, None] % 50 == 0, np.nan, np.ones((200, 2))),
-     {}, r"NaN or infinite values in 4 of 200 rows"),
-    ("inf", lambda: np.vstack([np.ones((20, 2)), [[np.inf, 0]]]), {},
-     r"NaN or infinite values in 1 of 21 rows"),
-    ("fewer points than components", lambda: np.ones((3, 2)), {"n_components": 5},
-     r"n_samples >= n_components.*n_components = 5, n_samples = 3"),
-    ("zero rows", lambda: np.ones((0, 2)), {}, r"X has 0 rows"),
-    ("non-numeric", lambda: np.array([["a", "b"], ["c", "d"]]), {}, r"dtype <U1.*not numeric"),
-    ("negative weights", lambda: np.random.default_rng(0).normal(size=(50, 2)),
-     {"sample_weight": np.r_[-np.ones(3), np.ones(47)]}, r"3 negative values"),
-    ("all-zero weights", lambda: np.random.default_rng(0).normal(size=(50, 2)),
-     {"sample_weight": np.zeros(50)}, r"sample_weight sums to zero"),
-    ("weights of the wrong length", lambda: np.ones((50, 2)),
-     {"sample_weight": np.ones(49)}, r"sample_weight must have shape \(50,\).*got \(49,\)"),
-    ("bad n_components", lambda: np.ones((10, 2)), {"n_components": 0},
-     r"n_components must be an int >= 1, got 0"),
-    ("bad covariance_type", lambda: np.ones((10, 2)), {"covariance_type": "banana"},
-     r"covariance_type must be one of full, tied, diag, spherical; got 'banana'"),
-    ("bad init_params", lambda: np.ones((10, 2)), {"init_params": "nope"},
-     r"init_params must be one of kmeans, k-means\|\|"),
-    ("negative tol", lambda: np.ones((10, 2)), {"tol": -1.0}, r"tol must be a finite number"),
-    ("negative reg_covar", lambda: np.ones((10, 2)), {"reg_covar": -1e-3},
-     r"reg_covar must be a finite number >= 0"),
-    ("bad weights_init", lambda: np.ones((10, 2)), {"weights_init": [0.3, 0.3]},
-     r"weights_init must sum to 1"),
-    ("bad means_init", lambda: np.ones((10, 2)), {"means_init": np.zeros((3, 2))},
-     r"means_init must have shape \(2, 2\), got \(3, 2\)"),
-    ("bad precisions_init", lambda: np.ones((10, 2)),
-     {"precisions_init": -np.tile(np.eye(2), (2, 1, 1))},
-     r"precisions_init\[0\] is not symmetric positive definite"),
-    ("bad persist", lambda: np.ones((10, 2)), {"persist": "yes"},
-     r"persist must be 'auto', True or False; got 'yes'"),
-    ("bad random_state", lambda: np.ones((10, 2)), {"random_state": "x"},
-     r"random_state must be None, a non-negative int"),
+     {}, ValueError, r"(?s)Input X contains NaN.*drop samples with missing values"),
+    ("inf", lambda: np.vstack([np.ones((20, 2)), [[np.inf, 0]]]), {}, ValueError,
+     r"Input X contains infinity.*Drop or clip the rows"),
+    ("fewer points than components", lambda: _rows(3), {"n_components": 5}, ValueError,
+     r"n_samples >= n_components.*n_components = 5, n_samples = 3; use fewer components"),
+    ("zero rows", lambda: np.ones((0, 2)), {}, ValueError,
+     r"Found array with 0 sample\(s\).*Pass at least that many rows"),
+    ("zero features", lambda: np.ones((10, 0)), {}, ValueError,
+     r"Found array with 0 feature\(s\).*Pass at least that many"),
+    ("non-numeric", lambda: np.array([["a", "b"], ["c", "d"]], dtype=object), {}, ValueError,
+     r"could not convert string to float.*Pass numbers"),
+    ("complex", lambda: np.ones((10, 2)) * 1j, {}, ValueError,
+     r"(?s)Complex data not supported.*Pass real numbers"),
+    ("sparse", lambda: __import__("scipy.sparse").sparse.csr_matrix(np.ones((10, 2))), {},
+     TypeError, r"Sparse data was passed.*toarray"),
+    ("negative weights", _rows, {"sample_weight": np.r_[-np.ones(3), np.ones(47)]},
+     ValueError, r"Negative values in data passed to `sample_weight`.*non-negative weight"),
+    ("weights of the wrong length", _rows, {"sample_weight": np.ones(49)}, ValueError,
+     r"sample_weight.shape == \(49,\), expected \(50,\).*one finite"),
+    ("bad n_components", _rows, {"n_components": 0}, ValueError,
+     r"'n_components' parameter of GaussianMixture must be an int in the range \[1, inf\)"),
+    ("bad covariance_type", _rows, {"covariance_type": "banana"}, ValueError,
+     r"'covariance_type' parameter of GaussianMixture must be a str among"),
+    ("bad init_params", _rows, {"init_params": "nope"}, ValueError,
+     r"'init_params' parameter .* must be a str among .*k-means\|\|"),
+    ("negative tol", _rows, {"tol": -1.0}, ValueError, r"'tol' parameter .* range \[0.0, inf\)"),
+    ("negative reg_covar", _rows, {"reg_covar": -1e-3}, ValueError,
+     r"'reg_covar' parameter .* range \[0.0, inf\)"),
+    ("bad weights_init", _rows, {"weights_init": [0.3, 0.3]}, ValueError,
+     r"'weights' should be normalized, but got sum\(weights\) = 0.60000; divide"),
+    ("weights_init out of range", _rows, {"weights_init": [1.5, -0.5]}, ValueError,
+     r"'weights' should be in the range \[0, 1\], but got min value -0.50000, max value "
+     r"1.50000"),
+    ("bad means_init", _rows, {"means_init": np.zeros((3, 2))}, ValueError,
+     r"'means' should have the shape of \(2, 2\), but got \(3, 2\); pass one row"),
+    ("bad precisions_init", _rows, {"precisions_init": -np.tile(np.eye(2), (2, 1, 1))},
+     ValueError, r"'full precision' should be symmetric, positive-definite; "
+                 r"precisions_init\[0\] is not"),
+    ("bad persist", _rows, {"persist": "yes"}, ValueError, r"'persist' parameter"),
+    ("bad random_state", _rows, {"random_state": "x"}, ValueError, r"'random_state' parameter"),
+    ("bad scheduler", _rows, {"scheduler": 8786}, TypeError, r"'scheduler' parameter"),
 ]
 
 
-@pytest.mark.parametrize("make_X,kwargs,message", [b[1:] for b in BAD_INPUTS],
+@pytest.mark.parametrize("make_X,kwargs,kind,message", [b[1:] for b in BAD_INPUTS],
                          ids=[b[0] for b in BAD_INPUTS])
-def test_bad_input_raises_clear_error(client, make_X, kwargs, message):
+def test_bad_input_raises_sklearn_error_with_the_fix(make_X, kwargs, kind, message):
+    """No client: every one of these is refused in this process, before any cluster."""
+    with pytest.raises(kind, match=message):
+        _fit(make_X(), **kwargs)
+
+
+# Out-of-core input (dask, Zarr, stores): distgmm's own checks, in scikit-learn's words.
+BAD_LAZY_INPUTS = [
+    ("not 2-D", lambda: da.ones(10, chunks=5), {}, r"Expected 2D array, got 1D.*Reshape"),
+    ("feature chunks", lambda: da.ones((100, 4), chunks=(50, 2)), {},
+     r"chunked along the feature axis.*rechunk"),
+    ("NaN", lambda: da.from_array(np.where(np.arange(200)[:, None] % 50 == 0, np.nan,
+                                           np.ones((200, 2))), chunks=(64, 2)),
+     {}, r"NaN or infinite values in 4 of 200 rows"),
+    ("zero rows", lambda: da.ones((0, 2), chunks=(1, 2)), {}, r"Found array with 0 sample"),
+    ("complex", lambda: da.ones((10, 2), chunks=(5, 2)) * 1j, {}, r"Complex data not supported"),
+    ("negative weights", lambda: da.from_array(_rows(), chunks=(20, 2)),
+     {"sample_weight": da.from_array(np.r_[-np.ones(3), np.ones(47)], chunks=20)},
+     r"3 negative values"),
+    ("all-zero weights", lambda: da.from_array(_rows(), chunks=(20, 2)),
+     {"sample_weight": da.zeros(50, chunks=20)}, r"sample_weight sums to zero"),
+]
+
+
+@pytest.mark.parametrize("make_X,kwargs,message", [b[1:] for b in BAD_LAZY_INPUTS],
+                         ids=[b[0] for b in BAD_LAZY_INPUTS])
+def test_bad_lazy_input_raises_clear_error(client, make_X, kwargs, message):
     with pytest.raises(ValueError, match=message):
         _fit(make_X(), **kwargs)
 
@@ -325,20 +442,35 @@ def test_store_path_input_and_missing_store(client, tmp_path):
         GaussianMixture(2).fit(str(tmp_path / "missing.zarr"))
 
 
-def test_predict_with_wrong_feature_count(client):
+@pytest.mark.parametrize("lazy", [False, True])
+def test_predict_with_wrong_feature_count(client, lazy):
     gm = GaussianMixture(2, random_state=0).fit(DATASETS["seed-blobs-2d"]())
-    with pytest.raises(ValueError, match="X has 3 features, but the model was fitted with 2"):
-        gm.predict(np.ones((4, 3)))
+    X = np.ones((4, 3))
+    with pytest.raises(ValueError, match="X has 3 features, but GaussianMixture is expecting 2 "
+                                         "features as input. Pass data with the columns"):
+        gm.predict(da.from_array(X) if lazy else X)
+
+
+@pytest.mark.parametrize("method", ["predict", "predict_proba", "score_samples", "score"])
+def test_prediction_refuses_nonfinite_rows(method):
+    """A NaN row is refused, not labelled 0 with NaN probabilities."""
+    gm = GaussianMixture(2, random_state=0).fit(DATASETS["seed-blobs-2d"]())
+    X = np.array([[0.0, 1.0], [np.nan, 2.0]])
+    with pytest.raises(ValueError, match="Input X contains NaN"):
+        getattr(gm, method)(X)
 
 
 def test_public_api():
     assert distgmm.GaussianMixture is GaussianMixture
 
 
-def test_fit_candidates_equal_separate_fits_and_sklearn_criteria(client):
+@pytest.mark.parametrize("where", ["in-process", "cluster"])
+def test_fit_candidates_equal_separate_fits_and_sklearn_criteria(client, where):
     from distgmm._estimator import fit_candidates
 
     X = DATASETS["three-5d"]()
+    if where == "cluster":
+        X = da.from_array(X, chunks=(250, 5))
     grid = [(k, cov) for k in (1, 2, 3) for cov in ("full", "diag")]
     models = [GaussianMixture(k, covariance_type=cov, random_state=0) for k, cov in grid]
     outcomes = fit_candidates(models, X)
@@ -350,3 +482,20 @@ def test_fit_candidates_equal_separate_fits_and_sklearn_criteria(client):
         assert aic == pytest.approx(alone.aic(X), rel=1e-10)
     best = min(range(len(grid)), key=lambda i: outcomes[i][0])
     assert grid[best][0] == 3, "BIC picks the three true components"
+
+
+def test_large_in_memory_input_goes_to_the_users_client(client, monkeypatch):
+    """With a default client, in-memory input above CLIENT_MIN_BYTES is fitted on it (its
+    chunk-derived initialisation); below, in this process (scikit-learn's)."""
+    from distributed import get_task_stream
+
+    import distgmm._estimator as estimator
+
+    X = DATASETS["three-5d"]()
+    with get_task_stream(client) as stream:
+        GaussianMixture(3, random_state=0).fit(X)
+    assert not stream.data, "a small array was sent to the cluster"
+    monkeypatch.setattr(estimator, "CLIENT_MIN_BYTES", X.nbytes - 1)
+    with get_task_stream(client) as stream:
+        GaussianMixture(3, random_state=0).fit(X)
+    assert any("summary" in str(t["key"]) for t in stream.data), "not fitted on the cluster"

@@ -82,7 +82,8 @@ def test_precision_cholesky_round_trips(cov):
 
 def test_singular_covariance_names_component():
     covariances = np.stack([np.eye(2), np.zeros((2, 2))])
-    with pytest.raises(CollapsedComponentError, match="component 1 .*increase reg_covar") as e:
+    with pytest.raises(CollapsedComponentError,
+                       match="increase reg_covar.*component 1 has a singular full") as e:
         precision_cholesky(covariances, "full")
     assert e.value.component == 1
     with pytest.raises(CollapsedComponentError, match="component 2"):
@@ -165,12 +166,21 @@ def test_m_step_matches_sklearn_estimator():
         np.testing.assert_allclose(params.covariances, covariances, rtol=1e-10)
 
 
-def test_m_step_refuses_empty_component():
+@pytest.mark.parametrize("cov", ["full", "tied", "diag", "spherical"])
+def test_m_step_keeps_an_empty_component_as_sklearn_does(cov):
+    """A component with no points gets weight 10 eps / n and covariance reg_covar (plus the
+    pooled scatter for tied): scikit-learn's M-step, used here as the reference."""
+    from sklearn.mixture._gaussian_mixture import _estimate_gaussian_parameters
+
     X = np.random.default_rng(8).normal(size=(20, 2))
     resp = np.zeros((20, 2))
     resp[:, 0] = 1
-    with pytest.raises(CollapsedComponentError, match="component 1 is empty.*n_components"):
-        m_step(chunk_statistics_from_resp(X, resp, None, "full"), 1e-6, "full")
+    params = m_step(chunk_statistics_from_resp(X, resp, None, cov), 1e-6, cov)
+    weights, means, covariances = _estimate_gaussian_parameters(X, resp, 1e-6, cov)
+    np.testing.assert_allclose(params.weights, weights / weights.sum(), rtol=1e-12)
+    assert params.weights[1] < 1e-15
+    np.testing.assert_allclose(params.means, means, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(params.covariances, covariances, rtol=1e-10)
 
 
 def test_chunk_summary_counts_nonfinite_and_negative():

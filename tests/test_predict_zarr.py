@@ -91,7 +91,7 @@ def test_existing_destination_is_refused_and_kept(tmp_path, client, fitted):
     ("features", "X has 2 features but the model was fitted on 3"),
     ("irregular", r"irregular row chunks .*rechunk it first, e.g. X.rechunk\(\{0: 100\}\)"),
     ("unfitted", "GaussianMixture is not fitted; call fit first"),
-    ("one-d", "X must be 2-D"),
+    ("one-d", "Expected 2D array, got 1D array"),
 ])
 def test_bad_input_is_a_clear_error_and_writes_nothing(tmp_path, client, fitted, case, message):
     X, gm = fitted
