@@ -10,11 +10,13 @@ embedded cluster's workers, which must not run the user's script again.
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 import textwrap
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from cluster_helpers import cli_env
@@ -155,3 +157,29 @@ def test_embedded_workers_end_with_a_killed_user_process(tmp_path):
     gone, alive = psutil.wait_procs([psutil.Process(p) for p in workers
                                      if psutil.pid_exists(p)], timeout=30)
     assert not alive, f"workers still running after their parent died: {alive}"
+
+
+def _readme_python_blocks() -> list[str]:
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    return [m.group(1) for m in re.finditer(r"```python\n(.*?)```", readme, re.S)]
+
+
+@pytest.mark.timeout(300)
+def test_readme_python_snippets_run_as_written(tmp_path):
+    """The README's 'From Python' snippets, each as a plain script in a fresh interpreter;
+    the second after the `distgmm generate` command its first comment names."""
+    import zarr
+
+    first, second = _readme_python_blocks()[:2]
+    (tmp_path / "first.py").write_text(first)
+    _python("first.py", cwd=tmp_path)
+
+    command = re.search(r"made with `distgmm (.*?)`", second).group(1).split()
+    generated = subprocess.run([sys.executable, "-m", "distgmm.cli", *command], cwd=tmp_path,
+                               capture_output=True, text=True, env=cli_env(), timeout=180)
+    assert generated.returncode == 0, generated.stderr
+    (tmp_path / "second.py").write_text(second)
+    _python("second.py", cwd=tmp_path)
+    labels = zarr.open_array(str(tmp_path / "labels.zarr"), mode="r")
+    assert labels.shape == (100_000,) and labels.dtype == np.int32
+    assert set(np.unique(labels[:])) == {0, 1, 2}
