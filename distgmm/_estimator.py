@@ -753,6 +753,12 @@ def _sklearn_initial_params(data: LocalPoints, configs: list[EMConfig],
 
 
 def _apply_block(block, fn, params):
+    """``fn`` on one chunk of out-of-core input, refusing non-finite rows (as scikit-learn
+    refuses them in memory) instead of labelling them 0."""
+    finite = np.isfinite(block).all(axis=1)
+    if not finite.all():
+        raise ValueError(f"Input X contains NaN or infinity in {int((~finite).sum())} rows of "
+                         f"a chunk of {block.shape[0]}; drop or impute them before predicting.")
     return fn(params, block)
 
 

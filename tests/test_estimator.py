@@ -451,13 +451,16 @@ def test_predict_with_wrong_feature_count(client, lazy):
         gm.predict(da.from_array(X) if lazy else X)
 
 
+@pytest.mark.parametrize("lazy", [False, True], ids=["numpy", "dask"])
 @pytest.mark.parametrize("method", ["predict", "predict_proba", "score_samples", "score"])
-def test_prediction_refuses_nonfinite_rows(method):
+def test_prediction_refuses_nonfinite_rows(client, method, lazy):
     """A NaN row is refused, not labelled 0 with NaN probabilities."""
     gm = GaussianMixture(2, random_state=0).fit(DATASETS["seed-blobs-2d"]())
     X = np.array([[0.0, 1.0], [np.nan, 2.0]])
     with pytest.raises(ValueError, match="Input X contains NaN"):
-        getattr(gm, method)(X)
+        out = getattr(gm, method)(da.from_array(X, chunks=(1, 2)) if lazy else X)
+        if isinstance(out, da.Array):
+            out.compute()
 
 
 def test_public_api():
