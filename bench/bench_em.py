@@ -37,7 +37,7 @@ from sklearn.mixture import GaussianMixture as SkGaussianMixture
 from threadpoolctl import threadpool_limits
 
 import distgmm
-from distgmm._estimator import _scattered
+from distgmm.engine import scattered
 from distgmm.cluster import local_cluster_client
 from distgmm.jobs import label_store
 from distgmm.store import default_chunk_rows, ingest
@@ -125,7 +125,7 @@ def bench_size(client, n, d, k, cov, iters, gemm, exps, work):
     # 131072 rows so that a million small-D rows still make 8 chunks for the workers.
     chunk_rows = min(1 << 17, default_chunk_rows(d, X.dtype))
     # Scattered and persisted as distgmm does with NumPy input.
-    dX = _scattered(client, [X[a:a + chunk_rows] for a in range(0, n, chunk_rows)])
+    dX = scattered(client, [X[a:a + chunk_rows] for a in range(0, n, chunk_rows)])
     client.run(lambda: resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
     times = []
 

@@ -21,7 +21,7 @@ Where a fit runs, decided in :meth:`GaussianMixture._fit` (the README says the s
   who made a client to a cluster of many machines wants large arrays fitted there). NumPy input is scattered once per fit in row chunks whose size
   depends only on the array's shape; dask and Zarr input stream chunk by chunk and are
   never collected on the client. Initialisation draws from random streams derived from
-  ``random_state``, the restart and each chunk's index (see :mod:`distgmm._engine`), so a
+  ``random_state``, the restart and each chunk's index (see :mod:`distgmm.engine.init`), so a
   seed gives the same fit on any number of workers, but not scikit-learn's draws.
 
 Fitted attributes have the dtype of in-memory input (float32 stays float32, as in
@@ -47,23 +47,24 @@ from typing import Any, Callable
 
 import dask.array as da
 import numpy as np
-from distributed import wait
 from sklearn.base import BaseEstimator, DensityMixin
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.utils import check_random_state
 from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import _check_sample_weight, check_is_fitted, validate_data
 
-from ._engine import (
+from .engine import (
     INIT_METHODS,
-    ChunkedPoints,
+    ClusterPoints,
     EMConfig,
     FileCheckpoint,
     IterationInfo,
     LocalPoints,
-    _override,
+    cluster_points,
     fit_em,
     fit_many,
+    local_points,
+    override,
     score_many,
 )
 from ._kernels import COVARIANCE_TYPES, precisions_from_cholesky
@@ -74,8 +75,6 @@ __all__ = ["GaussianMixture", "as_points", "fit_candidates", "CLIENT_MIN_BYTES"]
 
 logger = logging.getLogger("distgmm")
 
-_TARGET_CHUNK_BYTES = 16 * 2**20
-_MIN_CHUNK_ROWS = 4096
 _LOCAL_BLOCK_ROWS = 65536
 #: In-memory input larger than this goes to the user's default client, when there is one
 #: (see the module docstring); smaller input, or any without a client, fits in this process.
@@ -91,12 +90,6 @@ _VALIDATION_HINTS = (
 )
 #: Initialisations drawn as scikit-learn draws them on the in-process path.
 _SKLEARN_INITS = ("kmeans", "k-means++", "random", "random_from_data")
-
-
-def _chunk_rows_for(n_rows: int, n_features: int) -> int:
-    """Row chunk size for NumPy input: a function of the shape only (never of the cluster)."""
-    by_bytes = max(1, _TARGET_CHUNK_BYTES // (8 * max(n_features, 1)))
-    return int(max(1, min(by_bytes, max(_MIN_CHUNK_ROWS, math.ceil(n_rows / 16)))))
 
 
 def _open_store_points(path: str) -> da.Array:
@@ -173,20 +166,6 @@ def _is_out_of_core(X: Any) -> bool:
     return isinstance(X, (str, os.PathLike, da.Array)) or _is_zarr_array(X)
 
 
-def _scattered(client, parts: list[np.ndarray]) -> da.Array:
-    """``parts`` sent to the workers as the row chunks of a persisted dask array.
-
-    Persisted under keys of its own (the chunks stay where they were scattered, and the
-    scattered futures are let go), so passes read the chunks in place on the workers.
-    """
-    futures = client.scatter(parts, hash=False)
-    array = client.persist(da.concatenate([
-        da.from_delayed(f, shape=p.shape, dtype=p.dtype) for f, p in zip(futures, parts)]))
-    with client.as_current():  # ``wait`` uses the current client; there may be no default
-        wait(array)
-    return array
-
-
 def _check_shape(value: np.ndarray, shape: tuple, name: str, fix: str) -> None:
     if value.shape != shape:
         raise ValueError(f"The parameter '{name}' should have the shape of {shape}, but got "
@@ -235,7 +214,7 @@ class GaussianMixture(DensityMixin, BaseEstimator):
     n_init : int, default=1
         Restarts; the one with the best lower bound is kept.
     init_params : {'kmeans', 'k-means||', 'k-means++', 'random', 'random_from_data'}
-        See :mod:`distgmm._engine` for what each does on distributed data.
+        See :mod:`distgmm.engine.init` for what each does on a cluster.
     weights_init, means_init, precisions_init : array-like, optional
     random_state : int, RandomState, Generator or None
     warm_start : bool, default=False
@@ -365,47 +344,6 @@ class GaussianMixture(DensityMixin, BaseEstimator):
     def _client(self):
         return get_client(self.scheduler)
 
-    def _chunked(self, X, sample_weight, client) -> ChunkedPoints:
-        X, lazy = as_points(X)
-        n_rows, n_features = X.shape
-        keepalive = []  # persisted data must outlive the fit, or workers drop it
-        if not lazy:
-            rows = _chunk_rows_for(n_rows, n_features)
-            starts = range(0, n_rows, rows)
-            X = _scattered(client, [np.ascontiguousarray(X[s:s + rows]) for s in starts])
-            keepalive.append(X)
-        elif self._should_persist(X, client):
-            X = client.persist(X)
-            keepalive.append(X)
-        weights = None
-        if sample_weight is not None:
-            w_lazy = isinstance(sample_weight, da.Array)
-            weights = sample_weight if w_lazy else np.asarray(sample_weight)
-            if weights.ndim != 1 or weights.shape[0] != n_rows:
-                raise ValueError(f"sample_weight must have shape ({n_rows},) to match X, got "
-                                 f"{tuple(weights.shape)}.")
-            if weights.dtype.kind not in "iubf":
-                raise ValueError(f"sample_weight has dtype {weights.dtype}, which is not "
-                                 "numeric; pass numbers.")
-            weights = weights.astype(np.float64)
-            if w_lazy:
-                weights = weights.rechunk((X.chunks[0],))
-            else:
-                offsets = np.cumsum((0,) + X.chunks[0][:-1])
-                weights = _scattered(client, [weights[a:a + c] for a, c in
-                                              zip(offsets, X.chunks[0])])
-                keepalive.append(weights)
-        data = ChunkedPoints(X, weights, client)
-        data.keepalive = keepalive
-        return data
-
-    def _should_persist(self, X: da.Array, client) -> bool:
-        if self.persist in (True, False):
-            return self.persist
-        workers = client.scheduler_info()["workers"].values()
-        limit = sum(w.get("memory_limit") or 0 for w in workers)
-        return limit > 0 and X.nbytes <= limit / 4
-
     def _validate_in_memory(self, X, *, reset: bool) -> np.ndarray:
         """scikit-learn's validation of in-memory input (``validate_data``): its exception
         types and messages (followed by what to do, where scikit-learn's does not say), its
@@ -439,7 +377,7 @@ class GaussianMixture(DensityMixin, BaseEstimator):
         sample_weight : array-like or dask array of shape (n_samples,), optional
             Non-negative per-point weights; integer weights fit like repeated rows.
         on_iteration : callable, optional
-            Called with a :class:`distgmm._engine.IterationInfo` after every iteration.
+            Called with a :class:`distgmm.engine.IterationInfo` after every iteration.
         checkpoint : path, optional
             Checkpoint file written atomically after every iteration. If it exists and
             belongs to the same fit (same data, options and seed), the fit resumes from it.
@@ -465,20 +403,22 @@ class GaussianMixture(DensityMixin, BaseEstimator):
                                     "X.") from None
             return X, sample_weight, True
         X, _ = as_points(X)
+        if sample_weight is not None:
+            sample_weight = _lazy_sample_weight(sample_weight, X.shape[0])
         self.n_features_in_ = X.shape[1]
         if hasattr(self, "feature_names_in_"):
             del self.feature_names_in_
         return X, sample_weight, False
 
-    def _placed(self, X, sample_weight, in_memory: bool) -> LocalPoints | ChunkedPoints:
+    def _placed(self, X, sample_weight, in_memory: bool) -> LocalPoints | ClusterPoints:
         """Where the passes run (see the module docstring): this process for in-memory
         input with no ``scheduler`` (unless large with a default client), else a cluster."""
         if in_memory and self.scheduler is None and not (
                 X.nbytes > CLIENT_MIN_BYTES and current_client() is not None):
             if isinstance(sample_weight, da.Array):
                 sample_weight = np.asarray(sample_weight.compute(), dtype=np.float64)
-            return LocalPoints(X, sample_weight, _chunk_rows_for(*X.shape))
-        return self._chunked(X, sample_weight, self._client())
+            return local_points(X, sample_weight)
+        return cluster_points(X, sample_weight, self._client(), self.persist)
 
     def _fit(self, X, sample_weight, on_iteration, checkpoint):
         self._validate_params()
@@ -664,6 +604,19 @@ class GaussianMixture(DensityMixin, BaseEstimator):
         return X.astype(np.float64, copy=False), y
 
 
+def _lazy_sample_weight(sample_weight: Any, n_rows: int) -> Any:
+    """Shape and dtype checks of the weights of out-of-core input (their values are
+    checked in the first pass over the data)."""
+    weights = sample_weight if isinstance(sample_weight, da.Array) else np.asarray(sample_weight)
+    if weights.ndim != 1 or weights.shape[0] != n_rows:
+        raise ValueError(f"sample_weight must have shape ({n_rows},) to match X, got "
+                         f"{tuple(weights.shape)}.")
+    if weights.dtype.kind not in "iubf":
+        raise ValueError(f"sample_weight has dtype {weights.dtype}, which is not numeric; "
+                         "pass numbers.")
+    return weights
+
+
 def _n_rows(X: Any) -> int:
     return as_points(X)[0].shape[0] if _is_out_of_core(X) else len(X)
 
@@ -699,7 +652,7 @@ def _params_from_resp(X: np.ndarray, resp: np.ndarray, sample_weight: np.ndarray
             nk = total.resp_sum + 10 * np.finfo(np.float64).eps
             covariances = covariances + (X64 * leftover[:, None]).T @ X64 / nk.sum()
     weights = (total.resp_sum + 10 * np.finfo(np.float64).eps) / total.weight_sum
-    return _override(MixtureParams.from_covariances(weights, params.means, covariances,
+    return override(MixtureParams.from_covariances(weights, params.means, covariances,
                                                     cfg.covariance_type), cfg)
 
 
@@ -730,7 +683,7 @@ def _sklearn_initial_params(data: LocalPoints, configs: list[EMConfig],
     cfg, random_state = configs[config], states[config]
     if cfg.weights_init is not None and cfg.means_init is not None and \
             cfg.precisions_init is not None:
-        return _override(None, cfg)
+        return override(None, cfg)
     from sklearn.cluster import KMeans, kmeans_plusplus
 
     X, w, K = data.points, data.sample_weight, cfg.n_components

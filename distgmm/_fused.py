@@ -29,13 +29,10 @@ path's own rounding is in a 1% slack). A row keeps its float32 winner only if th
 winner's lower bound clears every other component's upper bound; otherwise its
 log-densities are redone in float64. Every kept winner is therefore the float64 path's
 winner; a redone row is summed in another order than the float64 GEMM, so only
-components tied to float64 rounding could come out differently. Per-component bounds
-matter: a model with one tight component (a large ``||G_k||``) redid 15% of the rows with
-one bound for all, 0.8% with its own. Measured on one core, per row: (64, 64) diag 383 ->
-312 ns (0.8-0.9% of rows redone), (64, 16) spherical 174 -> 155 ns, (8, 8) diag 19.7 ->
-19.0 ns. Full covariances keep
-float64: their bound is looser (5-9% of rows redone at D = 32), and labels took 388 ->
-647 ns per row at (32, 8).
+components tied to float64 rounding could come out differently. The bounds are per
+component: with one bound for all, a model with one tight component (a large ``||G_k||``)
+would redo most rows. Full covariances keep float64 labels: their bound is looser, and
+redoing rows costs more than the float32 GEMM saves (``bench/README.md``).
 
 Exponentials use a polynomial the compiler vectorises (:func:`_exp_or_zero`, within 1 ulp
 of libm, flushed to zero below exp(-500)). Kernels whose loops store while they compute are
@@ -49,6 +46,7 @@ from __future__ import annotations
 
 import math
 import os
+from typing import NamedTuple
 
 import numpy as np
 
@@ -61,11 +59,28 @@ except ImportError:  # pragma: no cover - exercised only where numba is missing
 
 __all__ = ["use_fused", "fused_statistics", "fused_log_prob", "fused_labels"]
 
+#: Rows per block of the loop kernels: (K, 256) log-densities stay in the L1/L2 caches.
 _BLOCK = 256
+#: exp(x) is flushed to zero below this (see :func:`_exp_or_zero`).
 _EXP_FLOOR = -500.0
-_DIAG_GEMM_MIN_WORK = 32         # K * D from which diag/spherical use the GEMM variant
-_EXPANDED_MAX_SPREAD = 1e6       # max squared distance (in variances) of a mean from the shift
-_LABEL32_SLACK = 1.01            # margin on the float32 labels' rounding bound
+#: K * D from which diag/spherical use the expanded GEMM kernels: below, the loop kernel
+#: does fewer operations than a GEMM's setup costs.
+_DIAG_GEMM_MIN_WORK = 32
+#: Squared distance of a mean from the shift, in the component's smallest variances, above
+#: which that component is computed exactly centered (1000 standard deviations: beyond,
+#: the expanded form's cancellation would exceed ~1e-10 relative).
+_EXPANDED_MAX_SPREAD = 1e6
+#: Margin on the float32 labels' rounding bound (covers the float64 path's own rounding).
+_LABEL32_SLACK = 1.01
+#: Block rows of the expanded kernels: (F, rows) features and (K, rows) log-densities in
+#: cache. Up to _WIDE_FEATURES expanded features, 512 rows were fastest (per row, on one
+#: core); beyond, 128 (the blocks outgrow the cache). Measurements in bench/README.md.
+_EXPANDED_BLOCK_ROWS = 512
+_WIDE_BLOCK_ROWS = 128
+_WIDE_FEATURES = 200
+#: Float32 labels: with more features than this, the features are made in float64 and
+#: converted (the tiled transpose with float32 stores is several times slower at large D).
+_FLOAT32_DIRECT_MAX_FEATURES = 16
 _LOG_2PI = math.log(2.0 * math.pi)
 
 
@@ -116,7 +131,7 @@ def _exp_or_zero(x):
     if not x > _EXP_FLOOR:
         return 0.0
     kf = math.floor(x * _LOG2E + 0.5)
-    r = (x - kf * _LN2_HI) - kf * _LN2_LO   # no reassociation here: see _jit_exp
+    r = (x - kf * _LN2_HI) - kf * _LN2_LO   # no reassociation here: see the jit below
     p = 1.0 / 6227020800.0
     p = p * r + 1.0 / 479001600.0
     p = p * r + 1.0 / 39916800.0
@@ -142,7 +157,7 @@ if HAVE_NUMBA:  # contraction (FMA) only: reassociation would undo the two-part 
 @_jit
 def _block_log_prob(xt, start, stop, prec, mc, log_const, lp):
     """Diag/spherical weighted log-probabilities of points ``start:stop`` of ``xt`` (D, n)
-    into ``lp`` (K, B): ``prec`` (K, D) precisions, ``mc`` (K, D) shifted means."""
+    into ``lp`` (K, block rows): ``prec`` (K, D) precisions, ``mc`` (K, D) shifted means."""
     D = xt.shape[0]
     K = lp.shape[0]
     m = stop - start
@@ -167,9 +182,9 @@ def _fused_stats(xt, w, prec, mc, log_const):
     or most means far from the shift)."""
     D, n = xt.shape
     K = log_const.shape[0]
-    W = np.zeros(K)
-    M = np.zeros((K, D))
-    S = np.zeros((K, D))
+    resp_sum = np.zeros(K)
+    mean = np.zeros((K, D))
+    scatter = np.zeros((K, D))
     ll = 0.0
     lp = np.empty((K, _BLOCK))
     mx = np.empty(_BLOCK)
@@ -192,20 +207,20 @@ def _fused_stats(xt, w, prec, mc, log_const):
                     acc += lp[k, i] * xt[a, start + i]
                 mean_b[a] = acc / wb
             # merge the block into the running statistics (pairwise correction)
-            wt = W[k] + wb
+            wt = resp_sum[k] + wb
             frac = wb / wt
-            cross = W[k] * frac
+            cross = resp_sum[k] * frac
             for a in range(D):
                 mu = mean_b[a]
                 acc = 0.0
                 for i in range(m):
                     dv = xt[a, start + i] - mu
                     acc += lp[k, i] * dv * dv
-                delta_a = mu - M[k, a]
-                S[k, a] += acc + cross * delta_a * delta_a
-                M[k, a] += delta_a * frac
-            W[k] = wt
-    return W, M, S, ll
+                delta_a = mu - mean[k, a]
+                scatter[k, a] += acc + cross * delta_a * delta_a
+                mean[k, a] += delta_a * frac
+            resp_sum[k] = wt
+    return resp_sum, mean, scatter, ll
 
 
 @_jit
@@ -251,7 +266,7 @@ def _prepare(X, weights, means, prec_chol, covariance_type):
 
 
 @_jit_ordered
-def _expanded_features(X, start, shift, full, zt):
+def _expanded_features(X, start, shift, cross_terms, zt):
     """Fill rows ``:Q + D`` of ``zt`` (Q + D + 1, m) with the expanded features of rows
     ``start:start + m`` of ``X``; the last row is the constant 1, set once by the caller.
 
@@ -267,7 +282,7 @@ def _expanded_features(X, start, shift, full, zt):
             sa = shift[a]
             for i in range(i0, i1):
                 zt[Q + a, i] = X[start + i, a] - sa
-    if full:
+    if cross_terms:
         t = 0
         for a in range(D):
             for c in range(a + 1):
@@ -281,15 +296,15 @@ def _expanded_features(X, start, shift, full, zt):
 
 
 @_jit_ordered
-def _expanded_block_log_prob(X, start, shift, Gt, log_const, full, exact, mc, fac, zt, lpt,
+def _expanded_block_log_prob(X, start, shift, Gt, log_const, cross_terms, exact, mc, fac, zt, lpt,
                              scratch):
     """Weighted log-densities of a block into ``lpt`` (K, m); fills ``zt`` for the statistics.
 
-    Components listed in ``exact`` get ``log_const[k] - 0.5 |(x - mc_k) U_k|^2`` (full:
+    Components listed in ``exact`` get ``log_const[k] - 0.5 |(x - mc_k) U_k|^2`` (cross terms:
     ``fac`` holds the precision factors U) or ``... - 0.5 sum p (x - mc_k)^2`` (diag:
     ``fac[k, 0]`` holds the precisions), computed directly. ``scratch`` is (2, >= m).
     """
-    _expanded_features(X, start, shift, full, zt)
+    _expanded_features(X, start, shift, cross_terms, zt)
     np.dot(Gt, zt, lpt)
     K, m = lpt.shape
     F = zt.shape[0]
@@ -303,7 +318,7 @@ def _expanded_block_log_prob(X, start, shift, Gt, log_const, full, exact, mc, fa
     acc = scratch[1]
     for k in exact:
         maha[:m] = 0.0
-        if full:
+        if cross_terms:
             for j in range(D):
                 acc[:m] = 0.0
                 for a in range(j + 1):
@@ -326,17 +341,17 @@ def _expanded_block_log_prob(X, start, shift, Gt, log_const, full, exact, mc, fa
 
 
 @_jit_ordered
-def _block_buffers(n, F, K, B):
-    """Feature and log-density buffers for blocks of ``B`` rows, and exact-size ones for the
-    last, shorter block (np.dot needs contiguous operands, which column slices of a (F, B)
-    buffer are not), plus (2, B) scratch. Row ``F - 1`` of the features is the constant 1:
+def _block_buffers(n, F, K, block_rows):
+    """Feature and log-density buffers for blocks of ``block_rows`` rows, and exact-size ones for the
+    last, shorter block (np.dot needs contiguous operands, which column slices of a (F, block_rows)
+    buffer are not), plus (2, block_rows) scratch. Row ``F - 1`` of the features is the constant 1:
     its moment is the responsibility sum."""
-    tail = n % B
-    zt_full, lpt_full = np.empty((F, B)), np.empty((K, B))
+    tail = n % block_rows
+    zt_full, lpt_full = np.empty((F, block_rows)), np.empty((K, block_rows))
     zt_tail, lpt_tail = np.empty((F, tail)), np.empty((K, tail))
     zt_full[F - 1] = 1.0
     zt_tail[F - 1] = 1.0
-    return zt_full, lpt_full, zt_tail, lpt_tail, np.empty((2, B))
+    return zt_full, lpt_full, zt_tail, lpt_tail, np.empty((2, block_rows))
 
 
 @_jit_ordered
@@ -369,31 +384,31 @@ def _responsibilities_columns(lpt, w, start, mx, tot):
 
 
 @_jit_ordered
-def _fused_stats_expanded(X, w, shift, Gt, log_const, full, exact, mc, fac, B):
-    """E-step, log-likelihood and centered statistics with two GEMMs per block of ``B`` rows."""
+def _fused_stats_expanded(X, w, shift, Gt, log_const, cross_terms, exact, mc, fac, block_rows):
+    """E-step, log-likelihood and centered statistics with two GEMMs per block of ``block_rows`` rows."""
     n, D = X.shape
     K, F = Gt.shape
     Q = F - D - 1
-    W = np.zeros(K)
-    M = np.zeros((K, D))
-    S = np.zeros((K, D, D)) if full else np.zeros((K, 1, D))
+    resp_sum = np.zeros(K)
+    mean = np.zeros((K, D))
+    scatter = np.zeros((K, D, D)) if cross_terms else np.zeros((K, 1, D))
     ll = 0.0
-    zt_full, lpt_full, zt_tail, lpt_tail, scratch = _block_buffers(n, F, K, B)
-    mx = np.empty(B)
-    tot = np.empty(B)
+    zt_full, lpt_full, zt_tail, lpt_tail, scratch = _block_buffers(n, F, K, block_rows)
+    mx = np.empty(block_rows)
+    tot = np.empty(block_rows)
     mom = np.empty((K, F))
     wb = np.empty(K)
     mean_b = np.empty(D)
     sc = np.empty((D, D))
-    dev = np.empty((D, B))
+    dev = np.empty((D, block_rows))
     is_exact = np.zeros(K, dtype=np.bool_)
     for k in exact:
         is_exact[k] = True
-    for start in range(0, n, B):
-        m = min(B, n - start)
-        zt = zt_full if m == B else zt_tail
-        lpt = lpt_full if m == B else lpt_tail
-        _expanded_block_log_prob(X, start, shift, Gt, log_const, full, exact, mc, fac, zt, lpt,
+    for start in range(0, n, block_rows):
+        m = min(block_rows, n - start)
+        zt = zt_full if m == block_rows else zt_tail
+        lpt = lpt_full if m == block_rows else lpt_tail
+        _expanded_block_log_prob(X, start, shift, Gt, log_const, cross_terms, exact, mc, fac, zt, lpt,
                                  scratch)
         ll += _responsibilities_columns(lpt, w, start, mx, tot)
         np.dot(lpt, zt.T, mom)
@@ -411,12 +426,12 @@ def _fused_stats_expanded(X, w, shift, Gt, log_const, full, exact, mc, fac, B):
                     for i in range(m):
                         dev[a, i] = zt[Q + a, i] - mu
                 for a in range(D):
-                    for c in range(0 if full else a, a + 1):
+                    for c in range(0 if cross_terms else a, a + 1):
                         acc = 0.0
                         for i in range(m):
                             acc += lpt[k, i] * dev[a, i] * dev[c, i]
                         sc[a, c] = acc
-            elif full:
+            elif cross_terms:
                 t = 0
                 for a in range(D):
                     for c in range(a + 1):
@@ -425,40 +440,40 @@ def _fused_stats_expanded(X, w, shift, Gt, log_const, full, exact, mc, fac, B):
             else:
                 for a in range(D):
                     sc[a, a] = max(mom[k, a] - wb[k] * mean_b[a] * mean_b[a], 0.0)
-            wt = W[k] + wb[k]
+            wt = resp_sum[k] + wb[k]
             frac = wb[k] / wt
-            cross = W[k] * frac
+            cross = resp_sum[k] * frac
             for a in range(D):
-                delta_a = mean_b[a] - M[k, a]
-                if full:
+                delta_a = mean_b[a] - mean[k, a]
+                if cross_terms:
                     for c in range(a + 1):
-                        v = sc[a, c] + cross * delta_a * (mean_b[c] - M[k, c])
-                        S[k, a, c] += v
+                        v = sc[a, c] + cross * delta_a * (mean_b[c] - mean[k, c])
+                        scatter[k, a, c] += v
                         if c != a:
-                            S[k, c, a] += v
+                            scatter[k, c, a] += v
                 else:
-                    S[k, 0, a] += sc[a, a] + cross * delta_a * delta_a
+                    scatter[k, 0, a] += sc[a, a] + cross * delta_a * delta_a
             for a in range(D):
-                M[k, a] += (mean_b[a] - M[k, a]) * frac
-            W[k] = wt
-    return W, M, S, ll
+                mean[k, a] += (mean_b[a] - mean[k, a]) * frac
+            resp_sum[k] = wt
+    return resp_sum, mean, scatter, ll
 
 
 @_jit_ordered
-def _fused_scores_expanded(X, shift, Gt, log_const, full, exact, mc, fac, B, labels):
+def _fused_scores_expanded(X, shift, Gt, log_const, cross_terms, exact, mc, fac, block_rows, labels):
     """Weighted log-densities (n, K), or with ``labels`` their ``argmax_k`` (n,) without the
     (n, K) array; returns ``(log_densities, labels)`` with the other one empty."""
     n, D = X.shape
     K, F = Gt.shape
     out = np.empty((0 if labels else n, K))
     best = np.empty(n if labels else 0, dtype=np.int64)
-    zt_full, lpt_full, zt_tail, lpt_tail, scratch = _block_buffers(n, F, K, B)
-    top = np.empty(B)
-    for start in range(0, n, B):
-        m = min(B, n - start)
-        zt = zt_full if m == B else zt_tail
-        lpt = lpt_full if m == B else lpt_tail
-        _expanded_block_log_prob(X, start, shift, Gt, log_const, full, exact, mc, fac, zt, lpt,
+    zt_full, lpt_full, zt_tail, lpt_tail, scratch = _block_buffers(n, F, K, block_rows)
+    top = np.empty(block_rows)
+    for start in range(0, n, block_rows):
+        m = min(block_rows, n - start)
+        zt = zt_full if m == block_rows else zt_tail
+        lpt = lpt_full if m == block_rows else lpt_tail
+        _expanded_block_log_prob(X, start, shift, Gt, log_const, cross_terms, exact, mc, fac, zt, lpt,
                                  scratch)
         if not labels:
             for i in range(m):
@@ -476,8 +491,43 @@ def _fused_scores_expanded(X, shift, Gt, log_const, full, exact, mc, fac, B, lab
     return out, best
 
 
-def _expanded_setup(weights, means, prec_chol, covariance_type):
-    """``(shift, Gt, log_const, full, exact, mc, fac, block_rows)`` for the expanded kernels.
+class ExpandedSetup(NamedTuple):
+    """The expanded kernels' inputs for one model, passed to them positionally.
+
+    Attributes
+    ----------
+    shift : (D,)
+        The mean of the component means; rows are shifted by it.
+    Gt : (K, F)
+        Coefficients of the expanded features ``[quadratic terms, x, 1]`` in each
+        component's weighted log-density (zero for the ``exact`` components).
+    log_const : (K,)
+        The constant term of each weighted log-density.
+    cross_terms : bool
+        Whether the quadratic terms include the cross products ``x_a x_c`` (full and tied
+        covariances) or only the squares (diag and spherical).
+    exact : (E,) int
+        Components computed exactly centered by a loop (means far from the shift).
+    mc : (K, D)
+        The means, shifted.
+    fac : (K, D, D) or (K, 1, D)
+        For the exact components: precision Cholesky factors (cross terms) or precisions.
+    block_rows : int
+        Rows per block.
+    """
+
+    shift: np.ndarray
+    Gt: np.ndarray
+    log_const: np.ndarray
+    cross_terms: bool
+    exact: np.ndarray
+    mc: np.ndarray
+    fac: np.ndarray
+    block_rows: int
+
+
+def _expanded_setup(weights, means, prec_chol, covariance_type) -> ExpandedSetup | None:
+    """The :class:`ExpandedSetup` of a model for the expanded kernels.
 
     ``exact`` lists the components whose mean lies more than 1000 standard deviations from
     the shift (measured against the component's smallest variance, which is at least
@@ -486,14 +536,14 @@ def _expanded_setup(weights, means, prec_chol, covariance_type):
     faster there) and, for those, when most components would need the exact loop.
     """
     K, D = means.shape
-    full = covariance_type in ("full", "tied")
-    if not full and K * D < _DIAG_GEMM_MIN_WORK:
+    cross_terms = covariance_type in ("full", "tied")
+    if not cross_terms and K * D < _DIAG_GEMM_MIN_WORK:
         return None
     shift = means.mean(axis=0)
     mc = np.ascontiguousarray(means - shift)
     with np.errstate(divide="ignore"):
         log_w = np.log(weights)
-    if full:
+    if cross_terms:
         chol = prec_chol if covariance_type == "full" else np.broadcast_to(prec_chol, (K, D, D))
         fac = np.ascontiguousarray(chol)
         spread = (mc**2).sum(axis=1) * (chol**2).sum(axis=(1, 2))
@@ -511,7 +561,7 @@ def _expanded_setup(weights, means, prec_chol, covariance_type):
         lin = prec * mc
         log_det = np.log(pc).sum(axis=1)
     exact = np.flatnonzero(~(spread < _EXPANDED_MAX_SPREAD))
-    if not full and 2 * len(exact) > K:
+    if not cross_terms and 2 * len(exact) > K:
         return None  # the loop kernel centers every component exactly, and is faster
     maha_mu = np.einsum("ka,ka->k", lin, mc)
     maha_mu[exact] = 0.0
@@ -519,17 +569,13 @@ def _expanded_setup(weights, means, prec_chol, covariance_type):
     lin[exact] = 0.0
     Gt = np.ascontiguousarray(np.concatenate([quad, lin, np.zeros((K, 1))], axis=1))
     log_const = -0.5 * D * _LOG_2PI + log_det + log_w - 0.5 * maha_mu
-    return shift, Gt, log_const, full, exact, mc, fac, _expanded_block_rows(Gt.shape[1])
+    return ExpandedSetup(shift, Gt, log_const, cross_terms, exact, mc, fac,
+                         _expanded_block_rows(Gt.shape[1]))
 
 
-def _expanded_block_rows(n_features: int) -> int:
-    """Rows per block of the expanded kernels, from the feature count F.
-
-    Measured per row on one core (interleaved runs): F=45 (full, D=8) 512 rows 60-80 ns,
-    1024 rows 69-78 ns, 2048 rows 66-87 ns; F=153 (D=16) best at 512; F=561 (D=32) best at
-    128 (799 ns against 1106 at 512); F=129 (diag, D=64) 885 ns at 512 against 1008 at 128.
-    """
-    return 512 if n_features <= 200 else 128
+def _expanded_block_rows(n_expanded: int) -> int:
+    """Rows per block of the expanded kernels, from the number of expanded features."""
+    return _EXPANDED_BLOCK_ROWS if n_expanded <= _WIDE_FEATURES else _WIDE_BLOCK_ROWS
 
 
 def fused_statistics(X, sample_weight, weights, means, prec_chol, covariance_type):
@@ -544,15 +590,15 @@ def fused_statistics(X, sample_weight, weights, means, prec_chol, covariance_typ
         np.ascontiguousarray(sample_weight, dtype=np.float64)
     setup = _expanded_setup(weights, means, prec_chol, covariance_type)
     if setup is not None:
-        shift = setup[0]
-        W, M, S, ll = _fused_stats_expanded(np.ascontiguousarray(X), w, *setup)
-        if not setup[3]:  # diag/spherical: the (K, 1, D) scatter diagonals
-            S = S[:, 0, :]
+        shift = setup.shift
+        resp_sum, mean, scatter, ll = _fused_stats_expanded(np.ascontiguousarray(X), w, *setup)
+        if not setup.cross_terms:  # diag/spherical: the (K, 1, D) scatter diagonals
+            scatter = scatter[:, 0, :]
     else:  # diag/spherical only
         xt, shift, prec, mc, log_const = _prepare(X, weights, means, prec_chol, covariance_type)
-        W, M, S, ll = _fused_stats(xt, w, prec, mc, log_const)
-    M = np.where(W[:, None] > 0, M + shift, 0.0)
-    return W, M, S, float(ll)
+        resp_sum, mean, scatter, ll = _fused_stats(xt, w, prec, mc, log_const)
+    mean = np.where(resp_sum[:, None] > 0, mean + shift, 0.0)
+    return resp_sum, mean, scatter, float(ll)
 
 
 def fused_log_prob(X, weights, means, prec_chol, covariance_type):
@@ -572,51 +618,50 @@ def fused_labels(X, weights, means, prec_chol, covariance_type):
     if setup is None:
         return fused_log_prob(X, weights, means, prec_chol, covariance_type).argmax(axis=1)
     X = np.ascontiguousarray(X)
-    shift, Gt, log_const, full, exact, _, _, block_rows = setup
-    if full or len(exact):
+    if setup.cross_terms or len(setup.exact):
         return _fused_scores_expanded(X, *setup, True)[1]
     # Per component, the bound on a value's error per unit of |z_i|.
+    Gt = setup.Gt
     err = _LABEL32_SLACK * (Gt.shape[1] + 6) * 2.0**-24 * np.sqrt((Gt * Gt).sum(axis=1))
-    return _labels_expanded32(X, shift, Gt, Gt.astype(np.float32), log_const, full,
-                              block_rows, err)
+    return _labels_expanded32(X, setup.shift, Gt, Gt.astype(np.float32), setup.log_const,
+                              False, setup.block_rows, err)
 
 
 @_jit_ordered
-def _labels_expanded32(X, shift, Gt, Gt32, log_const, full, B, err):
+def _labels_expanded32(X, shift, Gt, Gt32, log_const, cross_terms, block_rows, err):
     """Labels of ``X`` with the float32 GEMM and the float64 check (module docstring)."""
     n, D = X.shape
     K, F = Gt.shape
     Q = F - D - 1
     best = np.empty(n, dtype=np.int64)
-    tail = n % B
-    z32_full, z32_tail = np.empty((F, B), np.float32), np.empty((F, tail), np.float32)
+    tail = n % block_rows
+    z32_full, z32_tail = np.empty((F, block_rows), np.float32), np.empty((F, tail), np.float32)
     z32_full[F - 1] = 1.0
     z32_tail[F - 1] = 1.0
-    l32_full, l32_tail = np.empty((K, B), np.float32), np.empty((K, tail), np.float32)
-    # Features go straight into float32 for small D; for large D, _expanded_features' tiled
-    # transpose is 3.6x slower with float32 stores (D = 64: 228 against 63 ns per row), so
-    # they are made in float64 and converted.
-    via64 = D > 16
-    zt_full, _, zt_tail, _, _ = _block_buffers(n if via64 else 0, F, K, B if via64 else 1)
-    top, up1, up2, norm2 = np.empty(B), np.empty(B), np.empty(B), np.empty(B)
-    winners, up_k = np.empty(B, dtype=np.int64), np.empty(B, dtype=np.int64)
+    l32_full, l32_tail = np.empty((K, block_rows), np.float32), np.empty((K, tail), np.float32)
+    # Features go straight into float32 for small D; for large D they are made in float64
+    # and converted (see _FLOAT32_DIRECT_MAX_FEATURES).
+    via64 = D > _FLOAT32_DIRECT_MAX_FEATURES
+    zt_full, _, zt_tail, _, _ = _block_buffers(n if via64 else 0, F, K, block_rows if via64 else 1)
+    top, up1, up2, norm2 = np.empty(block_rows), np.empty(block_rows), np.empty(block_rows), np.empty(block_rows)
+    winners, up_k = np.empty(block_rows, dtype=np.int64), np.empty(block_rows, dtype=np.int64)
     row = np.empty(F)
-    for start in range(0, n, B):
-        m = min(B, n - start)
-        z32 = z32_full if m == B else z32_tail
-        l32 = l32_full if m == B else l32_tail
+    for start in range(0, n, block_rows):
+        m = min(block_rows, n - start)
+        z32 = z32_full if m == block_rows else z32_tail
+        l32 = l32_full if m == block_rows else l32_tail
         for i in range(m):
             norm2[i] = 0.0
         if via64:
-            zt = zt_full if m == B else zt_tail
-            _expanded_features(X, start, shift, full, zt)
+            zt = zt_full if m == block_rows else zt_tail
+            _expanded_features(X, start, shift, cross_terms, zt)
             for f in range(F):
                 for i in range(m):
                     v = zt[f, i]
                     z32[f, i] = v
                     norm2[i] += v * v
         else:
-            _expanded_features(X, start, shift, full, z32)  # products of rounded x - shift
+            _expanded_features(X, start, shift, cross_terms, z32)  # products of rounded x - shift
             for f in range(F):
                 for i in range(m):
                     v = np.float64(z32[f, i])
@@ -661,8 +706,8 @@ def _labels_expanded32(X, shift, Gt, Gt32, log_const, full, B, err):
                 row[Q + a] = X[start + i, a] - shift[a]
             t = 0
             for a in range(D):
-                for c in range(a + 1 if full else 1):
-                    row[t] = row[Q + a] * row[Q + (c if full else a)]
+                for c in range(a + 1 if cross_terms else 1):
+                    row[t] = row[Q + a] * row[Q + (c if cross_terms else a)]
                     t += 1
             row[F - 1] = 1.0
             winner, score = 0, -np.inf

@@ -27,12 +27,18 @@ __all__ = [
     "precision_cholesky",
     "precision_cholesky_from_precisions",
     "covariances_from_precision_cholesky",
+    "full_covariances",
     "precisions_from_cholesky",
     "log_det_cholesky",
     "log_gaussian_prob",
     "log_responsibilities",
     "normalize_log_prob",
     "nearest_center",
+    "d2_scores",
+    "draw_by_score",
+    "center_weights",
+    "lloyd_statistics",
+    "weighted_kmeans_plusplus",
 ]
 
 COVARIANCE_TYPES = ("full", "tied", "diag", "spherical")
@@ -72,6 +78,42 @@ def _singular_error(component: int | None, covariance_type: str) -> CollapsedCom
     )
 
 
+def _precision_cholesky_full(covariances: np.ndarray) -> np.ndarray:
+    n_components, n_features, _ = covariances.shape
+    out = np.empty_like(covariances, dtype=np.float64)
+    eye = np.eye(n_features)
+    for k in range(n_components):
+        try:
+            chol = np.linalg.cholesky(covariances[k])
+        except np.linalg.LinAlgError:
+            raise _singular_error(k, "full") from None
+        out[k] = _solve_lower(chol, eye).T
+    return out
+
+
+def _precision_cholesky_tied(covariance: np.ndarray) -> np.ndarray:
+    try:
+        chol = np.linalg.cholesky(covariance)
+    except np.linalg.LinAlgError:
+        raise _singular_error(None, "tied") from None
+    return _solve_lower(chol, np.eye(covariance.shape[0])).T
+
+
+def _precision_cholesky_vector(covariances: np.ndarray, covariance_type: str) -> np.ndarray:
+    bad = np.flatnonzero(np.reshape(covariances <= 0.0, (covariances.shape[0], -1)).any(axis=1))
+    if bad.size:
+        raise _singular_error(int(bad[0]), covariance_type)
+    return 1.0 / np.sqrt(covariances)
+
+
+_PRECISION_CHOLESKY = {
+    "full": _precision_cholesky_full,
+    "tied": _precision_cholesky_tied,
+    "diag": lambda c: _precision_cholesky_vector(c, "diag"),
+    "spherical": lambda c: _precision_cholesky_vector(c, "spherical"),
+}
+
+
 def precision_cholesky(covariances: np.ndarray, covariance_type: str) -> np.ndarray:
     """Cholesky factors of the precisions from covariances.
 
@@ -91,27 +133,7 @@ def precision_cholesky(covariances: np.ndarray, covariance_type: str) -> np.ndar
     CollapsedComponentError
         Naming the first component whose covariance is not positive definite.
     """
-    if covariance_type == "full":
-        n_components, n_features, _ = covariances.shape
-        out = np.empty_like(covariances, dtype=np.float64)
-        eye = np.eye(n_features)
-        for k in range(n_components):
-            try:
-                chol = np.linalg.cholesky(covariances[k])
-            except np.linalg.LinAlgError:
-                raise _singular_error(k, covariance_type) from None
-            out[k] = _solve_lower(chol, eye).T
-        return out
-    if covariance_type == "tied":
-        try:
-            chol = np.linalg.cholesky(covariances)
-        except np.linalg.LinAlgError:
-            raise _singular_error(None, covariance_type) from None
-        return _solve_lower(chol, np.eye(covariances.shape[0])).T
-    bad = np.flatnonzero(np.reshape(covariances <= 0.0, (covariances.shape[0], -1)).any(axis=1))
-    if bad.size:
-        raise _singular_error(int(bad[0]), covariance_type)
-    return 1.0 / np.sqrt(covariances)
+    return _PRECISION_CHOLESKY[covariance_type](covariances)
 
 
 def _solve_lower(lower: np.ndarray, rhs: np.ndarray) -> np.ndarray:
@@ -124,6 +146,19 @@ def _flip(a: np.ndarray) -> np.ndarray:
     return a[::-1, ::-1]
 
 
+def _upper_factor(precision: np.ndarray) -> np.ndarray:
+    """Upper-triangular ``U`` with ``U U^T = precision``."""
+    return _flip(np.linalg.cholesky(_flip(precision)))
+
+
+_FROM_PRECISIONS = {
+    "full": lambda p: np.stack([_upper_factor(m) for m in p]),
+    "tied": _upper_factor,
+    "diag": np.sqrt,
+    "spherical": np.sqrt,
+}
+
+
 def precision_cholesky_from_precisions(precisions: np.ndarray, covariance_type: str) -> np.ndarray:
     """Upper-triangular factors ``U`` with ``U U^T = precision`` (scikit-learn's convention).
 
@@ -133,31 +168,59 @@ def precision_cholesky_from_precisions(precisions: np.ndarray, covariance_type: 
         ``(K, D, D)`` full, ``(D, D)`` tied, ``(K, D)`` diag, ``(K,)`` spherical.
     covariance_type : str
     """
-    if covariance_type == "full":
-        return np.stack([_flip(np.linalg.cholesky(_flip(p))) for p in precisions])
-    if covariance_type == "tied":
-        return _flip(np.linalg.cholesky(_flip(precisions)))
-    return np.sqrt(precisions)
+    return _FROM_PRECISIONS[covariance_type](precisions)
+
+
+def _inverse_gram(prec_chol: np.ndarray) -> np.ndarray:
+    """``(U U^T)^-1 = U^-T U^-1`` for one or a stack of factors ``U``."""
+    inv = np.linalg.inv(prec_chol)
+    return np.matmul(np.swapaxes(inv, -1, -2), inv)
+
+
+_PRECISIONS = {
+    "full": lambda u: np.matmul(u, np.swapaxes(u, 1, 2)),
+    "tied": lambda u: u @ u.T,
+    "diag": np.square,
+    "spherical": np.square,
+}
+_COVARIANCES = {
+    "full": _inverse_gram,
+    "tied": _inverse_gram,
+    "diag": lambda u: 1.0 / u**2,
+    "spherical": lambda u: 1.0 / u**2,
+}
 
 
 def precisions_from_cholesky(prec_chol: np.ndarray, covariance_type: str) -> np.ndarray:
     """Precision matrices (or vectors) from their Cholesky factors."""
-    if covariance_type == "full":
-        return np.matmul(prec_chol, np.swapaxes(prec_chol, 1, 2))
-    if covariance_type == "tied":
-        return prec_chol @ prec_chol.T
-    return prec_chol**2
+    return _PRECISIONS[covariance_type](prec_chol)
 
 
 def covariances_from_precision_cholesky(prec_chol: np.ndarray, covariance_type: str) -> np.ndarray:
     """Covariances from precision Cholesky factors (inverse of :func:`precision_cholesky`)."""
-    if covariance_type == "full":
-        inv = np.linalg.inv(prec_chol)
-        return np.matmul(np.swapaxes(inv, 1, 2), inv)
-    if covariance_type == "tied":
-        inv = np.linalg.inv(prec_chol)
-        return inv.T @ inv
-    return 1.0 / prec_chol**2
+    return _COVARIANCES[covariance_type](prec_chol)
+
+
+_FULL_COVARIANCES = {
+    "full": lambda c, k, d: np.asarray(c, dtype=np.float64),
+    "tied": lambda c, k, d: np.repeat(np.asarray(c, dtype=np.float64)[None], k, axis=0),
+    "diag": lambda c, k, d: np.asarray(c, dtype=np.float64)[:, :, None] * np.eye(d),
+    "spherical": lambda c, k, d: np.asarray(c, dtype=np.float64)[:, None, None] * np.eye(d),
+}
+
+
+def full_covariances(covariances: np.ndarray, covariance_type: str, n_components: int,
+                     n_features: int) -> np.ndarray:
+    """Every component's covariance as a (D, D) matrix: shape (K, D, D), float64."""
+    return _FULL_COVARIANCES[covariance_type](covariances, n_components, n_features)
+
+
+_LOG_DET = {
+    "full": lambda u, d: np.log(np.diagonal(u, axis1=1, axis2=2)).sum(axis=1),
+    "tied": lambda u, d: np.log(np.diag(u)).sum(),
+    "diag": lambda u, d: np.log(u).sum(axis=1),
+    "spherical": lambda u, d: d * np.log(u),
+}
 
 
 def log_det_cholesky(prec_chol: np.ndarray, covariance_type: str, n_features: int) -> np.ndarray:
@@ -167,13 +230,38 @@ def log_det_cholesky(prec_chol: np.ndarray, covariance_type: str, n_features: in
     -------
     ndarray of shape (K,) or a scalar for ``tied``.
     """
-    if covariance_type == "full":
-        return np.log(np.diagonal(prec_chol, axis1=1, axis2=2)).sum(axis=1)
-    if covariance_type == "tied":
-        return np.log(np.diag(prec_chol)).sum()
-    if covariance_type == "diag":
-        return np.log(prec_chol).sum(axis=1)
-    return n_features * np.log(prec_chol)
+    return _LOG_DET[covariance_type](prec_chol, n_features)
+
+
+def _mahalanobis_factored(Xc, mc, factors) -> np.ndarray:
+    """Squared Mahalanobis distances through each component's factor (full and tied)."""
+    out = np.empty((Xc.shape[0], mc.shape[0]))
+    for k in range(mc.shape[0]):
+        y = Xc @ factors[k]
+        y -= mc[k] @ factors[k]
+        out[:, k] = np.einsum("ij,ij->i", y, y)
+    return out
+
+
+def _mahalanobis_diag(Xc, mc, prec_chol) -> np.ndarray:
+    prec = prec_chol**2
+    out = (mc**2 * prec).sum(axis=1) - 2.0 * (Xc @ (mc * prec).T) + (Xc**2) @ prec.T
+    return np.maximum(out, 0.0)
+
+
+def _mahalanobis_spherical(Xc, mc, prec_chol) -> np.ndarray:
+    prec = prec_chol**2
+    out = ((mc**2).sum(axis=1) * prec - 2.0 * (Xc @ mc.T) * prec
+           + np.outer(np.einsum("ij,ij->i", Xc, Xc), prec))
+    return np.maximum(out, 0.0)
+
+
+_MAHALANOBIS = {
+    "full": _mahalanobis_factored,
+    "tied": lambda Xc, mc, u: _mahalanobis_factored(Xc, mc, [u] * mc.shape[0]),
+    "diag": _mahalanobis_diag,
+    "spherical": _mahalanobis_spherical,
+}
 
 
 def log_gaussian_prob(
@@ -183,6 +271,9 @@ def log_gaussian_prob(
     covariance_type: str,
 ) -> np.ndarray:
     """Log-density of every point under every component, ``log N(x_i | mu_k, Sigma_k)``.
+
+    Computed on points shifted by the mean of the component means, so that the expanded
+    quadratic forms of the diag and spherical types lose no digits far from the origin.
 
     Parameters
     ----------
@@ -196,30 +287,11 @@ def log_gaussian_prob(
     -------
     ndarray of shape (n, K), float64
     """
-    n_components, n_features = means.shape
+    n_features = means.shape[1]
     shift = means.mean(axis=0)
     Xc = np.asarray(X, dtype=np.float64) - shift
-    mc = means - shift
+    maha = _MAHALANOBIS[covariance_type](Xc, means - shift, prec_chol)
     log_det = log_det_cholesky(prec_chol, covariance_type, n_features)
-    maha = np.empty((Xc.shape[0], n_components))
-    if covariance_type in ("full", "tied"):
-        for k in range(n_components):
-            u = prec_chol[k] if covariance_type == "full" else prec_chol
-            y = Xc @ u
-            y -= mc[k] @ u
-            maha[:, k] = np.einsum("ij,ij->i", y, y)
-    elif covariance_type == "diag":
-        prec = prec_chol**2
-        maha[:] = (mc**2 * prec).sum(axis=1)
-        maha -= 2.0 * (Xc @ (mc * prec).T)
-        maha += (Xc**2) @ prec.T
-        np.maximum(maha, 0.0, out=maha)
-    else:
-        prec = prec_chol**2
-        maha[:] = (mc**2).sum(axis=1) * prec
-        maha -= 2.0 * (Xc @ mc.T) * prec
-        maha += np.outer(np.einsum("ij,ij->i", Xc, Xc), prec)
-        np.maximum(maha, 0.0, out=maha)
     return -0.5 * (n_features * _LOG_2PI + maha) + log_det
 
 
@@ -282,3 +354,85 @@ def nearest_center(X: np.ndarray, centers: np.ndarray) -> tuple[np.ndarray, np.n
     labels = np.argmin(d2, axis=1)
     sq = np.maximum(d2[np.arange(d2.shape[0]), labels], 0.0)
     return labels, sq
+
+
+# ---------------------------------------------------------------------------- k-means blocks
+def _too_few_distinct(n_found: int, n_components: int) -> ValueError:
+    return ValueError(
+        f"the data has only {n_found} distinct points with positive weight, fewer than "
+        f"n_components={n_components}; decrease n_components."
+    )
+
+
+def d2_scores(X: np.ndarray, weights: np.ndarray | None,
+              centers: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+    """k-means++ sampling scores of a block: ``w_i`` times the squared distance to the
+    nearest center (``w_i`` alone before the first center).
+
+    Returns
+    -------
+    X : ndarray of shape (n, D), float64
+    scores : ndarray of shape (n,), non-negative
+
+    Raises
+    ------
+    ValueError
+        If a squared distance overflows float64 (values beyond about 1e154), which would
+        otherwise look like a score of zero.
+    """
+    X = np.asarray(X, dtype=np.float64)
+    score = np.ones(X.shape[0]) if centers is None else nearest_center(X, centers)[1]
+    if weights is not None:
+        score = score * weights
+    if not np.all(np.isfinite(score)):
+        raise ValueError(
+            "squared distances between points overflow float64 (the data holds values beyond "
+            "about 1e154); scale the input data, e.g. divide each feature by its standard "
+            "deviation.")
+    return X, score
+
+
+def draw_by_score(X: np.ndarray, score: np.ndarray, u: float) -> np.ndarray | None:
+    """The row at quantile ``u`` in [0, 1) of the cumulative scores (a draw proportional to
+    the scores), or None when every score is zero."""
+    total = float(score.sum())
+    if total <= 0:
+        return None
+    i = int(np.searchsorted(np.cumsum(score), u * total, side="right"))
+    return X[min(i, X.shape[0] - 1)].copy()
+
+
+def center_weights(X: np.ndarray, weights: np.ndarray | None, centers: np.ndarray) -> np.ndarray:
+    """Total point weight nearest to each center, shape (C,)."""
+    labels, _ = nearest_center(X, centers)
+    w = None if weights is None else np.asarray(weights, dtype=np.float64)
+    return np.bincount(labels, weights=w, minlength=centers.shape[0]).astype(np.float64)
+
+
+def lloyd_statistics(X: np.ndarray, weights: np.ndarray | None,
+                     centers: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
+    """One Lloyd step's statistics of a block: per-center weight (C,), weighted sum of the
+    offsets from the center (C, D), and the weighted inertia."""
+    X = np.asarray(X, dtype=np.float64)
+    labels, d2 = nearest_center(X, centers)
+    w = np.ones(X.shape[0]) if weights is None else np.asarray(weights, dtype=np.float64)
+    onehot = np.zeros((X.shape[0], centers.shape[0]))
+    onehot[np.arange(X.shape[0]), labels] = w
+    offsets = onehot.T @ X - onehot.sum(axis=0)[:, None] * centers
+    return onehot.sum(axis=0), offsets, float(w @ d2)
+
+
+def weighted_kmeans_plusplus(points: np.ndarray, weights: np.ndarray, n_components: int,
+                             rng: np.random.Generator) -> np.ndarray:
+    """k-means++ seeding of a small weighted point set (k-means|| candidates), shape (K, D)."""
+    first = rng.choice(len(points), p=weights / weights.sum())
+    centers = [points[first]]
+    d2 = ((points - centers[0]) ** 2).sum(axis=1)
+    for _ in range(1, n_components):
+        score = d2 * weights
+        if not score.sum() > 0:
+            raise _too_few_distinct(len(centers), n_components)
+        i = rng.choice(len(points), p=score / score.sum())
+        centers.append(points[i])
+        d2 = np.minimum(d2, ((points - points[i]) ** 2).sum(axis=1))
+    return np.array(centers)

@@ -33,6 +33,7 @@ from ._kernels import (
 )
 
 __all__ = [
+    "merged_moments",
     "MixtureParams",
     "SufficientStatistics",
     "DataSummary",
@@ -144,6 +145,37 @@ class MixtureParams:
                                      self.covariance_type) + np.log(self.weights)
 
 
+def merged_moments(n_a, mean_a, scatter_a, n_b, mean_b, scatter_b) -> tuple:
+    """Weights, means and centered scatters of two parts, merged exactly (Chan, Golub and
+    LeVeque): ``n = n_a + n_b``, ``mean = mean_a + delta n_b / n`` and
+    ``scatter = scatter_a + scatter_b + (n_a n_b / n) delta delta^T`` with
+    ``delta = mean_b - mean_a``. Parts of zero weight contribute nothing.
+
+    Parameters
+    ----------
+    n_a, n_b : ndarray of shape (...) or float
+        Total weights, per group (a component) or one for all.
+    mean_a, mean_b : ndarray of shape (..., D)
+    scatter_a, scatter_b : ndarray of shape (..., D, D), or its diagonal (..., D)
+
+    Returns
+    -------
+    n, mean, scatter : the merged values, shaped as the inputs.
+    """
+    n_a, n_b = np.asarray(n_a, dtype=np.float64), np.asarray(n_b, dtype=np.float64)
+    n = n_a + n_b
+    with np.errstate(invalid="ignore", divide="ignore"):
+        frac_b = np.where(n > 0, n_b / n, 0.0)
+        cross = np.where(n > 0, n_a * n_b / n, 0.0)
+    delta = mean_b - mean_a
+    mean = mean_a + delta * frac_b[..., None]
+    if np.ndim(scatter_a) == np.ndim(mean_a) + 1:
+        correction = cross[..., None, None] * (delta[..., :, None] * delta[..., None, :])
+    else:
+        correction = cross[..., None] * delta**2
+    return n, mean, scatter_a + scatter_b + correction
+
+
 @dataclass(frozen=True)
 class SufficientStatistics:
     """Per-component weighted counts, means and centered scatter, plus the log-likelihood.
@@ -173,21 +205,12 @@ class SufficientStatistics:
 
     def combine(self, other: "SufficientStatistics") -> "SufficientStatistics":
         """Merge two statistics exactly (pairwise update of means and centered scatter)."""
-        na, nb = self.resp_sum, other.resp_sum
-        n = na + nb
-        with np.errstate(invalid="ignore", divide="ignore"):
-            frac_b = np.where(n > 0, nb / n, 0.0)
-            cross = np.where(n > 0, na * nb / n, 0.0)
-        delta = other.means - self.means
-        means = self.means + delta * frac_b[:, None]
-        if self.scatter.ndim == 3:
-            correction = cross[:, None, None] * (delta[:, :, None] * delta[:, None, :])
-        else:
-            correction = cross[:, None] * delta**2
+        n, means, scatter = merged_moments(self.resp_sum, self.means, self.scatter,
+                                           other.resp_sum, other.means, other.scatter)
         return SufficientStatistics(
             resp_sum=n,
             means=means,
-            scatter=self.scatter + other.scatter + correction,
+            scatter=scatter,
             log_likelihood=self.log_likelihood + other.log_likelihood,
             weight_sum=self.weight_sum + other.weight_sum,
             n_points=self.n_points + other.n_points,
@@ -200,6 +223,29 @@ def merge_statistics(parts: list[SufficientStatistics]) -> SufficientStatistics:
     for part in parts[1:]:
         total = total.combine(part)
     return total
+
+
+def _scatter_matrices(X: np.ndarray, wr: np.ndarray, means: np.ndarray) -> np.ndarray:
+    """``sum_i wr_ik (x_i - m_k)(x_i - m_k)^T`` per component, shape (K, D, D)."""
+    out = np.empty((means.shape[0], X.shape[1], X.shape[1]))
+    for k in range(means.shape[0]):
+        diff = X - means[k]
+        out[k] = (diff * wr[:, k:k + 1]).T @ diff
+    return out
+
+
+def _scatter_diagonals(X: np.ndarray, wr: np.ndarray, means: np.ndarray) -> np.ndarray:
+    """The diagonals of :func:`_scatter_matrices`, shape (K, D)."""
+    out = np.empty_like(means)
+    for k in range(means.shape[0]):
+        diff = X - means[k]
+        out[k] = wr[:, k] @ (diff * diff)
+    return out
+
+
+#: Scatter kept per covariance type: full matrices for full and tied, diagonals otherwise.
+_SCATTER = {"full": _scatter_matrices, "tied": _scatter_matrices,
+            "diag": _scatter_diagonals, "spherical": _scatter_diagonals}
 
 
 def chunk_statistics_from_resp(
@@ -223,21 +269,10 @@ def chunk_statistics_from_resp(
     """
     X = np.asarray(X, dtype=np.float64)
     wr = resp if sample_weight is None else resp * sample_weight[:, None]
-    n_components = wr.shape[1]
     resp_sum = wr.sum(axis=0)
     with np.errstate(invalid="ignore", divide="ignore"):
         means = np.where(resp_sum[:, None] > 0, (wr.T @ X) / resp_sum[:, None], 0.0)
-    n_features = X.shape[1]
-    if covariance_type in ("full", "tied"):
-        scatter = np.empty((n_components, n_features, n_features))
-        for k in range(n_components):
-            diff = X - means[k]
-            scatter[k] = (diff * wr[:, k : k + 1]).T @ diff
-    else:
-        scatter = np.empty((n_components, n_features))
-        for k in range(n_components):
-            diff = X - means[k]
-            scatter[k] = wr[:, k] @ (diff * diff)
+    scatter = _SCATTER[covariance_type](X, wr, means)
     weight_sum = float(X.shape[0] if sample_weight is None else sample_weight.sum())
     return SufficientStatistics(resp_sum, means, scatter, float(log_likelihood), weight_sum,
                                 X.shape[0])
@@ -315,19 +350,17 @@ class DataSummary:
     n_finite: int
 
     def combine(self, other: "DataSummary") -> "DataSummary":
-        n = self.n_finite + other.n_finite
-        delta = other.mean - self.mean
-        frac = other.n_finite / n if n else 0.0
-        cross = self.n_finite * other.n_finite / n if n else 0.0
+        n, mean, m2 = merged_moments(self.n_finite, self.mean, self.m2,
+                                     other.n_finite, other.mean, other.m2)
         return DataSummary(
             self.n_rows + other.n_rows,
             self.n_nonfinite_rows + other.n_nonfinite_rows,
             self.n_negative_weights + other.n_negative_weights,
             self.n_nonfinite_weights + other.n_nonfinite_weights,
             self.weight_sum + other.weight_sum,
-            self.mean + delta * frac,
-            self.m2 + other.m2 + cross * delta**2,
-            n,
+            mean,
+            m2,
+            self.n_finite + other.n_finite,
         )
 
     @property
@@ -355,6 +388,30 @@ def chunk_summary(X: np.ndarray, sample_weight: np.ndarray | None) -> DataSummar
     return DataSummary(X.shape[0], int((~finite).sum()), neg, bad_w, wsum, mean, m2, n_finite)
 
 
+def _covariances_full(scatter: np.ndarray, nk: np.ndarray, reg_covar: float) -> np.ndarray:
+    covariances = scatter / nk[:, None, None]
+    d = np.arange(scatter.shape[1])
+    covariances[:, d, d] += reg_covar
+    return covariances
+
+
+def _covariance_tied(scatter: np.ndarray, nk: np.ndarray, reg_covar: float) -> np.ndarray:
+    covariance = scatter.sum(axis=0) / nk.sum()
+    d = np.arange(scatter.shape[1])
+    covariance[d, d] += reg_covar
+    return covariance
+
+
+#: The M-step's covariances from the merged scatter, per covariance type (scikit-learn's
+#: ``_estimate_gaussian_covariances_*``, on centered scatter).
+_COVARIANCES = {
+    "full": _covariances_full,
+    "tied": _covariance_tied,
+    "diag": lambda scatter, nk, reg: scatter / nk[:, None] + reg,
+    "spherical": lambda scatter, nk, reg: (scatter / nk[:, None] + reg).mean(axis=1),
+}
+
+
 def m_step(
     total: SufficientStatistics, reg_covar: float, covariance_type: str
 ) -> MixtureParams:
@@ -371,17 +428,7 @@ def m_step(
         If a component's covariance is singular.
     """
     nk = total.resp_sum + 10 * np.finfo(np.float64).eps
-    n_features = total.means.shape[1]
-    if covariance_type == "full":
-        covariances = total.scatter / nk[:, None, None]
-        covariances[:, np.arange(n_features), np.arange(n_features)] += reg_covar
-    elif covariance_type == "tied":
-        covariances = total.scatter.sum(axis=0) / nk.sum()
-        covariances[np.arange(n_features), np.arange(n_features)] += reg_covar
-    elif covariance_type == "diag":
-        covariances = total.scatter / nk[:, None] + reg_covar
-    else:
-        covariances = (total.scatter / nk[:, None] + reg_covar).mean(axis=1)
+    covariances = _COVARIANCES[covariance_type](total.scatter, nk, reg_covar)
     weights = nk / nk.sum()
     return MixtureParams.from_covariances(weights, total.means.copy(), covariances,
                                           covariance_type)

@@ -141,17 +141,17 @@ def test_tampered_checkpoint_is_refused(client, tmp_path):
 
 def test_many_models_in_one_pass_equal_separate_fits(client):
     """fit_many evaluates all models per chunk; each result equals fitting it alone."""
-    from distgmm._engine import ChunkedPoints, EMConfig, fit_em, fit_many
+    from distgmm.engine import ClusterPoints, EMConfig, fit_em, fit_many
 
     X = da.from_array(data(), chunks=(60, 3))
-    points = ChunkedPoints(X, None, client)
+    points = ClusterPoints(X, None, client)
     configs = [EMConfig(1, "full", tol=1e-4), EMConfig(2, "diag", tol=1e-4, n_init=2,
                                                          init_params="random"),
                EMConfig(3, "full", tol=1e-4, n_init=2, init_params="random")]
     passes = []
     together = fit_many(points, configs, 7, on_iteration=lambda i: passes.append(i))
     for cfg, result in zip(configs, together):
-        alone = fit_em(ChunkedPoints(X, None, client), cfg, 7)
+        alone = fit_em(ClusterPoints(X, None, client), cfg, 7)
         assert result.histories == alone.histories
         assert np.array_equal(result.params.means, alone.params.means)
     longest = max(len(h) for r in together for h in r.histories)
@@ -159,14 +159,14 @@ def test_many_models_in_one_pass_equal_separate_fits(client):
 
 
 def test_fit_many_records_a_collapsing_candidate(client):
-    from distgmm._engine import ChunkedPoints, EMConfig, fit_many
+    from distgmm.engine import ClusterPoints, EMConfig, fit_many
 
     X = np.vstack([data(), [[1e4, 1e4, 1e4]]])
     means = np.vstack([data()[[0, 200]], [[1e4, 1e4, 1e4]]])
     bad = EMConfig(3, "full", reg_covar=0.0, weights_init=np.full(3, 1 / 3), means_init=means,
                    precisions_init=np.tile(np.eye(3), (3, 1, 1)))
     good = EMConfig(2, "full")
-    results = fit_many(ChunkedPoints(da.from_array(X, chunks=(100, 3)), None, client),
+    results = fit_many(ClusterPoints(da.from_array(X, chunks=(100, 3)), None, client),
                        [bad, good], 0, errors="record")
     assert results[0].params is None and "component 2" in results[0].error
     assert results[1].params is not None and results[1].error is None
@@ -198,20 +198,21 @@ def test_direct_passes_run_no_tasks_and_give_the_graph_bits(client):
     reach the scheduler, and the result has the bits of the graph's pass."""
     from distributed import get_task_stream
 
-    from distgmm._engine import ChunkedPoints, _em_task_many, _merge_lists
+    from distgmm.engine import ClusterPoints
+    from distgmm.engine.em import _merge_lists, _statistics_of
 
     X, w, params = _pass_inputs(client)
-    points = ChunkedPoints(X, w, client)
-    graph = points.map_reduce(_em_task_many, params, merge=_merge_lists)  # validates too
+    points = ClusterPoints(X, w, client)
+    graph = points.map_reduce(_statistics_of, params, merge=_merge_lists)  # validates too
     with get_task_stream(client) as stream:
-        direct = points.map_reduce(_em_task_many, params, merge=_merge_lists)
-    assert points.direct
-    assert not [t for t in stream.data if "em_task" in str(t["key"])]
+        direct = points.map_reduce(_statistics_of, params, merge=_merge_lists)
+    assert points.in_place
+    assert not [t for t in stream.data if "statistics-of" in str(t["key"])]
     _same_bits(direct, graph)
-    streamed = ChunkedPoints(da.from_array(data(), chunks=(20, 3)), None, client)
-    streamed.map_reduce(_em_task_many, params, merge=_merge_lists)
-    streamed.map_reduce(_em_task_many, params, merge=_merge_lists)
-    assert not streamed.direct, "only persisted chunks are read in place"
+    streamed = ClusterPoints(da.from_array(data(), chunks=(20, 3)), None, client)
+    streamed.map_reduce(_statistics_of, params, merge=_merge_lists)
+    streamed.map_reduce(_statistics_of, params, merge=_merge_lists)
+    assert not streamed.in_place, "only persisted chunks are read in place"
 
 
 def test_many_chunks_run_in_place_while_their_values_are_small(client, monkeypatch):
@@ -219,23 +220,24 @@ def test_many_chunks_run_in_place_while_their_values_are_small(client, monkeypat
     values small enough to bring every chunk's to the client; otherwise it stays a graph."""
     from distributed import get_task_stream
 
-    from distgmm import _engine
-    from distgmm._engine import ChunkedPoints, _em_task_many, _merge_lists
+    from distgmm.engine import passes
+    from distgmm.engine import ClusterPoints
+    from distgmm.engine.em import _merge_lists, _statistics_of
 
     _, _, params = _pass_inputs(client)
     X = client.persist(da.from_array(data(), chunks=(3, 3)))  # 80 chunks: a 3-level tree
-    points = ChunkedPoints(X, None, client)
-    assert points.n_chunks > _engine._DIRECT_MAX_CHUNKS
-    graph = points.map_reduce(_em_task_many, params, merge=_merge_lists)  # weighs the values
+    points = ClusterPoints(X, None, client)
+    assert points.n_chunks > passes.IN_PLACE_MAX_CHUNKS
+    graph = points.map_reduce(_statistics_of, params, merge=_merge_lists)  # weighs the values
     with get_task_stream(client) as stream:
-        direct = points.map_reduce(_em_task_many, params, merge=_merge_lists)
-    assert points.direct and not [t for t in stream.data if "em_task" in str(t["key"])]
+        direct = points.map_reduce(_statistics_of, params, merge=_merge_lists)
+    assert points.in_place and not [t for t in stream.data if "statistics-of" in str(t["key"])]
     _same_bits(direct, graph)
 
-    monkeypatch.setattr(_engine, "_DIRECT_MAX_BYTES", points.n_chunks * 100)
+    monkeypatch.setattr(passes, "IN_PLACE_MAX_BYTES", points.n_chunks * 100)
     with get_task_stream(client) as stream:
-        again = points.map_reduce(_em_task_many, params, merge=_merge_lists)
-    assert [t for t in stream.data if "em_task" in str(t["key"])], "values too large: a graph"
+        again = points.map_reduce(_statistics_of, params, merge=_merge_lists)
+    assert [t for t in stream.data if "statistics-of" in str(t["key"])], "values too large: a graph"
     _same_bits(again, graph)
 
 
@@ -245,31 +247,32 @@ def test_direct_passes_survive_chunks_moving_to_another_worker():
     such passes run as graphs. Every pass has the same bits."""
     from distributed import Client
 
-    from distgmm._engine import ChunkedPoints, _em_task_many, _merge_lists
+    from distgmm.engine import ClusterPoints
+    from distgmm.engine.em import _merge_lists, _statistics_of
 
     with LocalCluster(n_workers=4, threads_per_worker=1, processes=True,
                       dashboard_address=":0") as cluster, Client(cluster) as client:
         X, w, params = _pass_inputs(client)
         for weights in (None, w):
-            points = ChunkedPoints(X, weights, client)
-            first = points.map_reduce(_em_task_many, params, merge=_merge_lists)
-            _same_bits(points.map_reduce(_em_task_many, params, merge=_merge_lists), first)
-            assert points.direct
+            points = ClusterPoints(X, weights, client)
+            first = points.map_reduce(_statistics_of, params, merge=_merge_lists)
+            _same_bits(points.map_reduce(_statistics_of, params, merge=_merge_lists), first)
+            assert points.in_place
             holder = next(iter(client.who_has(X)[X.__dask_keys__()[0][0]]))
             client.retire_workers([holder])
             for _ in range(2):
-                _same_bits(points.map_reduce(_em_task_many, params, merge=_merge_lists), first)
+                _same_bits(points.map_reduce(_statistics_of, params, merge=_merge_lists), first)
             if weights is None:
-                assert points.direct and holder not in points._plan
+                assert points.in_place and holder not in points._plan
 
 
 def test_parameters_too_large_to_inline_travel_as_one_task(client, monkeypatch):
     """Passes whose parameters exceed the inlining bound share them as a task: same bits."""
-    from distgmm import _engine
+    from distgmm.engine import passes
 
     X = da.from_array(data(), chunks=(50, 3))
     inline = GaussianMixture(2, random_state=3, persist=False, **start("full")).fit(X)
-    monkeypatch.setattr(_engine, "_INLINE_PAYLOAD_BYTES", 0)
+    monkeypatch.setattr(passes, "INLINE_PAYLOAD_BYTES", 0)
     shared = GaussianMixture(2, random_state=3, persist=False, **start("full")).fit(X)
     assert shared.lower_bounds_ == inline.lower_bounds_
     assert np.array_equal(shared.covariances_, inline.covariances_)
@@ -280,13 +283,14 @@ def test_a_pass_whose_chunks_are_not_where_planned_goes_through_the_scheduler(cl
     the call) answer None; the pass then runs as a graph, with the same bits."""
     from distributed import get_task_stream
 
-    from distgmm._engine import ChunkedPoints, _em_task_many, _merge_lists
+    from distgmm.engine import ClusterPoints
+    from distgmm.engine.em import _merge_lists, _statistics_of
 
     X, w, params = _pass_inputs(client)
-    points = ChunkedPoints(X, w, client)
-    first = points.map_reduce(_em_task_many, params, merge=_merge_lists)
-    points.map_reduce(_em_task_many, params, merge=_merge_lists)
-    assert points.direct and len(points._plan) == 2
+    points = ClusterPoints(X, w, client)
+    first = points.map_reduce(_statistics_of, params, merge=_merge_lists)
+    points.map_reduce(_statistics_of, params, merge=_merge_lists)
+    assert points.in_place and len(points._plan) == 2
     place = points._place
 
     def misplace():  # every worker is sent the other one's chunks
@@ -297,15 +301,15 @@ def test_a_pass_whose_chunks_are_not_where_planned_goes_through_the_scheduler(cl
 
     points._place = misplace
     with get_task_stream(client) as stream:
-        _same_bits(points.map_reduce(_em_task_many, params, merge=_merge_lists), first)
-    assert [t for t in stream.data if "em_task" in str(t["key"])], "ran as a graph"
+        _same_bits(points.map_reduce(_statistics_of, params, merge=_merge_lists), first)
+    assert [t for t in stream.data if "statistics-of" in str(t["key"])], "ran as a graph"
 
 
 @pytest.mark.parametrize("weighted", [False, True])
 def test_in_memory_input_is_read_in_place_after_the_first_pass(client, weighted):
     """A NumPy array (and weights) fitted on a cluster (``scheduler=``) is scattered and
-    persisted: only the first, validating pass is a graph of tasks; the other passes run
-    in place on the workers."""
+    persisted: every pass, the first (validating) one included, runs in place on the
+    workers; no EM pass is a graph of tasks."""
     from distributed import get_task_stream
 
     weights = np.linspace(0.5, 2.0, N) if weighted else None
@@ -314,5 +318,5 @@ def test_in_memory_input_is_read_in_place_after_the_first_pass(client, weighted)
                              **start("full")).fit(data(), sample_weight=weights)
     assert gm.n_iter_ == 5
     passes = {m.group(1) for t in stream.data
-              if (m := re.search(r"em_task_many-(\w+)", str(t["key"])))}
-    assert len(passes) == 1, passes
+              if (m := re.search(r"statistics-of-(\w+)", str(t["key"])))}
+    assert not passes, passes

@@ -257,7 +257,7 @@ def test_fused_collapsing_component_is_computed_exactly(cov):
                    scale[:, None], "spherical": scale}[cov]
     params = MixtureParams.from_covariances(np.full(K, 1 / K), means, covariances, cov)
     setup = _expanded_setup(params.weights, params.means, params.precisions_cholesky, cov)
-    assert setup is not None and list(setup[4]) == [K - 1]
+    assert setup is not None and list(setup.exact) == [K - 1]
     ref = chunk_statistics_reference(X, None, params)
     resp_sum, m, scatter, ll = fused_statistics(X, None, params.weights, params.means,
                                                 params.precisions_cholesky, cov)
@@ -312,7 +312,7 @@ def test_float32_labels_redo_close_calls_in_float64(cov):
     X = means[a] * t[:, None] + means[b] * (1 - t[:, None])
     X = np.vstack([X, means[rng.integers(0, K, 2000)] + rng.normal(size=(2000, D))])
     setup = _expanded_setup(*args)
-    assert setup is not None and not len(setup[4])
+    assert setup is not None and not len(setup.exact)
     in64 = _fused_scores_expanded(X, *setup, True)[1]
     lp = _fused_scores_expanded(X, *setup, False)[0]
     top2 = np.sort(lp, axis=1)[:, -2:]
@@ -320,10 +320,10 @@ def test_float32_labels_redo_close_calls_in_float64(cov):
     labels = fused_labels(X, *args)
     np.testing.assert_array_equal(labels[decided], in64[decided])
     # float32 alone (the same features and GEMM, no check) gets some of these wrong
-    shift, Gt, log_const, full = setup[:4]
+    shift, Gt, log_const, cross_terms = setup[:4]
     zt = np.empty((Gt.shape[1], len(X)))
     zt[-1] = 1.0
-    _expanded_features(X, 0, shift, full, zt)
+    _expanded_features(X, 0, shift, cross_terms, zt)
     only32 = ((Gt.astype(np.float32) @ zt.astype(np.float32)) + log_const[:, None]).argmax(0)
     assert (only32[decided] != in64[decided]).sum() > 10
 

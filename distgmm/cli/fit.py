@@ -26,7 +26,7 @@ class CovarianceType(str, Enum):
 
 
 class InitMethod(str, Enum):
-    """Initialisation methods (see distgmm._engine)."""
+    """Initialisation methods (see distgmm.engine.init)."""
 
     kmeans = "kmeans"
     kmeans_parallel = "k-means||"

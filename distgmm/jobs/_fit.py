@@ -153,7 +153,7 @@ def fit_store(
     client : distributed.Client, optional
     storage_options : dict, optional
     on_iteration : callable, optional
-        Called with every :class:`distgmm._engine.IterationInfo`.
+        Called with every :class:`distgmm.engine.IterationInfo`.
     plot : bool
         Also write the convergence curve (one line per restart) to
         :func:`convergence_plot_path`.

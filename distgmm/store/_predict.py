@@ -15,7 +15,7 @@ Decisions:
   regular row chunks (all equal, the last one no larger); anything else is refused with
   the ``rechunk`` that fixes it.
 * Persisted ``X`` is labelled in place: one ``Client.run`` in which each worker labels the
-  chunks it holds (as the EM passes do, see :class:`distgmm._engine.ChunkedPoints`; only
+  chunks it holds (as the EM passes do, see :class:`distgmm.engine.ClusterPoints`; only
   row counts come back); otherwise one task per chunk. NumPy input is scattered first, as
   :meth:`GaussianMixture.fit` does.
 * Nothing partial is left behind: a local array is written under a hidden sibling name and
@@ -34,8 +34,8 @@ from typing import Any
 import numpy as np
 import zarr
 
-from distgmm._engine import ChunkedPoints
-from distgmm._estimator import _chunk_rows_for, _scattered, as_points
+from distgmm._estimator import as_points
+from distgmm.engine import ClusterPoints, numpy_chunk_rows, scattered
 from distgmm._statistics import MixtureParams
 from distgmm.cluster import get_client
 from distgmm.errors import DistgmmInputError
@@ -150,18 +150,17 @@ def predict_to_zarr(model: Any, X: Any, url: str, *, overwrite: bool = False, cl
     _check_destination(location, overwrite)
     client = client or get_client()
     if not lazy:
-        rows = _chunk_rows_for(n_rows, n_features)
-        X = _scattered(client, [np.ascontiguousarray(X[s:s + rows])
-                                for s in range(0, n_rows, rows)])
+        rows = numpy_chunk_rows(n_rows, n_features)
+        X = scattered(client, [np.ascontiguousarray(X[s:s + rows])
+                               for s in range(0, n_rows, rows)])
     chunk_rows = _regular_chunk_rows(X.chunks[0]) if n_rows else 1
     with building(location) as target:
         zarr.create_array(target.zarr_store(read_only=False), shape=(n_rows,),
                           chunks=(chunk_rows,), dtype="int32", fill_value=-1,
                           compressors=_label_compressors(), dimension_names=("row",))
         if n_rows:
-            written = ChunkedPoints(X, None, client).map_reduce(
-                _write_chunk, target, uuid.uuid4().hex, params, chunk_rows, merge=_total,
-                validate=False, value_bytes=8)
+            written = ClusterPoints(X, None, client).map_reduce(
+                _write_chunk, target, uuid.uuid4().hex, params, chunk_rows, merge=_total)
             if written != n_rows:  # pragma: no cover - a broken invariant, not bad input
                 raise RuntimeError(f"wrote {written} labels for {n_rows} rows")
     return zarr.open_array(location.zarr_store(read_only=True), mode="r")

@@ -1,0 +1,352 @@
+"""The EM loop: restarts and model-selection candidates in lockstep, one pass per iteration.
+
+Every pass evaluates all runs still iterating on each chunk while it is in memory: the
+E-step, the log-likelihood and the sufficient statistics of every run come from one sweep
+(:func:`_statistics_of`), merged in the passes' fixed tree. Each run's M-step and
+convergence test then run here, on K x D x D numbers, so this process's memory does not
+grow with the number of points. ``n_init`` restarts, or the candidates of a model
+selection, read the data once per iteration instead of once per model, and each run's
+numbers are exactly those of fitting it alone.
+
+A run is scikit-learn's ``BaseMixture.fit_predict`` loop: E-step and statistics, M-step,
+lower bound (the mean log-likelihood under the parameters the E-step used), converged
+when it changes by less than ``tol``; the best restart is kept by scikit-learn's rule.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import numpy as np
+from threadpoolctl import threadpool_limits
+
+from distgmm._kernels import CollapsedComponentError
+from distgmm._statistics import MixtureParams, chunk_statistics, m_step, merge_statistics
+from distgmm.engine.checkpoint import FileCheckpoint
+from distgmm.engine.init import initial_params as drawn_initial_params
+from distgmm.engine.init import seed_sequence
+from distgmm.engine.passes import Points
+
+__all__ = ["EMConfig", "EMResult", "IterationInfo", "fit_em", "fit_many", "score_many"]
+
+logger = logging.getLogger(__name__)
+
+_PARAM_FIELDS = ("weights", "means", "covariances", "precisions_cholesky")
+
+
+def single_threaded_blas(fn: Callable) -> Callable:
+    """Run ``fn`` with one BLAS thread in this process.
+
+    This process does K x D x D arithmetic between passes (M-steps, seeding), and an idle
+    OpenBLAS pool spins for a while after each call, taking CPU from the workers on the
+    same machine; fits in this process run one BLAS thread per chunk thread anyway.
+    """
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        with threadpool_limits(limits=1, user_api="blas"):
+            return fn(*args, **kwargs)
+
+    return wrapper
+
+
+@dataclass(frozen=True)
+class EMConfig:
+    """Validated settings of one fit (see :class:`distgmm.GaussianMixture` for meanings)."""
+
+    n_components: int
+    covariance_type: str = "full"
+    tol: float = 1e-3
+    reg_covar: float = 1e-6
+    max_iter: int = 100
+    n_init: int = 1
+    init_params: str = "kmeans"
+    weights_init: np.ndarray | None = None
+    means_init: np.ndarray | None = None
+    precisions_init: np.ndarray | None = None
+
+    def fingerprint(self, data: Points, entropy) -> str:
+        """Digest identifying a fit: config, data shape and chunking, seed."""
+        h = hashlib.sha256()
+        plain = {k: getattr(self, k) for k in ("n_components", "covariance_type", "tol",
+                                               "reg_covar", "max_iter", "n_init", "init_params")}
+        plain.update(shape=[data.n_rows, data.n_features], chunks=list(data.row_chunks),
+                     entropy=str(entropy), weighted=data.weighted)
+        h.update(json.dumps(plain, sort_keys=True).encode())
+        for a in (self.weights_init, self.means_init, self.precisions_init):
+            h.update(b"-" if a is None else np.ascontiguousarray(a, dtype=np.float64).tobytes())
+        return h.hexdigest()
+
+
+def _fingerprint(configs: list[EMConfig], data: Points, entropy) -> str:
+    h = hashlib.sha256()
+    for cfg in configs:
+        h.update(cfg.fingerprint(data, entropy).encode())
+    return h.hexdigest()
+
+
+@dataclass(frozen=True)
+class IterationInfo:
+    """Progress of one EM iteration of one run, passed to ``on_iteration`` callbacks.
+
+    ``config`` indexes the configurations given to :func:`fit_many` (always 0 for
+    :func:`fit_em`); ``restart`` is the restart within that configuration. ``seconds`` is
+    the wall time of the pass, shared by all runs evaluated in it.
+    """
+
+    restart: int
+    iteration: int
+    lower_bound: float
+    change: float
+    seconds: float
+    converged: bool
+    config: int = 0
+
+
+@dataclass
+class EMResult:
+    """Outcome of one configuration: the best restart's parameters and every restart's history.
+
+    ``params`` is None and ``error`` says why when every restart failed (only with
+    ``errors="record"``).
+    """
+
+    params: MixtureParams | None
+    converged: bool
+    n_iter: int
+    lower_bound: float
+    lower_bounds: list[float]
+    histories: list[list[float]] = field(default_factory=list)
+    seconds: float = 0.0
+    error: str | None = None
+
+
+@dataclass
+class _Run:
+    """One restart of one configuration, advanced in lockstep with the others."""
+
+    config: int
+    restart: int
+    params: MixtureParams | None = None
+    iteration: int = 0
+    lower_bound: float = -math.inf
+    lower_bounds: list[float] = field(default_factory=list)
+    converged: bool = False
+    done: bool = False
+    error: str | None = None
+
+    def advance(self, params: MixtureParams, lower_bound: float, cfg: EMConfig,
+                seconds: float) -> IterationInfo:
+        """Take the M-step's ``params`` and the E-step's ``lower_bound``; test convergence."""
+        change = lower_bound - self.lower_bound
+        self.iteration += 1
+        self.params, self.lower_bound = params, lower_bound
+        self.lower_bounds.append(lower_bound)
+        self.converged = abs(change) < cfg.tol
+        self.done = self.converged or self.iteration >= cfg.max_iter
+        return IterationInfo(self.restart, self.iteration, lower_bound, change, seconds,
+                             self.converged, self.config)
+
+    def fail(self, exc: CollapsedComponentError, errors: str) -> None:
+        """Raise ``exc`` (``errors="raise"``), or end this run with its message."""
+        if errors == "raise":
+            raise exc
+        self.error, self.done = str(exc), True
+        logger.warning("config %d restart %d failed: %s", self.config, self.restart, exc)
+
+    def meta(self) -> dict:
+        return {"config": self.config, "restart": self.restart, "iteration": self.iteration,
+                "lower_bound": None if self.lower_bound == -math.inf else self.lower_bound,
+                "lower_bounds": self.lower_bounds, "converged": self.converged,
+                "done": self.done, "error": self.error,
+                "has_params": self.params is not None}
+
+    @classmethod
+    def from_meta(cls, meta: dict, params: MixtureParams | None) -> "_Run":
+        lb = meta["lower_bound"]
+        return cls(meta["config"], meta["restart"], params, meta["iteration"],
+                   -math.inf if lb is None else lb, meta["lower_bounds"], meta["converged"],
+                   meta["done"], meta["error"])
+
+
+def _statistics_of(block, weights, index, params_list):
+    """The chunk's E-step and statistics under each model: one sweep for all runs."""
+    return [chunk_statistics(block, weights, p) for p in params_list]
+
+
+def _merge_lists(parts: list[list]) -> list:
+    return [merge_statistics([part[j] for part in parts]) for j in range(len(parts[0]))]
+
+
+def _em_step(data: Points, configs: list[EMConfig], runs: list[_Run],
+             errors: str) -> list[IterationInfo]:
+    """One iteration of every run in ``runs``: one pass, then each run's M-step."""
+    started = time.perf_counter()
+    totals = data.map_reduce(_statistics_of, [run.params for run in runs], merge=_merge_lists)
+    seconds = time.perf_counter() - started
+    infos = []
+    for run, total in zip(runs, totals):
+        cfg = configs[run.config]
+        try:
+            params = m_step(total, cfg.reg_covar, cfg.covariance_type)
+        except CollapsedComponentError as exc:
+            run.fail(exc, errors)
+            continue
+        infos.append(run.advance(params, total.log_likelihood / total.weight_sum, cfg, seconds))
+    return infos
+
+
+def _save(checkpoint: FileCheckpoint | None, runs: list[_Run], fingerprint: str,
+          entropy) -> None:
+    if checkpoint is None:
+        return
+    arrays = {f"run{j}_{name}": getattr(run.params, name) for j, run in enumerate(runs)
+              if run.params is not None for name in _PARAM_FIELDS}
+    checkpoint.save(arrays, {"runs": [run.meta() for run in runs]}, fingerprint, entropy)
+
+
+def _resumed(checkpoint: FileCheckpoint, configs: list[EMConfig], data: Points
+             ) -> tuple[list[_Run], np.random.SeedSequence] | None:
+    """The runs and seed saved in ``checkpoint`` for this fit, or None if there are none."""
+    loaded = checkpoint.load(lambda e: _fingerprint(configs, data, e))
+    if loaded is None:
+        return None
+    arrays, meta, entropy = loaded
+    runs = []
+    for j, m in enumerate(meta["runs"]):
+        params = None
+        if m["has_params"]:
+            params = MixtureParams(*(arrays[f"run{j}_{name}"] for name in _PARAM_FIELDS),
+                                   configs[m["config"]].covariance_type)
+        runs.append(_Run.from_meta(m, params))
+    logger.info("resuming from %s", checkpoint.path)
+    return runs, np.random.SeedSequence(entropy)
+
+
+def _best(runs: list[_Run], seconds: float) -> EMResult:
+    """The configuration's result: scikit-learn's choice among its restarts (a later one
+    replaces the best if its lower bound is higher, or if the best one's is still -inf)."""
+    histories = [list(run.lower_bounds) for run in runs]
+    good = [run for run in runs if run.error is None]
+    if not good:
+        return EMResult(None, False, 0, -math.inf, [], histories, seconds, runs[0].error)
+    best = good[0]
+    for run in good[1:]:
+        if run.lower_bound > best.lower_bound or best.lower_bound == -math.inf:
+            best = run
+    return EMResult(best.params, best.converged, best.iteration, best.lower_bound,
+                    list(best.lower_bounds), histories, seconds)
+
+
+@single_threaded_blas
+def fit_many(
+    data: Points,
+    configs: list[EMConfig],
+    random_state: Any = None,
+    *,
+    warm_start: tuple[MixtureParams, float] | None = None,
+    on_iteration: Callable[[IterationInfo], None] | None = None,
+    checkpoint: FileCheckpoint | None = None,
+    errors: str = "raise",
+    initial_params: Callable[[int, int], MixtureParams] | None = None,
+) -> list[EMResult]:
+    """Fit several configurations and all their restarts in lockstep, one pass per iteration.
+
+    Parameters
+    ----------
+    data : Points
+    configs : list of EMConfig
+    random_state : None, int, RandomState, Generator or SeedSequence
+        Restart ``r`` of every configuration uses the random streams of spawn key ``(r, ...)``.
+    warm_start : (MixtureParams, float), optional
+        Single configuration only: one run started from these parameters and lower bound.
+    on_iteration : callable, optional
+        Called with an :class:`IterationInfo` per run after every pass.
+    checkpoint : FileCheckpoint, optional
+        Save the state after initialisation and every pass; if the file exists and belongs
+        to the same fit, continue from it.
+    errors : {"raise", "record"}
+        What a collapsing run does: raise at once, or end that run and record the message
+        (a configuration whose runs all failed gets ``params=None`` and ``error``).
+    initial_params : callable, optional
+        ``initial_params(config_index, restart)`` gives a run's starting parameters,
+        called for the runs in order (configuration, then restart). Default: the
+        initialisation ``config.init_params`` names, from random streams derived from
+        ``random_state``, the restart and the chunk index (:mod:`distgmm.engine.init`).
+
+    Returns
+    -------
+    list of EMResult
+        One per configuration: its best restart (see :func:`_best`).
+    """
+    started = time.perf_counter()
+    if warm_start is not None and len(configs) != 1:
+        raise ValueError("warm_start takes exactly one configuration.")
+    root = seed_sequence(random_state)
+    resumed = None if checkpoint is None else _resumed(checkpoint, configs, data)
+    if resumed is not None:
+        runs, root = resumed
+    else:
+        n_runs = [1 if warm_start is not None else cfg.n_init for cfg in configs]
+        runs = [_Run(c, r) for c, n in enumerate(n_runs) for r in range(n)]
+    save = functools.partial(_save, checkpoint, runs, _fingerprint(configs, data, root.entropy),
+                             root.entropy)
+
+    for run in runs:  # initialise the runs a checkpoint did not hold
+        if run.done or run.params is not None:
+            continue
+        cfg = configs[run.config]
+        try:
+            if warm_start is not None:
+                run.params, run.lower_bound = warm_start
+            elif initial_params is not None:
+                run.params = initial_params(run.config, run.restart)
+            else:
+                run.params = drawn_initial_params(data, cfg, root, run.restart)
+        except CollapsedComponentError as exc:
+            run.fail(exc, errors)
+            continue
+        run.done = cfg.max_iter == 0
+        save()
+    if all(run.done for run in runs):
+        data.ensure_summary()  # validation happens even when no pass is needed
+
+    while active := [run for run in runs if not run.done]:
+        infos = _em_step(data, configs, active, errors)
+        save()
+        for info in infos if on_iteration is not None else ():
+            on_iteration(info)
+
+    seconds = time.perf_counter() - started
+    return [_best([run for run in runs if run.config == c], seconds)
+            for c in range(len(configs))]
+
+
+@single_threaded_blas
+def score_many(data: Points, params_list: list[MixtureParams]) -> list[float]:
+    """Mean (weighted) log-likelihood of the data under each model, in one pass."""
+    totals = data.map_reduce(_statistics_of, list(params_list), merge=_merge_lists)
+    return [t.log_likelihood / t.weight_sum for t in totals]
+
+
+def fit_em(
+    data: Points,
+    cfg: EMConfig,
+    random_state: Any = None,
+    *,
+    warm_start: tuple[MixtureParams, float] | None = None,
+    on_iteration: Callable[[IterationInfo], None] | None = None,
+    checkpoint: FileCheckpoint | None = None,
+    initial_params: Callable[[int, int], MixtureParams] | None = None,
+) -> EMResult:
+    """Fit one configuration (its ``n_init`` restarts in lockstep); see :func:`fit_many`."""
+    return fit_many(data, [cfg], random_state, warm_start=warm_start,
+                    on_iteration=on_iteration, checkpoint=checkpoint,
+                    initial_params=initial_params)[0]

@@ -1,0 +1,268 @@
+"""A fit's starting parameters, from passes over the data (never pulling it to the client).
+
+``kmeans``
+    k-means++ seeding by exact D^2 sampling (one pass per center), then distributed Lloyd
+    iterations, then one pass of hard-assignment statistics; scikit-learn's default.
+``k-means||``
+    Bahmani et al. (2012) parallel seeding: :data:`KMEANS_PARALLEL_ROUNDS` rounds, each one
+    pass that samples about 2K candidates, a pass weighting the candidates, weighted
+    k-means++ on the client, then Lloyd iterations as for ``kmeans``. Its pass count does
+    not grow with K.
+``k-means++``
+    the k-means++ seeds themselves become the means, with covariance ``reg_covar`` (as
+    scikit-learn does).
+``random``
+    random responsibilities drawn per chunk, then one statistics pass.
+``random_from_data``
+    K distinct rows chosen uniformly, as means.
+
+Random streams come from ``numpy.random.SeedSequence`` with a spawn key made of
+(restart, purpose, round, chunk index), never from task order, so a seed gives the same
+start on any number of workers. Weights after initialisation are normalised to sum to one.
+(The estimator draws scikit-learn's own initialisation instead for fits in its process.)
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from distgmm._kernels import (
+    _too_few_distinct,
+    center_weights,
+    d2_scores,
+    draw_by_score,
+    lloyd_statistics,
+    precision_cholesky_from_precisions,
+    weighted_kmeans_plusplus,
+)
+from distgmm._statistics import (
+    MixtureParams,
+    SufficientStatistics,
+    chunk_statistics_from_resp,
+    hard_assignment_statistics,
+    m_step,
+)
+from distgmm.engine.passes import Points
+
+if TYPE_CHECKING:
+    from distgmm.engine.em import EMConfig
+
+__all__ = ["INIT_METHODS", "initial_params", "override", "seed_sequence"]
+
+logger = logging.getLogger(__name__)
+
+INIT_METHODS = ("kmeans", "k-means||", "k-means++", "random", "random_from_data")
+
+#: k-means|| rounds of candidate sampling; Bahmani et al. find about 5 enough.
+KMEANS_PARALLEL_ROUNDS = 5
+#: Lloyd iterations stop after this many, or when the squared shift of the centers falls
+#: below KMEANS_TOL times the data's mean variance (scikit-learn's KMeans defaults).
+KMEANS_MAX_ITER = 300
+KMEANS_TOL = 1e-4
+
+# Purposes in random-stream spawn keys.
+_P_FIRST, _P_KPP, _P_KPAR, _P_RANDOM, _P_FROM_DATA = range(5)
+
+
+def seed_sequence(random_state: Any) -> np.random.SeedSequence:
+    """Turn a scikit-learn style ``random_state`` into a ``SeedSequence``.
+
+    ``None`` draws fresh entropy; an int is used as entropy; a ``RandomState`` or
+    ``Generator`` contributes one draw.
+    """
+    if random_state is None:
+        return np.random.SeedSequence()
+    if isinstance(random_state, np.random.SeedSequence):
+        return random_state
+    if isinstance(random_state, (int, np.integer)):
+        if random_state < 0:
+            raise ValueError(f"random_state must be non-negative, got {random_state}.")
+        return np.random.SeedSequence(int(random_state))
+    if isinstance(random_state, np.random.RandomState):
+        return np.random.SeedSequence(int(random_state.randint(np.iinfo(np.int32).max)))
+    if isinstance(random_state, np.random.Generator):
+        return np.random.SeedSequence(int(random_state.integers(2**63)))
+    raise ValueError(
+        f"random_state must be None, an int, a RandomState or a Generator; got "
+        f"{type(random_state).__name__}."
+    )
+
+
+def _rng(root: np.random.SeedSequence, *keys: int) -> np.random.Generator:
+    seq = np.random.SeedSequence(root.entropy, spawn_key=tuple(root.spawn_key) + keys)
+    return np.random.default_rng(seq)
+
+
+# ---------------------------------------------------------------------------- chunk functions
+def _hard_task(block, weights, index, centers, covariance_type) -> SufficientStatistics:
+    return hard_assignment_statistics(block, weights, centers, covariance_type)
+
+
+def _random_resp_task(block, weights, index, root, restart, n_components, covariance_type):
+    rng = _rng(root, restart, _P_RANDOM, 0, index)
+    resp = rng.uniform(size=(block.shape[0], n_components))
+    resp /= resp.sum(axis=1)[:, None]
+    return chunk_statistics_from_resp(block, resp, weights, covariance_type)
+
+
+def _d2_sample_task(block, weights, index, centers, root, keys):
+    """Total D^2 score of a block and one row drawn proportionally to it (or None)."""
+    X, score = d2_scores(block, weights, centers)
+    total = float(score.sum())
+    if total <= 0:
+        return [(0.0, None)]
+    return [(total, draw_by_score(X, score, _rng(root, *keys, index).random()))]
+
+
+def _kmeans_parallel_task(block, weights, index, centers, phi, oversampling, root, keys):
+    """Sample rows with probability min(1, l * w d^2 / phi); also return the cost."""
+    X, score = d2_scores(block, weights, centers)
+    cost = float(score.sum())
+    if phi is None or phi <= 0:
+        return (cost, np.empty((0, X.shape[1])))
+    keep = _rng(root, *keys, index).random(X.shape[0]) < oversampling * score / phi
+    return (cost, X[keep])
+
+
+def _candidate_weight_task(block, weights, index, candidates):
+    return center_weights(block, weights, candidates)
+
+
+def _lloyd_task(block, weights, index, centers):
+    return lloyd_statistics(block, weights, centers)
+
+
+def _sum(values: list) -> Any:
+    total = values[0]
+    for v in values[1:]:
+        total = total + v
+    return total
+
+
+def _sum_tuples(parts: list[tuple]) -> tuple:
+    return tuple(_sum([p[i] for p in parts]) for i in range(len(parts[0])))
+
+
+def _merge_samples(parts: list[tuple]) -> tuple:
+    return (_sum([p[0] for p in parts]), np.concatenate([p[1] for p in parts]))
+
+
+def _concat_lists(parts: list[list]) -> list:
+    return [item for part in parts for item in part]
+
+
+# ---------------------------------------------------------------------------- seeding
+def _d2_sample(data: Points, centers: np.ndarray | None, root, keys) -> np.ndarray | None:
+    """One row drawn with probability proportional to w * D^2 (or w when no centers)."""
+    candidates = data.map_reduce(_d2_sample_task, centers, root, keys, merge=_concat_lists)
+    totals = np.array([c[0] for c in candidates])
+    if not totals.sum() > 0:
+        return None
+    rng = _rng(root, *keys, data.n_chunks)  # the client's own stream for this draw
+    chunk = int(np.searchsorted(np.cumsum(totals), rng.random() * totals.sum(), side="right"))
+    chunk = min(chunk, len(totals) - 1)
+    while totals[chunk] <= 0:
+        chunk -= 1
+    return candidates[chunk][1]
+
+
+def _kmeans_plusplus(data: Points, n_components: int, root, restart: int) -> np.ndarray:
+    """Exact k-means++ seeding: one pass per center."""
+    centers = None
+    for j in range(n_components):
+        row = _d2_sample(data, centers, root, (restart, _P_KPP, j))
+        if row is None:
+            raise _too_few_distinct(0 if centers is None else len(centers), n_components)
+        centers = row[None, :] if centers is None else np.vstack([centers, row])
+    return centers
+
+
+def _kmeans_parallel(data: Points, n_components: int, root, restart: int) -> np.ndarray:
+    """k-means|| seeding (Bahmani et al. 2012) with oversampling factor 2K."""
+    first = _d2_sample(data, None, root, (restart, _P_KPAR, 0))
+    candidates = first[None, :]
+    oversampling = 2.0 * n_components
+    phi = None
+    for r in range(KMEANS_PARALLEL_ROUNDS + 1):
+        cost, sampled = data.map_reduce(_kmeans_parallel_task, candidates, phi, oversampling,
+                                        root, (restart, _P_KPAR, r + 1), merge=_merge_samples)
+        phi = cost
+        if sampled.shape[0]:
+            candidates = np.vstack([candidates, sampled])
+        if phi <= 0:
+            break
+    candidates = np.unique(candidates, axis=0)
+    if candidates.shape[0] < n_components:
+        raise _too_few_distinct(candidates.shape[0], n_components)
+    weights = data.map_reduce(_candidate_weight_task, candidates, merge=_sum)
+    rng = _rng(root, restart, _P_KPAR, KMEANS_PARALLEL_ROUNDS + 2)
+    return weighted_kmeans_plusplus(candidates, weights, n_components, rng)
+
+
+def _lloyd(data: Points, centers: np.ndarray) -> np.ndarray:
+    """Distributed Lloyd iterations until the squared center shift is below tolerance."""
+    tol = KMEANS_TOL * float(np.mean(data.ensure_summary().variance))
+    for it in range(KMEANS_MAX_ITER):
+        counts, offsets, inertia = data.map_reduce(_lloyd_task, centers, merge=_sum_tuples)
+        shift = np.where(counts[:, None] > 0, offsets / np.maximum(counts, 1e-300)[:, None], 0.0)
+        centers = centers + shift
+        logger.debug("lloyd iteration %d: inertia %.6g, shift %.3g", it + 1, inertia,
+                     float((shift**2).sum()))
+        if float((shift**2).sum()) <= tol:
+            break
+    return centers
+
+
+# ---------------------------------------------------------------------------- starting points
+def _point_params(means: np.ndarray, cfg: "EMConfig") -> MixtureParams:
+    """Parameters of components each made of one point: covariance ``reg_covar``."""
+    K, D = means.shape
+    reg = cfg.reg_covar
+    cov = {
+        "full": lambda: np.tile(np.eye(D) * reg, (K, 1, 1)),
+        "tied": lambda: np.eye(D) * reg,
+        "diag": lambda: np.full((K, D), reg),
+        "spherical": lambda: np.full(K, reg),
+    }[cfg.covariance_type]()
+    return MixtureParams.from_covariances(np.full(K, 1.0 / K), means, cov, cfg.covariance_type)
+
+
+def override(params: MixtureParams | None, cfg: "EMConfig") -> MixtureParams:
+    """``params`` with the user's ``weights_init``, ``means_init`` and ``precisions_init``
+    in place of their own (``params`` may be None when all three are given)."""
+    weights = cfg.weights_init if cfg.weights_init is not None else params.weights
+    means = cfg.means_init if cfg.means_init is not None else params.means
+    if cfg.precisions_init is not None:
+        chol = precision_cholesky_from_precisions(cfg.precisions_init, cfg.covariance_type)
+        return MixtureParams.from_precision_cholesky(weights, means, chol, cfg.covariance_type)
+    return MixtureParams(np.asarray(weights, dtype=np.float64), np.asarray(means, np.float64),
+                         params.covariances, params.precisions_cholesky, cfg.covariance_type)
+
+
+def initial_params(data: Points, cfg: "EMConfig", root: np.random.SeedSequence,
+                   restart: int) -> MixtureParams:
+    """Restart ``restart``'s starting parameters by ``cfg.init_params`` (module docstring),
+    then the user's initial arrays; none are drawn when all three are given."""
+    K, cov = cfg.n_components, cfg.covariance_type
+    if cfg.weights_init is not None and cfg.means_init is not None and \
+            cfg.precisions_init is not None:
+        return override(None, cfg)
+    method = cfg.init_params
+    if method in ("kmeans", "k-means||"):
+        seeds = (_kmeans_plusplus if method == "kmeans" else _kmeans_parallel)(
+            data, K, root, restart)
+        centers = _lloyd(data, seeds)
+        params = m_step(data.map_reduce(_hard_task, centers, cov), cfg.reg_covar, cov)
+    elif method == "random":
+        total = data.map_reduce(_random_resp_task, root, restart, K, cov)
+        params = m_step(total, cfg.reg_covar, cov)
+    elif method == "k-means++":
+        params = _point_params(_kmeans_plusplus(data, K, root, restart), cfg)
+    else:
+        rng = _rng(root, restart, _P_FROM_DATA)
+        params = _point_params(data.take_rows(rng.choice(data.n_rows, size=K, replace=False)),
+                               cfg)
+    return override(params, cfg)
