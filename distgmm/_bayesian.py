@@ -1,4 +1,4 @@
-"""Variational Bayesian Gaussian mixture maths on mergeable statistics (scikit-learn's ``BayesianGaussianMixture``).
+"""Variational Gaussian mixture maths on mergeable statistics (scikit-learn's BayesianGaussianMixture).
 
 scikit-learn's variational E-step is a Gaussian-mixture E-step with modified per-component
 constants. Its weighted log-probability of point ``x`` under component ``k`` is::
@@ -834,8 +834,10 @@ _MEAN_WEIGHTS = {
 def posterior_mean_weights(state: VariationalParams) -> np.ndarray:
     """Each component's posterior mean weight, summing to one (scikit-learn's ``weights_``).
 
-    A component the data did not use keeps about its prior share, so
-    ``(posterior_mean_weights(state) > threshold).sum()`` counts the components kept.
+    A component the data did not use keeps a weight of the order of ``1 / W`` or less
+    (``W`` the data's total weight; its prior concentration, or the 1 of its stick,
+    over the rest), so ``(posterior_mean_weights(state) > threshold).sum()`` counts the
+    components the data kept.
 
     Returns
     -------
