@@ -1,4 +1,4 @@
-"""Variational Gaussian mixture maths on mergeable statistics (scikit-learn's BayesianGaussianMixture).
+"""Variational Gaussian mixture maths (scikit-learn's BayesianGaussianMixture) on chunk statistics.
 
 scikit-learn's variational E-step is a Gaussian-mixture E-step with modified per-component
 constants. Its weighted log-probability of point ``x`` under component ``k`` is::
@@ -10,8 +10,9 @@ with ``Lambda_k = nu_k W_k`` the mean of the Wishart posterior (scikit-learn's
 ``precisions_cholesky_`` factors it), ``beta_k`` the mean precision and ``E[log pi_k]`` the
 expected log weight (stick-breaking digamma sums for a Dirichlet process, a digamma
 difference for a Dirichlet distribution). So a :class:`~distgmm._statistics.MixtureParams`
-whose weights are ``exp(E[log pi_k] + c_k)`` (not summing to one: the kernels only add
-``log w_k``) and whose means and precision factors are the variational ones makes
+whose weights are ``exp(E[log pi_k] + c_k)`` (divided by the largest, so that they do
+not underflow; not summing to one: the kernels only add ``log w_k`` and normalise per row)
+and whose means and precision factors are the variational ones makes
 :func:`~distgmm._statistics.chunk_statistics` compute scikit-learn's responsibilities and
 the statistics of one iteration, in one pass (:func:`variational_estep`).
 
