@@ -9,8 +9,12 @@ selection, read the data once per iteration instead of once per model, and each 
 numbers are exactly those of fitting it alone.
 
 A run is scikit-learn's ``BaseMixture.fit_predict`` loop: E-step and statistics, M-step,
-lower bound (the mean log-likelihood under the parameters the E-step used), converged
-when it changes by less than ``tol``; the best restart is kept by scikit-learn's rule.
+lower bound, converged when it changes by less than ``tol``; the best restart is kept by
+scikit-learn's rule. What differs between the two mixtures is in their steps
+(:class:`GaussianSteps`, :class:`VariationalSteps`): the parameters the E-step kernel
+takes, the M-step, and the lower bound (a Gaussian mixture's is the mean log-likelihood
+under the E-step's parameters; a variational one's is scikit-learn's variational bound,
+a total over the data).
 """
 
 from __future__ import annotations
@@ -27,18 +31,29 @@ from typing import Any, Callable
 import numpy as np
 from threadpoolctl import threadpool_limits
 
+from distgmm._bayesian import (
+    BayesianPriors,
+    VariationalParams,
+    lower_bound,
+    variational_estep,
+    variational_m_step,
+)
 from distgmm._kernels import CollapsedComponentError
-from distgmm._statistics import MixtureParams, chunk_statistics, m_step, merge_statistics
+from distgmm._statistics import (
+    MixtureParams,
+    SufficientStatistics,
+    chunk_statistics,
+    m_step,
+    merge_statistics,
+)
 from distgmm.engine.checkpoint import FileCheckpoint
-from distgmm.engine.init import initial_params as drawn_initial_params
-from distgmm.engine.init import seed_sequence
+from distgmm.engine.init import initial_statistics, override, seed_sequence
 from distgmm.engine.passes import Points
 
-__all__ = ["EMConfig", "EMResult", "IterationInfo", "fit_em", "fit_many", "score_many"]
+__all__ = ["EMConfig", "EMResult", "GaussianSteps", "IterationInfo", "VariationalSteps",
+           "fit_em", "fit_many", "score_many"]
 
 logger = logging.getLogger(__name__)
-
-_PARAM_FIELDS = ("weights", "means", "covariances", "precisions_cholesky")
 
 
 def single_threaded_blas(fn: Callable) -> Callable:
@@ -71,6 +86,13 @@ class EMConfig:
     weights_init: np.ndarray | None = None
     means_init: np.ndarray | None = None
     precisions_init: np.ndarray | None = None
+    #: The priors of a variational (Bayesian) mixture; None for a Gaussian mixture.
+    priors: BayesianPriors | None = None
+
+    @property
+    def steps(self) -> "GaussianSteps | VariationalSteps":
+        """The steps of this kind of mixture."""
+        return GaussianSteps if self.priors is None else VariationalSteps
 
     def fingerprint(self, data: Points, entropy) -> str:
         """Digest identifying a fit: config, data shape and chunking, seed."""
@@ -82,7 +104,94 @@ class EMConfig:
         h.update(json.dumps(plain, sort_keys=True).encode())
         for a in (self.weights_init, self.means_init, self.precisions_init):
             h.update(b"-" if a is None else np.ascontiguousarray(a, dtype=np.float64).tobytes())
+        if self.priors is not None:
+            for name, value in sorted(vars(self.priors).items()):
+                h.update(name.encode() + np.asarray(value).tobytes() if not isinstance(value, str)
+                         else f"{name}={value}".encode())
         return h.hexdigest()
+
+
+class GaussianSteps:
+    """The steps of scikit-learn's ``GaussianMixture``: the E-step takes the parameters as
+    they are, the M-step is :func:`~distgmm._statistics.m_step`, and the lower bound is the
+    mean (weighted) log-likelihood under the parameters the E-step used."""
+
+    FIELDS = ("weights", "means", "covariances", "precisions_cholesky")
+
+    @staticmethod
+    def e_step(state: MixtureParams) -> tuple[MixtureParams, Any]:
+        return state, None
+
+    @staticmethod
+    def m_step(total: SufficientStatistics, cfg: EMConfig) -> MixtureParams:
+        return m_step(total, cfg.reg_covar, cfg.covariance_type)
+
+    @staticmethod
+    def lower_bound(total: SufficientStatistics, e_step: Any, state: MixtureParams) -> float:
+        return total.log_likelihood / total.weight_sum
+
+    @classmethod
+    def start(cls, total: SufficientStatistics | None, cfg: EMConfig) -> MixtureParams:
+        """The starting parameters from initial statistics, then the user's initial arrays
+        (``total`` is not needed, and may be None, when all three are given)."""
+        if total is None:
+            return override(None, cfg)
+        return override(cls.m_step(total, cfg), cfg)
+
+    @classmethod
+    def to_arrays(cls, state: MixtureParams) -> dict[str, np.ndarray]:
+        return {name: getattr(state, name) for name in cls.FIELDS}
+
+    @classmethod
+    def from_arrays(cls, arrays: dict[str, np.ndarray], cfg: EMConfig) -> MixtureParams:
+        return MixtureParams(*(arrays[name] for name in cls.FIELDS), cfg.covariance_type)
+
+
+class VariationalSteps:
+    """The steps of scikit-learn's ``BayesianGaussianMixture`` (:mod:`distgmm._bayesian`):
+    the E-step takes the Gaussian-mixture parameters equivalent to the posterior, the
+    M-step is the variational one, and the lower bound is the variational bound."""
+
+    FIELDS = ("mean_precision", "means", "degrees_of_freedom", "covariances",
+              "precisions_cholesky")
+
+    @staticmethod
+    def e_step(state: VariationalParams):
+        e_step = variational_estep(state)
+        return e_step.params, e_step
+
+    @staticmethod
+    def m_step(total: SufficientStatistics, cfg: EMConfig) -> VariationalParams:
+        return variational_m_step(total, cfg.priors, cfg.reg_covar)
+
+    @staticmethod
+    def lower_bound(total: SufficientStatistics, e_step, state: VariationalParams) -> float:
+        return lower_bound(total, e_step, state)
+
+    @classmethod
+    def start(cls, total: SufficientStatistics, cfg: EMConfig) -> VariationalParams:
+        return cls.m_step(total, cfg)
+
+    @classmethod
+    def to_arrays(cls, state: VariationalParams) -> dict[str, np.ndarray]:
+        arrays = {name: np.asarray(getattr(state, name)) for name in cls.FIELDS}
+        concentration = state.weight_concentration
+        if isinstance(concentration, tuple):  # a Dirichlet process: (a_k, b_k)
+            arrays["weight_concentration_a"], arrays["weight_concentration_b"] = concentration
+        else:
+            arrays["weight_concentration"] = concentration
+        return arrays
+
+    @classmethod
+    def from_arrays(cls, arrays: dict[str, np.ndarray], cfg: EMConfig) -> VariationalParams:
+        concentration = (arrays["weight_concentration"] if "weight_concentration" in arrays
+                         else (arrays["weight_concentration_a"],
+                               arrays["weight_concentration_b"]))
+        dof = arrays["degrees_of_freedom"]
+        return VariationalParams(concentration, arrays["mean_precision"], arrays["means"],
+                                 float(dof) if dof.ndim == 0 else dof, arrays["covariances"],
+                                 arrays["precisions_cholesky"], cfg.covariance_type,
+                                 cfg.priors.weight_concentration_prior_type)
 
 
 def _fingerprint(configs: list[EMConfig], data: Points, entropy) -> str:
@@ -118,7 +227,7 @@ class EMResult:
     ``errors="record"``).
     """
 
-    params: MixtureParams | None
+    params: MixtureParams | VariationalParams | None
     converged: bool
     n_iter: int
     lower_bound: float
@@ -134,7 +243,7 @@ class _Run:
 
     config: int
     restart: int
-    params: MixtureParams | None = None
+    params: MixtureParams | VariationalParams | None = None
     iteration: int = 0
     lower_bound: float = -math.inf
     lower_bounds: list[float] = field(default_factory=list)
@@ -142,7 +251,7 @@ class _Run:
     done: bool = False
     error: str | None = None
 
-    def advance(self, params: MixtureParams, lower_bound: float, cfg: EMConfig,
+    def advance(self, params, lower_bound: float, cfg: EMConfig,
                 seconds: float) -> IterationInfo:
         """Take the M-step's ``params`` and the E-step's ``lower_bound``; test convergence."""
         change = lower_bound - self.lower_bound
@@ -169,7 +278,7 @@ class _Run:
                 "has_params": self.params is not None}
 
     @classmethod
-    def from_meta(cls, meta: dict, params: MixtureParams | None) -> "_Run":
+    def from_meta(cls, meta: dict, params) -> "_Run":
         lb = meta["lower_bound"]
         return cls(meta["config"], meta["restart"], params, meta["iteration"],
                    -math.inf if lb is None else lb, meta["lower_bounds"], meta["converged"],
@@ -187,28 +296,32 @@ def _merge_lists(parts: list[list]) -> list:
 
 def _em_step(data: Points, configs: list[EMConfig], runs: list[_Run],
              errors: str) -> list[IterationInfo]:
-    """One iteration of every run in ``runs``: one pass, then each run's M-step."""
+    """One iteration of every run in ``runs``: one pass for all their E-steps and
+    statistics, then each run's M-step and lower bound."""
     started = time.perf_counter()
-    totals = data.map_reduce(_statistics_of, [run.params for run in runs], merge=_merge_lists)
+    e_steps = [configs[run.config].steps.e_step(run.params) for run in runs]
+    totals = data.map_reduce(_statistics_of, [params for params, _ in e_steps],
+                             merge=_merge_lists)
     seconds = time.perf_counter() - started
     infos = []
-    for run, total in zip(runs, totals):
+    for run, (_, e_step), total in zip(runs, e_steps, totals):
         cfg = configs[run.config]
         try:
-            params = m_step(total, cfg.reg_covar, cfg.covariance_type)
+            params = cfg.steps.m_step(total, cfg)
         except CollapsedComponentError as exc:
             run.fail(exc, errors)
             continue
-        infos.append(run.advance(params, total.log_likelihood / total.weight_sum, cfg, seconds))
+        bound = cfg.steps.lower_bound(total, e_step, params)
+        infos.append(run.advance(params, bound, cfg, seconds))
     return infos
 
 
-def _save(checkpoint: FileCheckpoint | None, runs: list[_Run], fingerprint: str,
-          entropy) -> None:
+def _save(checkpoint: FileCheckpoint | None, configs: list[EMConfig], runs: list[_Run],
+          fingerprint: str, entropy) -> None:
     if checkpoint is None:
         return
-    arrays = {f"run{j}_{name}": getattr(run.params, name) for j, run in enumerate(runs)
-              if run.params is not None for name in _PARAM_FIELDS}
+    arrays = {f"run{j}_{name}": value for j, run in enumerate(runs) if run.params is not None
+              for name, value in configs[run.config].steps.to_arrays(run.params).items()}
     checkpoint.save(arrays, {"runs": [run.meta() for run in runs]}, fingerprint, entropy)
 
 
@@ -223,8 +336,10 @@ def _resumed(checkpoint: FileCheckpoint, configs: list[EMConfig], data: Points
     for j, m in enumerate(meta["runs"]):
         params = None
         if m["has_params"]:
-            params = MixtureParams(*(arrays[f"run{j}_{name}"] for name in _PARAM_FIELDS),
-                                   configs[m["config"]].covariance_type)
+            cfg = configs[m["config"]]
+            prefix = f"run{j}_"
+            params = cfg.steps.from_arrays({k[len(prefix):]: v for k, v in arrays.items()
+                                            if k.startswith(prefix)}, cfg)
         runs.append(_Run.from_meta(m, params))
     logger.info("resuming from %s", checkpoint.path)
     return runs, np.random.SeedSequence(entropy)
@@ -245,6 +360,15 @@ def _best(runs: list[_Run], seconds: float) -> EMResult:
                     list(best.lower_bounds), histories, seconds)
 
 
+def _drawn_start(data: Points, cfg: EMConfig, root: np.random.SeedSequence, restart: int):
+    """A run's start from the engine's initialisation (:mod:`distgmm.engine.init`); no
+    pass when a Gaussian mixture's three initial arrays are all given."""
+    given = (cfg.weights_init, cfg.means_init, cfg.precisions_init)
+    if cfg.priors is None and all(a is not None for a in given):
+        return GaussianSteps.start(None, cfg)
+    return cfg.steps.start(initial_statistics(data, cfg, root, restart), cfg)
+
+
 @single_threaded_blas
 def fit_many(
     data: Points,
@@ -255,7 +379,7 @@ def fit_many(
     on_iteration: Callable[[IterationInfo], None] | None = None,
     checkpoint: FileCheckpoint | None = None,
     errors: str = "raise",
-    initial_params: Callable[[int, int], MixtureParams] | None = None,
+    initial_params: Callable[[int, int], Any] | None = None,
 ) -> list[EMResult]:
     """Fit several configurations and all their restarts in lockstep, one pass per iteration.
 
@@ -265,8 +389,9 @@ def fit_many(
     configs : list of EMConfig
     random_state : None, int, RandomState, Generator or SeedSequence
         Restart ``r`` of every configuration uses the random streams of spawn key ``(r, ...)``.
-    warm_start : (MixtureParams, float), optional
-        Single configuration only: one run started from these parameters and lower bound.
+    warm_start : (parameters, float), optional
+        Single configuration only: one run started from these parameters (MixtureParams,
+        or VariationalParams for a variational mixture) and lower bound.
     on_iteration : callable, optional
         Called with an :class:`IterationInfo` per run after every pass.
     checkpoint : FileCheckpoint, optional
@@ -296,8 +421,8 @@ def fit_many(
     else:
         n_runs = [1 if warm_start is not None else cfg.n_init for cfg in configs]
         runs = [_Run(c, r) for c, n in enumerate(n_runs) for r in range(n)]
-    save = functools.partial(_save, checkpoint, runs, _fingerprint(configs, data, root.entropy),
-                             root.entropy)
+    save = functools.partial(_save, checkpoint, configs, runs,
+                             _fingerprint(configs, data, root.entropy), root.entropy)
 
     for run in runs:  # initialise the runs a checkpoint did not hold
         if run.done or run.params is not None:
@@ -309,7 +434,7 @@ def fit_many(
             elif initial_params is not None:
                 run.params = initial_params(run.config, run.restart)
             else:
-                run.params = drawn_initial_params(data, cfg, root, run.restart)
+                run.params = _drawn_start(data, cfg, root, run.restart)
         except CollapsedComponentError as exc:
             run.fail(exc, errors)
             continue

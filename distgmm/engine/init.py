@@ -43,14 +43,13 @@ from distgmm._statistics import (
     SufficientStatistics,
     chunk_statistics_from_resp,
     hard_assignment_statistics,
-    m_step,
 )
 from distgmm.engine.passes import Points
 
 if TYPE_CHECKING:
     from distgmm.engine.em import EMConfig
 
-__all__ = ["INIT_METHODS", "initial_params", "override", "seed_sequence"]
+__all__ = ["INIT_METHODS", "initial_statistics", "override", "seed_sequence"]
 
 logger = logging.getLogger(__name__)
 
@@ -217,19 +216,6 @@ def _lloyd(data: Points, centers: np.ndarray) -> np.ndarray:
 
 
 # ---------------------------------------------------------------------------- starting points
-def _point_params(means: np.ndarray, cfg: "EMConfig") -> MixtureParams:
-    """Parameters of components each made of one point: covariance ``reg_covar``."""
-    K, D = means.shape
-    reg = cfg.reg_covar
-    cov = {
-        "full": lambda: np.tile(np.eye(D) * reg, (K, 1, 1)),
-        "tied": lambda: np.eye(D) * reg,
-        "diag": lambda: np.full((K, D), reg),
-        "spherical": lambda: np.full(K, reg),
-    }[cfg.covariance_type]()
-    return MixtureParams.from_covariances(np.full(K, 1.0 / K), means, cov, cfg.covariance_type)
-
-
 def override(params: MixtureParams | None, cfg: "EMConfig") -> MixtureParams:
     """``params`` with the user's ``weights_init``, ``means_init`` and ``precisions_init``
     in place of their own (``params`` may be None when all three are given)."""
@@ -242,27 +228,23 @@ def override(params: MixtureParams | None, cfg: "EMConfig") -> MixtureParams:
                          params.covariances, params.precisions_cholesky, cfg.covariance_type)
 
 
-def initial_params(data: Points, cfg: "EMConfig", root: np.random.SeedSequence,
-                   restart: int) -> MixtureParams:
-    """Restart ``restart``'s starting parameters by ``cfg.init_params`` (module docstring),
-    then the user's initial arrays; none are drawn when all three are given."""
+def initial_statistics(data: Points, cfg: "EMConfig", root: np.random.SeedSequence,
+                       restart: int) -> SufficientStatistics:
+    """The statistics restart ``restart`` starts from, by ``cfg.init_params`` (see the
+    module docstring): of the k-means clusters' hard assignments, of random
+    responsibilities, or of the K chosen points (one point per component, whose M-step
+    gives covariances of ``reg_covar``)."""
     K, cov = cfg.n_components, cfg.covariance_type
-    if cfg.weights_init is not None and cfg.means_init is not None and \
-            cfg.precisions_init is not None:
-        return override(None, cfg)
     method = cfg.init_params
     if method in ("kmeans", "k-means||"):
         seeds = (_kmeans_plusplus if method == "kmeans" else _kmeans_parallel)(
             data, K, root, restart)
-        centers = _lloyd(data, seeds)
-        params = m_step(data.map_reduce(_hard_task, centers, cov), cfg.reg_covar, cov)
-    elif method == "random":
-        total = data.map_reduce(_random_resp_task, root, restart, K, cov)
-        params = m_step(total, cfg.reg_covar, cov)
-    elif method == "k-means++":
-        params = _point_params(_kmeans_plusplus(data, K, root, restart), cfg)
+        return data.map_reduce(_hard_task, _lloyd(data, seeds), cov)
+    if method == "random":
+        return data.map_reduce(_random_resp_task, root, restart, K, cov)
+    if method == "k-means++":
+        points = _kmeans_plusplus(data, K, root, restart)
     else:
         rng = _rng(root, restart, _P_FROM_DATA)
-        params = _point_params(data.take_rows(rng.choice(data.n_rows, size=K, replace=False)),
-                               cfg)
-    return override(params, cfg)
+        points = data.take_rows(rng.choice(data.n_rows, size=K, replace=False))
+    return chunk_statistics_from_resp(points, np.eye(K), None, cov)
