@@ -12,12 +12,15 @@ import numpy as np
 import zarr
 
 from distgmm.errors import DistgmmInputError
+from distgmm.store._integrity import writable_rows
 from distgmm.store._location import StoreLocation, building_store
+from distgmm.store._lock import replace_lock, rows_lock
 from distgmm.store._points import (
     check_dtype,
     create_layout,
     default_chunk_rows,
     mark_complete,
+    maybe_pause,
     now_iso,
 )
 
@@ -89,15 +92,31 @@ def _generate_chunk(index: int, *, location: StoreLocation, n_rows: int, chunk_r
         mask = truth == k
         points[mask] = means[k] + noise[mask] @ cholesky[k].T
     group = zarr.open_group(location.zarr_store(read_only=False), mode="r+")
-    group["points"][start:stop] = points.astype(group["points"].dtype)
-    group["truth"][start:stop] = truth.astype(np.int32)
+    writable_rows(group["points"])[start:stop] = points.astype(group["points"].dtype)
+    writable_rows(group["truth"])[start:stop] = truth.astype(np.int32)
     return stop - start
+
+
+def _gather_counting(client, futures) -> int:
+    """Rows written by the chunk tasks, counted as they finish (the test pause hook counts
+    chunks); the first failure cancels the rest."""
+    from distributed import as_completed
+
+    written = 0
+    try:
+        for done, future in enumerate(as_completed(futures, loop=client.loop), start=1):
+            written += future.result()
+            maybe_pause(done)
+    finally:
+        client.cancel([f for f in futures if not f.done()])
+    return written
 
 
 def generate(store: str, *, n_points: int = 10_000_000, n_features: int = 8,
              n_components: int = 8, seed: int | None = None, dtype: str = "float32",
              chunk_rows: int | None = None, preset: str | None = None, overwrite: bool = False,
-             storage_options: dict[str, Any] | None = None, client=None) -> GenerateReport:
+             storage_options: dict[str, Any] | None = None, client=None,
+             lock_wait: float | None = None) -> GenerateReport:
     """Write a synthetic Gaussian-mixture point store, one Dask task per chunk.
 
     Each chunk's random stream comes from ``SeedSequence(seed, spawn_key=(1, chunk_index))``
@@ -125,6 +144,9 @@ def generate(store: str, *, n_points: int = 10_000_000, n_features: int = 8,
         fsspec options for a remote ``store``.
     client : distributed.Client, optional
         Default: :func:`distgmm.cluster.get_client`.
+    lock_wait : float, optional
+        Seconds to wait while another process writes this store; default
+        ``$DISTGMM_LOCK_WAIT`` or 60 (see :mod:`distgmm.store._lock`).
 
     Returns
     -------
@@ -160,7 +182,9 @@ def generate(store: str, *, n_points: int = 10_000_000, n_features: int = 8,
                  "means": means.tolist(), "covariances": covariances.tolist()}
     location = StoreLocation(store, storage_options)
     client = client or get_client()
-    with building_store(location, overwrite=overwrite) as tmp:
+    with rows_lock(location, "generate", lock_wait) as lock, building_store(
+            location, overwrite=overwrite,
+            guard=lambda: replace_lock(location, "generate --overwrite", lock_wait)) as tmp:
         group = create_layout(
             tmp, n_rows=n_points, n_features=n_features, dtype=stored, chunk_rows=chunk_rows,
             columns=None, with_truth=True,
@@ -170,8 +194,9 @@ def generate(store: str, *, n_points: int = 10_000_000, n_features: int = 8,
             _generate_chunk, range(n_chunks), location=tmp, n_rows=n_points,
             chunk_rows=chunk_rows, seed=seed, weights=weights, means=means,
             cholesky=np.linalg.cholesky(covariances), counts=counts, pure=False)
-        written = sum(client.gather(futures))
+        written = _gather_counting(client, futures)
         assert written == n_points
+        lock.ensure_held()
         mark_complete(group)
     seconds = time.perf_counter() - t0
     logger.info("generated %d x %d rows into %s in %.1f s", n_points, n_features, store, seconds)
