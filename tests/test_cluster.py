@@ -12,7 +12,9 @@ import queue
 import re
 import shutil
 import signal
+import socket
 import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -356,6 +358,114 @@ def test_unreachable_scheduler_is_a_clear_error(tmp_path):
     assert done.stderr.strip().splitlines()[-1].startswith(
         f"error: could not connect to the Dask scheduler at tcp://127.0.0.1:{port}")
     assert elapsed < 50
+
+
+@pytest.mark.timeout(60)
+def test_a_port_that_is_not_a_dask_scheduler_fails_within_the_timeout(tmp_path):
+    """An HTTP server accepts the connection and never sends Dask's handshake: Dask's own
+    connect would wait forever; distgmm gives up after --scheduler-timeout."""
+    (tmp_path / "k.txt").write_text("1 2\n3 4\n5 6\n")
+    assert distgmm("ingest", str(tmp_path / "k.txt"), str(tmp_path / "k.zarr")).returncode == 0
+    port = free_port()
+    http = subprocess.Popen([sys.executable, "-m", "http.server", str(port), "--bind",
+                             "127.0.0.1"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 20
+        while True:  # wait until it listens
+            with socket.socket() as s:
+                if s.connect_ex(("127.0.0.1", port)) == 0:
+                    break
+            assert time.monotonic() < deadline, "http.server did not start"
+            time.sleep(0.1)
+        started = time.monotonic()
+        done = distgmm("info", str(tmp_path / "k.zarr"), "--scheduler",
+                       f"tcp://127.0.0.1:{port}", "--scheduler-timeout", "4", timeout=40)
+        elapsed = time.monotonic() - started
+    finally:
+        http.kill()
+        http.wait(10)
+    assert done.returncode == 1, done.stderr
+    last = done.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"error: could not connect to the Dask scheduler at "
+                           f"tcp://127.0.0.1:{port}"), done.stderr
+    assert "no Dask handshake within 4 s" in last and "Traceback" not in done.stderr
+    assert elapsed < 15, f"took {elapsed:.1f} s"
+
+
+@pytest.mark.timeout(30)
+def test_a_malformed_scheduler_address_is_refused_at_once(tmp_path):
+    (tmp_path / "k.txt").write_text("1 2\n3 4\n5 6\n")
+    assert distgmm("ingest", str(tmp_path / "k.txt"), str(tmp_path / "k.zarr")).returncode == 0
+    for address in ("notanaddress", "tcp://127.0.0.1", "tcp://:8786", "http://127.0.0.1:1"):
+        started = time.monotonic()
+        done = distgmm("info", str(tmp_path / "k.zarr"), "--scheduler", address)
+        assert time.monotonic() - started < 10
+        assert done.returncode == 2, done.stderr
+        lines = done.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("error: --scheduler") and \
+            "tcp://HOST:PORT" in lines[0], done.stderr
+
+
+@pytest.mark.timeout(120)
+def test_a_frozen_scheduler_ends_the_command_within_the_timeout(tmp_path, store,
+                                                                 fresh_cluster):
+    """SIGSTOP keeps the scheduler's connections open (the kernel still acknowledges), so
+    only the watchdog's pings notice; the command exits 1 with a clear message."""
+    cluster = fresh_cluster(1)
+    fit = Watched("fit", str(store), *FIT_ARGS, "--model", str(tmp_path / "m.npz"),
+                  "--scheduler", cluster.address, "--scheduler-timeout", "4",
+                  DISTGMM_TEST_PAUSE_AFTER_ITERATIONS="2", DISTGMM_TEST_PAUSE_SECONDS="1")
+    try:
+        fit.wait_for("DISTGMM_TEST_PAUSE_AFTER_ITERATIONS: paused")
+        os.kill(cluster.scheduler.pid, signal.SIGSTOP)
+        stopped = time.monotonic()
+        code, out, err = fit.finish(timeout=60)
+        noticed = time.monotonic() - stopped
+    finally:
+        fit.kill()
+        os.kill(cluster.scheduler.pid, signal.SIGCONT)
+    assert code == 1 and out == "", err
+    last = err.strip().splitlines()[-1]
+    assert last.startswith(f"error: stopped answering the Dask scheduler at {cluster.address} "
+                           "(no reply for 4 s)"), err
+    assert "--resume" in last and "Traceback" not in err
+    # pings every timeout/4, a ping may take the whole timeout, then the client is closed
+    assert noticed < 4 * 1.25 + 10, f"took {noticed:.1f} s"
+    assert not (tmp_path / "m.npz").exists()
+
+    # frozen before the command starts: the handshake never comes
+    os.kill(cluster.scheduler.pid, signal.SIGSTOP)
+    try:
+        started = time.monotonic()
+        done = distgmm("info", str(store), "--scheduler", cluster.address,
+                       "--scheduler-timeout", "3", timeout=40)
+        elapsed = time.monotonic() - started
+    finally:
+        os.kill(cluster.scheduler.pid, signal.SIGCONT)
+    assert done.returncode == 1 and "no Dask handshake within 3 s" in done.stderr, done.stderr
+    assert elapsed < 15
+
+
+@pytest.mark.timeout(90)
+def test_embedded_cluster_dashboard_listens_on_loopback_only():
+    """The dashboard of the CLI's own LocalCluster is bound to 127.0.0.1, the address the
+    commands print."""
+    import psutil
+
+    from distgmm.cluster import local_cluster_client
+
+    client = local_cluster_client(1, memory_limit="1GiB")
+    cluster = client.cluster
+    try:
+        link = client.dashboard_link
+        port = int(re.search(r":(\d+)/status", link).group(1))
+        listening = [c.laddr for c in psutil.Process().net_connections("tcp")
+                     if c.status == psutil.CONN_LISTEN and c.laddr.port == port]
+    finally:
+        client.close()
+        cluster.close()
+    assert link.startswith("http://127.0.0.1:")
+    assert listening and all(addr.ip == "127.0.0.1" for addr in listening), listening
 
 
 class _Payload:

@@ -7,8 +7,9 @@ from typing import Annotated
 import typer
 
 from distgmm.cli._options import (
+    LockWait,
     ClusterOptions, Json, MemoryLimit, Output, Quiet, Scheduler, ThreadsPerWorker, TlsCaFile,
-    TlsCert, TlsKey, Verbose, Workers, dask_client, handle_errors,
+    TlsCert, TlsKey, SchedulerTimeout, Verbose, Workers, dask_client, handle_errors,
 )
 from distgmm.cli.fit import iteration_printer, render_fit
 from distgmm.cli.label import progress_printer, render_label
@@ -32,6 +33,7 @@ def _render_step(output: Output, kind: str, result: dict) -> None:
 def run(
     job_file: Annotated[str, typer.Argument(metavar="JOB.toml", help="Job file (see jobs/ for documented examples).")],
     set_: Annotated[list[str] | None, typer.Option("--set", metavar="NAME=VALUE", help="Override a [vars] entry of the job, repeatable (also: env DISTGMM_VAR_<NAME>).")] = None,
+    lock_wait: LockWait = None,
     scheduler: Scheduler = None,
     workers: Workers = None,
     threads_per_worker: ThreadsPerWorker = 1,
@@ -39,6 +41,7 @@ def run(
     tls_ca_file: TlsCaFile = None,
     tls_cert: TlsCert = None,
     tls_key: TlsKey = None,
+    scheduler_timeout: SchedulerTimeout = None,
     verbose: Verbose = 0,
     quiet: Quiet = False,
     json: Json = False,
@@ -62,9 +65,10 @@ def run(
             on_iteration=iteration_printer(output), on_label_progress=progress_printer(output),
             on_candidate=candidate_printer(output))
         cluster = ClusterOptions(scheduler, workers, threads_per_worker, memory_limit,
-                                 tls_ca_file, tls_cert, tls_key)
+                                 tls_ca_file, tls_cert, tls_key,
+                                 scheduler_timeout)
         with dask_client(cluster, output) as client:
-            report = run_job(job, client=client, hooks=hooks)
+            report = run_job(job, client=client, hooks=hooks, lock_wait=lock_wait)
             result = {**report.to_dict(), "dashboard": client.dashboard_link}
         if json:
             output.emit_json(result)

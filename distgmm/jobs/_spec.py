@@ -282,18 +282,18 @@ class JobReport:
                           for s, r in self.results]}
 
 
-def _run_step(step: JobStep, client: Any, hooks: JobHooks) -> Any:
+def _run_step(step: JobStep, client: Any, hooks: JobHooks, lock_wait: float | None) -> Any:
     o = dict(step.options)
     if step.kind == "generate":
         from distgmm.store import generate
 
         renamed = {"points": "n_points", "features": "n_features", "components": "n_components"}
-        return generate(o.pop("store"), client=client,
+        return generate(o.pop("store"), client=client, lock_wait=lock_wait,
                         **{renamed.get(k, k): v for k, v in o.items()})
     if step.kind == "ingest":
         from distgmm.store import ingest
 
-        return ingest(o.pop("source"), o.pop("store"), **o)
+        return ingest(o.pop("source"), o.pop("store"), lock_wait=lock_wait, **o)
     if step.kind == "fit":
         from distgmm.jobs._fit import fit_store
 
@@ -304,7 +304,7 @@ def _run_step(step: JobStep, client: Any, hooks: JobHooks) -> Any:
         from distgmm.jobs._label import label_store
 
         return label_store(o.pop("model"), o.pop("store"), client=client,
-                           on_progress=hooks.on_label_progress, **o)
+                           on_progress=hooks.on_label_progress, lock_wait=lock_wait, **o)
     from distgmm.jobs._select import select_store
 
     return select_store(o.pop("store"), o.pop("model"), init_params=o.pop("init", "kmeans"),
@@ -312,15 +312,19 @@ def _run_step(step: JobStep, client: Any, hooks: JobHooks) -> Any:
                         on_candidate=hooks.on_candidate, **o)
 
 
-def run_job(job: Job, *, client: Any = None, hooks: JobHooks | None = None) -> JobReport:
-    """Run the steps of a validated job in order on ``client``; stop at the first error."""
+def run_job(job: Job, *, client: Any = None, hooks: JobHooks | None = None,
+            lock_wait: float | None = None) -> JobReport:
+    """Run the steps of a validated job in order on ``client``; stop at the first error.
+
+    ``lock_wait`` is how long a writing step waits for a busy store (see
+    :mod:`distgmm.store._lock`)."""
     hooks = hooks or JobHooks()
     report = JobReport(job.path)
     t0 = time.perf_counter()
     for step in job.steps:
         if hooks.step_started is not None:
             hooks.step_started(step)
-        result = _run_step(step, client, hooks)
+        result = _run_step(step, client, hooks, lock_wait)
         report.results.append((step, result))
         if hooks.step_finished is not None:
             hooks.step_finished(step, result)
