@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import socket
 
 import numpy as np
 import pytest
@@ -11,6 +10,7 @@ import zarr
 from distributed import Client, LocalCluster
 
 from distgmm.errors import DistgmmInputError
+from fixtures_s3 import s3_options  # noqa: F401 (a fixture)
 from distgmm.store import (
     append,
     generate,
@@ -292,25 +292,6 @@ def test_label_state_tracks_chunks_and_appends(tmp_path):
 
 
 # --- S3-compatible object store (moto server on loopback) --------------------------------
-
-@pytest.fixture(scope="module")
-def s3_options():
-    pytest.importorskip("s3fs")
-    from moto.server import ThreadedMotoServer
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    options = {"key": "testing", "secret": "testing",
-               "client_kwargs": {"endpoint_url": f"http://127.0.0.1:{port}"}}
-    import s3fs
-
-    s3fs.S3FileSystem(**options).mkdir("distgmm-test")
-    yield options
-    server.stop()
-
 
 def test_store_on_s3_round_trip_append_and_info(tmp_path, s3_options, client):
     url = "s3://distgmm-test/k.zarr"

@@ -41,7 +41,8 @@ __all__ = ["LabelReport", "label_store", "label_block", "model_params", "PAUSE_E
 
 logger = logging.getLogger(__name__)
 
-#: Test hook: pause (for ``kill -9``) once this many chunks are recorded as done.
+#: Test hook: pause (for ``kill -9``, or to start another run) once this many chunks are
+#: recorded as done; at 0, once the label set is prepared, before any chunk is labelled.
 PAUSE_ENV = "DISTGMM_TEST_PAUSE_AFTER_LABEL_CHUNKS"
 _SUB_BLOCK_ROWS = 65536
 _RECORD_SECONDS = 2.0
@@ -251,11 +252,14 @@ def _run_chunks(pending: list[int], location: StoreLocation, name: str, chunk_ro
         return
     from distributed import as_completed
 
+    threshold = _pause_threshold()
+    if threshold == 0:  # the test hook at 0: after preparing, before any chunk is labelled
+        pause_for_tests(PAUSE_ENV, 0, "recorded label chunks")
+        threshold = None
     futures = client.map(_label_chunk, pending, location=location, name=name,
                          chunk_rows=chunk_rows, n_rows=n_rows, params=params, proba=proba,
                          pure=False)
     batch_size = max(1, len(pending) // _RECORD_BATCHES)
-    threshold = _pause_threshold()
     batch: list[int] = []
     last = time.monotonic()
 
