@@ -311,3 +311,50 @@ def test_demo(tmp_path, scheduler_address):
     assert result["fits"]["blobs"]["n_components"] == 2
     assert 1 <= result["fits"]["kmeans"]["n_components"] <= 6
     assert len(label_state(outputs["blobs store"], "demo").chunks_done) == 1
+
+
+def test_damaged_store_is_exit_2_naming_the_chunk_and_leaves_nothing(tmp_path, blobs,
+                                                                     blobs_model,
+                                                                     scheduler_address):
+    import zarr
+
+    store = copy_store(blobs, tmp_path / "s.zarr")
+    os.remove(os.path.join(store, "points", "c", "3", "0"))
+    cluster = ["--scheduler", scheduler_address]
+    for args in (["fit", store, "-k", "3", "--model", str(tmp_path / "m.npz")],
+                 ["label", blobs_model, store, "--name", "d"]):
+        line = one_error_line(run(*args, *cluster))
+        assert "chunk 3 of 'points' (rows 900-1,199) is missing" in line, line
+    assert not os.path.exists(tmp_path / "m.npz")
+    labels = zarr.open_group(store, mode="r")["labels/d"]  # chunks done before are kept
+    assert 3 not in labels.attrs["distgmm_labels"]["chunks_done"]
+    # a label run that fails before recording any chunk leaves nothing in the store
+    shutil.rmtree(os.path.join(store, "labels"))
+    shutil.rmtree(os.path.join(store, "points", "c"))
+    line = one_error_line(run("label", blobs_model, store, "--name", "d", *cluster))
+    assert "is missing" in line
+    assert list(zarr.open_group(store, mode="r").group_keys()) == []
+
+    store = copy_store(blobs, tmp_path / "t.zarr")
+    path = os.path.join(store, "points", "c", "5", "0")
+    raw = bytearray(open(path, "rb").read())
+    raw[40] ^= 0xFF
+    open(path, "wb").write(bytes(raw))
+    line = one_error_line(run("label", blobs_model, store, "--name", "d", *cluster))
+    assert "chunk 5 of 'points' (rows 1,500-1,799) fails its checksum" in line, line
+
+
+def test_nan_rows_in_a_store_are_refused_by_the_label_job(tmp_path, blobs, blobs_model,
+                                                         scheduler_address):
+    import zarr
+
+    store = copy_store(blobs, tmp_path / "s.zarr")
+    zarr.open_array(store, path="points", mode="r+")[1000:1003] = np.nan
+    line = one_error_line(run("label", blobs_model, store, "--name", "nan",
+                              "--scheduler", scheduler_address))
+    assert "chunk 3 of 'points' holds 3 rows with NaN or infinite values (first: row 1,000)" \
+        in line, line
+    state_names = list(zarr.open_group(store, mode="r").group_keys())
+    if state_names:  # chunks finished before the failure stay recorded (they are right)
+        labels = zarr.open_group(store, mode="r")["labels/nan"]
+        assert 3 not in labels.attrs["distgmm_labels"]["chunks_done"]

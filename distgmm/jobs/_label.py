@@ -213,7 +213,7 @@ def _label_locked(loaded: ModelFile, store: str, location: StoreLocation, name: 
     reset = proba and same_model and not had_proba
     if reset:
         logger.info("labels/%s had no probabilities: relabelling every chunk", name)
-    created = [p for p in (path, f"proba/{name}") if p not in group]
+    created = [p for p in (path, f"proba/{name}", "labels", "proba") if p not in group]
     finished: list[int] = []
     try:
         state = prepare_labels(group, name, loaded.fingerprint, k, reset=reset,
@@ -230,7 +230,7 @@ def _label_locked(loaded: ModelFile, store: str, location: StoreLocation, name: 
                     with_proba, client, group, on_progress, lock, finished)
     except BaseException:
         if not finished:  # nothing to keep: leave the store as it was
-            for created_path in created:
+            for created_path in created:  # arrays, then their groups
                 if created_path in group:
                     del group[created_path]
         raise
