@@ -256,6 +256,15 @@ def bad_inputs(tmp_path, blobs_model, client):
     (tmp_path / "unknown.toml").write_text(
         "[[step]]\nrun = 'label'\nmodel = 'm.npz'\nstore = 's.zarr'\nprobability = true\n")
     np.savetxt(tmp_path / "three.txt", np.zeros((4, 3)))
+    np.savetxt(tmp_path / "few.txt", np.zeros((4, 2)))
+    (tmp_path / "nan.txt").write_text("1 2\nnan 4\n")
+    (tmp_path / "huge.txt").write_text("1 2\n1e300 4\n")
+    (tmp_path / "notes.txt").write_text("my notes\n")
+    (tmp_path / "three.txt.npy").write_text("not numpy\n")
+    np.savez(tmp_path / "notmodel.npz", a=np.zeros(3))
+    import zarr
+
+    zarr.create_array(str(tmp_path / "plain.zarr"), shape=(10, 2), dtype="float64")
     return tmp_path, three
 
 
@@ -275,14 +284,49 @@ def bad_inputs(tmp_path, blobs_model, client):
     (["run", "{tmp}/malformed.toml"], "is not valid TOML"),
     (["run", "{tmp}/unknown.toml"], "unknown key 'probability'; allowed: model, name, proba"),
     (["run", "{tmp}/unknown.toml", "--set", "x=1"], "declares no variable 'x'"),
+    # 0 is refused, never taken for the default; absurd sizes before anything is allocated
+    (["generate", "{tmp}/g.zarr", "--points", "0"], "--points must be at least 1, got 0"),
+    (["generate", "{tmp}/g.zarr", "--features", "0"], "--features must be at least 1, got 0"),
+    (["generate", "{tmp}/g.zarr", "--components", "0"], "--components must be at least 1"),
+    (["generate", "{tmp}/g.zarr", "--components", "100000000"], "at most 1,000"),
+    (["generate", "{tmp}/g.zarr", "--features", "100000"], "covariances alone would take"),
+    (["generate", "{tmp}/g.zarr", "--points", "100000000000000"], "GiB free where"),
+    # outputs that cannot be written are refused before the work, not after it
+    (["generate", "{tmp}/three.txt/g.zarr"], "which is a file, not a directory"),
+    (["ingest", "{tmp}/three.txt", "{tmp}/three.txt/s.zarr"], "which is a file, not a directory"),
+    (["fit", "{store}", "-k", "2", "--model", "{tmp}"], "is a directory; give a file path"),
+    (["fit", "{store}", "-k", "2", "--model", "{tmp}/three.txt/m.npz"], "which is a file"),
+    (["fit", "{store}", "-k", "2", "--model", "/proc/m.npz"], "cannot be written"),
+    (["fit", "{store}", "-k", "2", "--model", "{tmp}/three.txt", "--overwrite"],
+     "is not a npz file; refusing to replace it"),
+    (["fit", "{store}", "-k", "2", "--model", "{tmp}/notmodel.npz", "--overwrite"],
+     "is not a distgmm model file; refusing to replace it"),
+    (["fit", "{store}", "-k", "2", "--model", "{tmp}/m.npz", "--checkpoint", "{tmp}/three.txt"],
+     "is a file, not a directory"),
+    (["select", "{store}", "--model", "{tmp}/three.txt", "--overwrite"], "refusing to replace"),
+    (["plot", "{model}", "{store}", "--out", "{tmp}/three.txt"], "is not a png file"),
+    (["plot", "{model}", "{store}", "--out", "{tmp}"], "is a directory"),
+    (["predict", "{model}", "{tmp}/few.txt", "--out", "{tmp}/notes.txt"],
+     "is not a prediction written by `distgmm predict`"),
+    (["predict", "{model}", "{tmp}/few.txt", "--out", "{tmp}/three.txt/p.npy"], "is a file"),
+    (["predict", "{model}", "{tmp}/few.txt", "--out", "{tmp}/three.txt.npy"], "not a npy file"),
+    (["demo", "{tmp}/three.txt"], "is a file, not a directory"),
+    # advice names only options the command has
+    (["predict", "{model}", "{tmp}/nan.txt"], "value nan is not finite; clean the data first"),
+    (["ingest", "{tmp}/huge.txt", "{tmp}/h.zarr"], "value 1e+300 is too large in magnitude"),
+    (["label", "{model}", "{tmp}/plain.zarr"], "is a plain Zarr array, not a point store"),
+    (["ingest", "{tmp}/three.txt", "{tmp}/plain.zarr", "--append"], "is a plain Zarr array"),
 ])
 def test_bad_arguments_exit_2_with_one_line(bad_inputs, blobs, blobs_model, scheduler_address,
                                              args, expected):
     tmp, three = bad_inputs
     args = [a.format(tmp=tmp, model=blobs_model, store=blobs, three=three) for a in args]
-    cluster = [] if args[0] == "predict" else ["--scheduler", scheduler_address]
+    cluster = [] if args[0] in ("predict", "ingest") else ["--scheduler", scheduler_address]
+    before = sorted(os.listdir(tmp))
     line = one_error_line(run(*args, *cluster))
     assert expected in line, line
+    assert sorted(os.listdir(tmp)) == before  # nothing left behind
+    assert "unexpected" not in line
 
 
 def test_every_example_job_runs(tmp_path, scheduler_address):

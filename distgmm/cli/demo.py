@@ -36,9 +36,11 @@ def demo(
     on a laptop's local cluster.
     """
     from distgmm.jobs import run_demo
+    from distgmm.jobs._demo import check_demo_directory
 
     output = Output(verbose, quiet, json)
     with handle_errors(output):
+        check_demo_directory(directory)
         cluster = ClusterOptions(scheduler, workers, threads_per_worker, memory_limit,
                                  tls_ca_file, tls_cert, tls_key,
                                  scheduler_timeout)

@@ -108,12 +108,14 @@ def fit(
     uninterrupted fit would have. Without --resume an existing checkpoint is refused.
     """
     from distgmm.jobs import fit_store
+    from distgmm.jobs._fit import check_fit_outputs
     from distgmm.store import open_points, read_model
 
     output = Output(verbose, quiet, json)
     with handle_errors(output):
         options = storage_options(storage_option)
         open_points(store, options)  # fail on bad input before starting a cluster
+        check_fit_outputs(model, overwrite=overwrite, checkpoint_dir=checkpoint, plot=plot)
         if align_to is not None:
             read_model(align_to)
         cluster = ClusterOptions(scheduler, workers, threads_per_worker, memory_limit,

@@ -43,6 +43,7 @@ def generate(
 ) -> None:
     """Generate synthetic Gaussian-mixture data into STORE, chunk by chunk in parallel."""
     from distgmm.store import generate as generate_store
+    from distgmm.store._generate import check_generate
 
     output = Output(verbose, quiet, json)
     with handle_errors(output):
@@ -50,13 +51,18 @@ def generate(
             raise DistgmmInputError(
                 f"--preset {preset} fixes the points, features and components; drop "
                 "--points/--features/--components or the preset.")
+        sizes = dict(n_points=10_000_000 if points is None else points,
+                     n_features=8 if features is None else features,
+                     n_components=8 if components is None else components)
+        check_generate(store, **sizes, dtype=dtype.value, chunk_rows=chunk_rows,
+                       preset=preset, overwrite=overwrite,
+                       storage_options=storage_options(storage_option))
         options = ClusterOptions(scheduler, workers, threads_per_worker, memory_limit,
                                  tls_ca_file, tls_cert, tls_key,
                                  scheduler_timeout)
         with dask_client(options, output) as client:
             report = generate_store(
-                store, n_points=points or 10_000_000, n_features=features or 8,
-                n_components=components or 8, seed=seed, dtype=dtype.value,
+                store, **sizes, seed=seed, dtype=dtype.value,
                 chunk_rows=chunk_rows, preset=preset, overwrite=overwrite,
                 storage_options=storage_options(storage_option), client=client,
                 lock_wait=lock_wait)

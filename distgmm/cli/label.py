@@ -60,13 +60,14 @@ def label(
     rows were appended (or after an interrupted run) only labels what is left.
     """
     from distgmm.jobs import label_store
+    from distgmm.jobs._label import check_label_store
     from distgmm.store import open_points, read_model
 
     output = Output(verbose, quiet, json)
     with handle_errors(output):
         options = storage_options(storage_option)
         loaded = read_model(model)  # fail on bad input before starting a cluster
-        open_points(store, options)
+        check_label_store(open_points(store, options))
         cluster = ClusterOptions(scheduler, workers, threads_per_worker, memory_limit,
                                  tls_ca_file, tls_cert, tls_key,
                                  scheduler_timeout)

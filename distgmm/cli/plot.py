@@ -43,6 +43,7 @@ def plot(
     More than two features are projected on the first two principal components (computed
     on Dask) unless --features picks columns. Large stores are drawn as per-label density.
     """
+    from distgmm._atomic import check_output_file
     from distgmm.jobs._plot import plot_store
     from distgmm.store import open_points, read_model
 
@@ -51,6 +52,7 @@ def plot(
         options = storage_options(storage_option)
         read_model(model)  # fail on bad input before starting a cluster
         open_points(store, options)
+        check_output_file(out, what="--out", kind="png")
         cluster = ClusterOptions(scheduler, workers, threads_per_worker, memory_limit,
                                  tls_ca_file, tls_cert, tls_key,
                                  scheduler_timeout)

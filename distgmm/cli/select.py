@@ -82,6 +82,7 @@ def select(
 ) -> None:
     """Fit each candidate number of components on STORE, print BIC/AIC, save the best model."""
     from distgmm.jobs import parse_components, parse_covariance_types, select_store
+    from distgmm.jobs._select import check_select_outputs
     from distgmm.store import open_points
 
     output = Output(verbose, quiet, json)
@@ -90,6 +91,7 @@ def select(
         parse_components(components)  # fail on bad input before starting a cluster
         parse_covariance_types(covariance_type)
         open_points(store, options)
+        check_select_outputs(model, overwrite=overwrite, plot=plot)
         cluster = ClusterOptions(scheduler, workers, threads_per_worker, memory_limit,
                                  tls_ca_file, tls_cert, tls_key,
                                  scheduler_timeout)

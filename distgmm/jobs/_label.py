@@ -30,14 +30,15 @@ import zarr
 from distgmm._statistics import MixtureParams
 from distgmm.errors import DistgmmInputError
 from distgmm.jobs._common import check_name, pause_for_tests, resolve_client
-from distgmm.store import LABELS_ATTR, ModelFile, open_points, prepare_labels, read_model, \
-    record_chunks_done
+from distgmm.store import LABELS_ATTR, ModelFile, PointStore, open_points, prepare_labels, \
+    read_model, record_chunks_done
 from distgmm.store._integrity import check_finite_rows, read_rows
 from distgmm.store._location import StoreLocation
 from distgmm.store._lock import StoreLock, labels_lock
 from distgmm.store._points import _compressors, open_group_checked
 
-__all__ = ["LabelReport", "label_store", "label_block", "model_params", "PAUSE_ENV"]
+__all__ = ["LabelReport", "label_store", "label_block", "model_params", "check_label_store",
+           "PAUSE_ENV"]
 
 logger = logging.getLogger(__name__)
 
@@ -133,6 +134,14 @@ def _pause_threshold() -> int | None:
     return int(value) if value else None
 
 
+def check_label_store(points: PointStore) -> None:
+    """Refuse, before any work, a local store the label job could not write into."""
+    if points.location.is_local:
+        from distgmm._atomic import check_output_directory
+
+        check_output_directory(points.location.path, what=f"store {points.location}")
+
+
 def label_store(
     model: str | os.PathLike | ModelFile,
     store: str,
@@ -178,6 +187,7 @@ def label_store(
         name = os.path.splitext(os.path.basename(loaded.path))[0]
     name = check_name(name)
     points = open_points(store, storage_options)
+    check_label_store(points)
     d = loaded.model.means_.shape[1]
     if d != points.n_features:
         raise DistgmmInputError(

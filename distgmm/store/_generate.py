@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import logging
 import math
+import os
+import shutil
 import time
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -13,7 +15,7 @@ import zarr
 
 from distgmm.errors import DistgmmInputError
 from distgmm.store._integrity import writable_rows
-from distgmm.store._location import StoreLocation, building_store
+from distgmm.store._location import StoreLocation, building_store, check_store_destination
 from distgmm.store._lock import replace_lock, rows_lock
 from distgmm.store._points import (
     check_dtype,
@@ -24,7 +26,8 @@ from distgmm.store._points import (
     now_iso,
 )
 
-__all__ = ["PRESETS", "GenerateReport", "generate", "mixture_parameters"]
+__all__ = ["PRESETS", "GenerateReport", "generate", "mixture_parameters", "check_generate",
+           "MAX_COMPONENTS", "MAX_FEATURES"]
 
 logger = logging.getLogger(__name__)
 
@@ -37,6 +40,59 @@ PRESETS: dict[str, dict[str, Any]] = {
         "covariances": [(1.2**2 * np.eye(2)).tolist(), (1.8**2 * np.eye(2)).tolist()],
     },
 }
+
+
+#: Largest mixture ``generate`` draws: as many components as ``select`` accepts, and features
+#: such that the true covariances (K x D x D float64, drawn in this process) stay under 1 GiB.
+MAX_COMPONENTS = 1000
+MAX_FEATURES = 4096
+_MAX_COVARIANCE_BYTES = 2**30
+
+
+def check_generate(store: str, *, n_points: int, n_features: int, n_components: int,
+                   dtype: str = "float32", chunk_rows: int | None = None,
+                   preset: str | None = None, overwrite: bool = False,
+                   storage_options: dict[str, Any] | None = None) -> None:
+    """Refuse, before any work, what :func:`generate` cannot do: sizes below 1 or absurdly
+    large, a mixture whose parameters would not fit in memory, a local destination that
+    cannot be written, an existing one without ``overwrite``, or more rows than the
+    destination's file system has room for (uncompressed Gaussian noise barely compresses).
+    """
+    stored = check_dtype(dtype)
+    if preset is not None:
+        if preset not in PRESETS:
+            raise DistgmmInputError(f"unknown preset {preset!r}; choose one of "
+                                    f"{', '.join(PRESETS)}.")
+        n_points = sum(PRESETS[preset]["counts"])
+        n_components, n_features = np.asarray(PRESETS[preset]["means"]).shape
+    for label, value in (("points", n_points), ("features", n_features),
+                         ("components", n_components)):
+        if not isinstance(value, (int, np.integer)) or value < 1:
+            raise DistgmmInputError(f"--{label} must be at least 1, got {value}.")
+    if n_components > MAX_COMPONENTS:
+        raise DistgmmInputError(f"--components {n_components:,} is more than distgmm fits "
+                                f"(at most {MAX_COMPONENTS:,}); choose fewer components.")
+    if n_features > MAX_FEATURES or n_components * n_features**2 * 8 > _MAX_COVARIANCE_BYTES:
+        raise DistgmmInputError(
+            f"--features {n_features:,} with --components {n_components:,}: the mixture's "
+            f"covariances alone would take {n_components * n_features**2 * 8 / 2**30:,.1f} "
+            f"GiB (at most {MAX_FEATURES:,} features, and components x features^2 x 8 bytes "
+            "under 1 GiB); choose fewer features or components.")
+    if chunk_rows is not None and chunk_rows < 1:
+        raise DistgmmInputError(f"--chunk-rows must be at least 1, got {chunk_rows}.")
+    location = StoreLocation(store, storage_options)
+    check_store_destination(location, overwrite)
+    if location.is_local:
+        needed = n_points * n_features * stored.itemsize + n_points * 4
+        probe = os.path.dirname(location.path)
+        while not os.path.exists(probe):
+            probe = os.path.dirname(probe)
+        free = shutil.disk_usage(probe).free
+        if needed > free:
+            raise DistgmmInputError(
+                f"--points {n_points:,} x {n_features} {stored.name} is about "
+                f"{needed / 2**30:,.1f} GiB, more than the {free / 2**30:,.1f} GiB free where "
+                f"{store} would go; generate fewer points or choose another location.")
 
 
 @dataclass(frozen=True)
@@ -155,13 +211,14 @@ def generate(store: str, *, n_points: int = 10_000_000, n_features: int = 8,
     from distgmm.cluster import get_client
 
     t0 = time.perf_counter()
+    check_generate(store, n_points=n_points, n_features=n_features, n_components=n_components,
+                   dtype=dtype, chunk_rows=chunk_rows, preset=preset, overwrite=overwrite,
+                   storage_options=storage_options)
     stored = check_dtype(dtype)
     if seed is None:
         seed = int(np.random.SeedSequence().entropy % 2**63)
     counts = None
     if preset is not None:
-        if preset not in PRESETS:
-            raise DistgmmInputError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}.")
         spec = PRESETS[preset]
         counts = list(spec["counts"])
         means = np.asarray(spec["means"], dtype=float)
@@ -169,10 +226,6 @@ def generate(store: str, *, n_points: int = 10_000_000, n_features: int = 8,
         n_points, (n_components, n_features) = sum(counts), means.shape
         weights = np.asarray(counts, dtype=float) / sum(counts)
     else:
-        for label, value in (("points", n_points), ("features", n_features),
-                             ("components", n_components)):
-            if value < 1:
-                raise DistgmmInputError(f"--{label} must be at least 1, got {value}.")
         params = mixture_parameters(seed, n_components, n_features)
         weights, means, covariances = params["weights"], params["means"], params["covariances"]
     if chunk_rows is None:

@@ -37,7 +37,7 @@ import zarr
 
 from distgmm.errors import DistgmmInputError
 from distgmm.store._integrity import read_rows
-from distgmm.store._location import StoreLocation, building_store
+from distgmm.store._location import StoreLocation, building_store, check_store_destination
 from distgmm.store._lock import replace_lock, rows_lock
 from distgmm.store._points import (
     ROW_ARRAY_FILL,
@@ -51,7 +51,7 @@ from distgmm.store._points import (
     open_group_checked,
     staged_view,
 )
-from distgmm.store._sources import Source, open_source
+from distgmm.store._sources import MAX_ABS_VALUE, Source, open_source
 
 __all__ = ["IngestReport", "ingest", "append"]
 
@@ -149,6 +149,11 @@ class _RowWriter:
         maybe_pause(self.chunks_written)
 
 
+def value_limit(dtype: np.dtype) -> float:
+    """Largest magnitude a store of ``dtype`` accepts (see :data:`MAX_ABS_VALUE`)."""
+    return min(MAX_ABS_VALUE, float(np.finfo(dtype).max))
+
+
 def _write_rows(group: zarr.Group, source: Source, n_rows: int, dtype: np.dtype) -> int:
     writer = _RowWriter(group, n_rows, dtype)
     for block in source.blocks():
@@ -230,6 +235,7 @@ def ingest(source: str, store: str, *, format: str | None = None,
     src = open_source(source, format=format, columns=columns, header=header,
                       drop_nonfinite=drop_nonfinite)
     stored = check_dtype(dtype or src.native_dtype or "float64")
+    src.max_abs = value_limit(stored)
     if chunk_rows is None:
         chunk_rows = default_chunk_rows(src.n_features, stored)
         # Known row count (npy/Parquet), or an upper bound for text: each cell needs at
@@ -238,6 +244,7 @@ def ingest(source: str, store: str, *, format: str | None = None,
         if known:
             chunk_rows = min(chunk_rows, known)
     location = StoreLocation(store, storage_options)
+    check_store_destination(location, overwrite)
     provenance = {"op": "ingest", "source": os.path.abspath(source), "format": src.format,
                   "time": now_iso()}
     with rows_lock(location, "ingest", lock_wait) as lock, building_store(
@@ -290,6 +297,7 @@ def append(source: str, store: str, *, format: str | None = None,
         )
     src = open_source(source, format=format, columns=columns, header=header,
                       drop_nonfinite=drop_nonfinite)
+    src.max_abs = value_limit(stored)
     if src.n_features != n_features:
         raise DistgmmInputError(
             f"{source}: {src.n_features} columns but {store} has {n_features} features; "

@@ -16,9 +16,11 @@ from typing import Any
 import zarr
 from zarr.storage import FsspecStore, LocalStore
 
+from distgmm._atomic import check_output_directory
 from distgmm.errors import DistgmmInputError
 
-__all__ = ["StoreLocation", "building", "building_store", "remove_debris"]
+__all__ = ["StoreLocation", "building", "building_store", "remove_debris",
+           "check_store_destination"]
 
 logger = logging.getLogger(__name__)
 
@@ -140,6 +142,18 @@ def _exchange(a: str, b: str) -> bool:
     return rc == 0
 
 
+def check_store_destination(location: StoreLocation, overwrite: bool) -> None:
+    """Refuse, before any work, a new store's destination: a local one that cannot be
+    written (under a file, no permission), or one that exists (see :func:`check_destination`)."""
+    if location.is_local:
+        check_output_directory(os.path.dirname(location.path), what=f"store {location}")
+        if os.path.lexists(location.path) and not os.path.isdir(location.path):
+            raise DistgmmInputError(
+                f"destination {location} exists and is a file, not a point store; refusing "
+                "to touch it. Choose another path or remove it yourself.")
+    check_destination(location, overwrite)
+
+
 def check_destination(location: StoreLocation, overwrite: bool) -> None:
     """Refuse an existing destination unless ``overwrite`` and it is a point store.
 
@@ -151,6 +165,8 @@ def check_destination(location: StoreLocation, overwrite: bool) -> None:
     """
     if not location.exists():
         return
+    if location.is_point_store() and not location.is_complete_point_store():
+        return  # left by a killed writer, or being written: decided under the store's lock
     if not location.is_point_store():
         raise DistgmmInputError(
             f"destination {location} exists and is not a distgmm point store; "

@@ -58,6 +58,7 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
+from distgmm._atomic import check_output_directory
 from distgmm.errors import DistgmmInputError, DistgmmRunError
 from distgmm.store._location import StoreLocation, _make_parents, _remove_empty, remove_debris
 
@@ -456,7 +457,10 @@ def rows_lock(location: StoreLocation, operation: str, wait: float | None = None
     writer of this store left (hidden build directories, an incomplete remote store) is
     removed first: every writer holds this lock, so nobody is using it.
     """
-    created = _make_parents(os.path.dirname(location.path)) if location.is_local else []
+    created = []
+    if location.is_local:
+        check_output_directory(os.path.dirname(location.path), what=f"store {location}")
+        created = _make_parents(os.path.dirname(location.path))
     try:
         with store_lock(location, "rows", operation, wait) as lock:
             remove_debris(location)
