@@ -19,6 +19,7 @@ from distgmm.store import append, generate, label_state, open_points
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 JOBS = os.path.join(REPO, "jobs")
+KMEANS_TXT = "/work/shared/data/kmeansSamples.txt"
 
 
 def _env(**extra: str) -> dict[str, str]:
@@ -334,13 +335,22 @@ def test_every_example_job_runs(tmp_path, scheduler_address):
              "nightly-label.toml"]
     assert sorted(set(order)) == sorted(os.path.basename(p)
                                         for p in glob.glob(os.path.join(JOBS, "*.toml")))
-    results = [run_json("run", os.path.join(JOBS, name), "--set", f"work={tmp_path}",
-                        "--scheduler", scheduler_address) for name in order]
+    batch = tmp_path / "batch.txt"  # the last night's new rows: another batch of 30
+    np.savetxt(batch, np.loadtxt(os.path.join(JOBS, "data", "kmeansSamples.txt")) + 1.0)
+    sets = [[]] * 4 + [["--set", f"batch={batch}"]]
+    results = [run_json("run", os.path.join(JOBS, name), "--set", f"work={tmp_path}", *extra,
+                        "--scheduler", scheduler_address) for name, extra in zip(order, sets)]
     steps = {name: [s["run"] for s in r["steps"]] for name, r in zip(order, results)}
     assert steps["quickstart.toml"] == ["ingest", "select", "label"]
     assert steps["blobs.toml"] == ["generate", "fit", "label"]
     nightly = results[-1]["steps"]
     assert nightly[0]["n_rows"] == 90 and nightly[1]["chunks_done"] == 1  # 3rd batch of 30
+    # the same night run again: its batch is in the store already, nothing is appended twice
+    again = run_json("run", os.path.join(JOBS, "nightly-label.toml"), "--set",
+                     f"work={tmp_path}", "--set", f"batch={batch}",
+                     "--scheduler", scheduler_address)["steps"]
+    assert again[0]["skipped"] and "are in" in again[0]["reason"]
+    assert again[1]["chunks_done"] == 0 and open_points(str(tmp_path / "points.zarr")).n_rows == 90
     assert results[2]["steps"][0]["aligned_to"] == os.path.join(str(tmp_path), "model.npz")
     assert open_points(str(tmp_path / "blobs.zarr")).group["proba/blobs"].shape == (900, 2)
     assert os.path.exists(tmp_path / "model.selection.png")
@@ -402,3 +412,76 @@ def test_nan_rows_in_a_store_are_refused_by_the_label_job(tmp_path, blobs, blobs
     if state_names:  # chunks finished before the failure stay recorded (they are right)
         labels = zarr.open_group(store, mode="r")["labels/nan"]
         assert 3 not in labels.attrs["distgmm_labels"]["chunks_done"]
+
+
+def _job(path, steps: str) -> str:
+    path.write_text('[vars]\nwork = "out"\n\n' + steps)
+    return str(path)
+
+
+def test_job_paths_stay_in_the_job_directory_unless_allowed(tmp_path, scheduler_address):
+    jobs = tmp_path / "jobs"
+    jobs.mkdir()
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    np.savetxt(jobs / "k.txt", np.loadtxt(KMEANS_TXT))
+    cases = [
+        ('[[step]]\nrun = "ingest"\nsource = "k.txt"\nstore = "../../x.zarr"\n', "x.zarr"),
+        ('[[step]]\nrun = "ingest"\nsource = "/etc/hostname"\nstore = "s.zarr"\n',
+         "/etc/hostname"),
+        ('[[step]]\nrun = "ingest"\nsource = "k.txt"\nstore = "${work}/../../../y.zarr"\n',
+         "y.zarr"),
+        ('[[step]]\nrun = "fit"\nstore = "s.zarr"\ncomponents = 2\noverwrite = true\n'
+         f'model = "{outside}/victim.npz"\n', "victim.npz"),
+        ('[[step]]\nrun = "ingest"\nsource = "k.txt"\nstore = "~/z.zarr"\n', "z.zarr"),
+        ('[[step]]\nrun = "ingest"\nsource = "k.txt"\nstore = "s3://bucket/z.zarr"\n',
+         "s3://bucket/z.zarr"),
+    ]
+    hostname = open("/etc/hostname").read().split()[0] if os.path.exists("/etc/hostname") else ""
+    for steps, named in cases:
+        job = _job(jobs / "j.toml", steps)
+        line = one_error_line(run("run", job, "--scheduler", scheduler_address))
+        assert "is outside the job's directory" in line and named in line, line
+        assert not hostname or hostname not in line.replace("/etc/hostname", "")
+    assert sorted(os.listdir(tmp_path)) == ["jobs", "outside"]
+    assert sorted(os.listdir(jobs)) == ["j.toml", "k.txt"]
+
+    # the operator can name other places on the command line, or allow everything
+    job = _job(jobs / "j.toml", '[[step]]\nrun = "ingest"\nsource = "k.txt"\n'
+                                'store = "${work}/s.zarr"\n')
+    assert run_json("run", job, "--set", f"work={outside}")["steps"][0]["n_rows"] == 30
+    job = _job(jobs / "j.toml", '[[step]]\nrun = "ingest"\nsource = "k.txt"\n'
+                                'store = "../outside/t.zarr"\n')
+    assert "outside the job's directory" in one_error_line(run("run", job))
+    assert run_json("run", job, "--allow-outside")["steps"][0]["n_rows"] == 30
+
+
+def test_a_failed_job_is_rerunnable_and_skips_what_is_done(tmp_path, scheduler_address):
+    steps = (
+        '[[step]]\nrun = "generate"\nstore = "${work}/g.zarr"\npoints = 600\nfeatures = 2\n'
+        'components = 2\nseed = 1\nchunk_rows = 200\n\n'
+        '[[step]]\nrun = "ingest"\nsource = "k.txt"\nstore = "${work}/k.zarr"\n\n'
+        '[[step]]\nrun = "ingest"\nsource = "k2.txt"\nstore = "${work}/k.zarr"\nappend = true\n\n'
+        '[[step]]\nrun = "fit"\nstore = "${work}/g.zarr"\nmodel = "${work}/m.npz"\n'
+        'components = 2\nseed = 0\n\n'
+        '[[step]]\nrun = "label"\nstore = "${work}/g.zarr"\nmodel = "${work}/m.npz"\n\n'
+        '[[step]]\nrun = "label"\nstore = "${work}/g.zarr"\nmodel = "${work}/later.npz"\n')
+    np.savetxt(tmp_path / "k.txt", np.loadtxt(KMEANS_TXT))
+    np.savetxt(tmp_path / "k2.txt", np.loadtxt(KMEANS_TXT) * 2)
+    job = _job(tmp_path / "job.toml", steps)
+    cluster = ["--scheduler", scheduler_address]
+    line = one_error_line(run("run", job, *cluster))  # step 6: no such model yet
+    assert "later.npz does not exist" in line
+    shutil.copy(tmp_path / "out" / "m.npz", tmp_path / "out" / "later.npz")
+    report = run_json("run", job, *cluster)["steps"]
+    assert [bool(s.get("skipped")) for s in report] == [True, True, True, True, False, False]
+    assert "generated with these settings" in report[0]["reason"]
+    assert "ingested from this file" in report[1]["reason"]
+    assert "are in" in report[2]["reason"] and "rows 30-59" in report[2]["reason"]
+    assert "with these settings" in report[3]["reason"]
+    assert report[4]["chunks_done"] == 0 and report[4]["chunks_skipped"] == 3
+    assert open_points(str(tmp_path / "out" / "k.zarr")).n_rows == 60
+    # a step whose existing output does not match is still an error
+    (tmp_path / "job.toml").write_text(
+        open(job).read().replace("points = 600", "points = 700"))
+    assert "already exists" in one_error_line(run("run", job, *cluster))

@@ -19,7 +19,9 @@ __all__ = ["run"]
 
 
 def _render_step(output: Output, kind: str, result: dict) -> None:
-    if kind == "fit":
+    if result.get("skipped"):
+        output.out.print(f"{kind}: skipped, {result['reason']}", highlight=False)
+    elif kind == "fit":
         render_fit(output, result)
     elif kind == "label":
         render_label(output, result)
@@ -34,6 +36,7 @@ def run(
     job_file: Annotated[str, typer.Argument(metavar="JOB.toml", help="Job file (see jobs/ for documented examples).")],
     set_: Annotated[list[str] | None, typer.Option("--set", metavar="NAME=VALUE", help="Override a [vars] entry of the job, repeatable (also: env DISTGMM_VAR_<NAME>).")] = None,
     lock_wait: LockWait = None,
+    allow_outside: Annotated[bool, typer.Option("--allow-outside", help="Let the job use paths outside its own directory and the --set values (only for job files you trust).")] = False,
     scheduler: Scheduler = None,
     workers: Workers = None,
     threads_per_worker: ThreadsPerWorker = 1,
@@ -48,14 +51,16 @@ def run(
 ) -> None:
     """Validate JOB.toml completely, then run its steps in order on one cluster.
 
-    Relative paths in the job are relative to the job file's directory. Steps are data
+    Relative paths in the job are relative to the job file's directory, and every path must
+    stay inside it or inside a path given with --set (else --allow-outside). Steps are data
     (ingest, generate, fit, label, select with their options): a job file cannot run code.
+    Rerunning a job skips the steps whose output is already there and complete.
     """
     from distgmm.jobs import JobHooks, load_job, parse_sets, run_job
 
     output = Output(verbose, quiet, json)
     with handle_errors(output):
-        job = load_job(job_file, parse_sets(set_))
+        job = load_job(job_file, parse_sets(set_), allow_outside=allow_outside)
         output.message(f"job {job_file}: {len(job.steps)} steps"
                        + (f" ({job.description})" if job.description else ""))
         hooks = JobHooks(

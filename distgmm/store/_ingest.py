@@ -25,6 +25,7 @@ readable, never a torn one):
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import time
@@ -167,10 +168,20 @@ def _write_rows(group: zarr.Group, source: Source, n_rows: int, dtype: np.dtype)
     return total
 
 
-def _log_entry(op: str, source: Source, before: int, after: int) -> dict[str, Any]:
+def source_digest(path: str) -> str:
+    """SHA-256 of a source file's bytes: recorded with every ingest and append, so that a
+    job step can tell that this very file is already in the store (a rerun skips it)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(2**20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _log_entry(op: str, source: Source, before: int, after: int, sha256: str) -> dict[str, Any]:
     return {"op": op, "source": os.path.abspath(source.path), "format": source.format,
-            "rows_before": before, "rows_after": after, "rows_dropped": source.dropped,
-            "time": now_iso()}
+            "source_sha256": sha256, "rows_before": before, "rows_after": after,
+            "rows_dropped": source.dropped, "time": now_iso()}
 
 
 def ingest(source: str, store: str, *, format: str | None = None,
@@ -245,7 +256,9 @@ def ingest(source: str, store: str, *, format: str | None = None,
             chunk_rows = min(chunk_rows, known)
     location = StoreLocation(store, storage_options)
     check_store_destination(location, overwrite)
+    sha256 = source_digest(source)
     provenance = {"op": "ingest", "source": os.path.abspath(source), "format": src.format,
+                  "source_sha256": sha256,
                   "time": now_iso()}
     with rows_lock(location, "ingest", lock_wait) as lock, building_store(
             location, overwrite=overwrite,
@@ -253,7 +266,7 @@ def ingest(source: str, store: str, *, format: str | None = None,
         group = create_layout(tmp, n_rows=0, n_features=src.n_features, dtype=stored,
                               chunk_rows=chunk_rows, columns=src.columns, provenance=provenance)
         n_rows = _write_rows(group, src, 0, stored)
-        commit_rows(group, n_rows, _log_entry("ingest", src, 0, n_rows))
+        commit_rows(group, n_rows, _log_entry("ingest", src, 0, n_rows, sha256))
         lock.ensure_held()
         mark_complete(group)
     logger.info("ingested %d rows from %s into %s", n_rows, source, store)
@@ -308,12 +321,13 @@ def append(source: str, store: str, *, format: str | None = None,
             f"dtype mismatch: {source} holds {src.native_dtype.name} but {store} stores "
             f"{stored.name}; pass --dtype {stored.name} to convert, or ingest into a new store."
         )
+    sha256 = source_digest(source)
     with rows_lock(location, "ingest --append", lock_wait) as lock:
         group = open_group_checked(location, mode="r+")
         n_before = int(group["points"].shape[0])
         n_rows = _write_rows(group, src, n_before, stored)
         lock.ensure_held()
-        commit_rows(group, n_rows, _log_entry("append", src, n_before, n_rows))
+        commit_rows(group, n_rows, _log_entry("append", src, n_before, n_rows, sha256))
     logger.info("appended %d rows from %s to %s (%d -> %d)", n_rows - n_before, source,
                 store, n_before, n_rows)
     return IngestReport(store=store, source=source, format=src.format, rows_before=n_before,
