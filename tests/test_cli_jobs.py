@@ -485,3 +485,22 @@ def test_a_failed_job_is_rerunnable_and_skips_what_is_done(tmp_path, scheduler_a
     (tmp_path / "job.toml").write_text(
         open(job).read().replace("points = 600", "points = 700"))
     assert "already exists" in one_error_line(run("run", job, *cluster))
+
+
+def test_relative_paths_are_resolved_by_the_client_not_the_workers(tmp_path, blobs,
+                                                                   blobs_model,
+                                                                   scheduler_address):
+    """The workers run in another directory: a relative store path must reach them
+    absolute (it used to name <worker cwd>/s.zarr)."""
+    copy_store(blobs, tmp_path / "s.zarr")
+    shutil.copy(blobs_model, tmp_path / "m.npz")
+    assert os.getcwd() != str(tmp_path)  # the session cluster's workers run in our cwd
+    done = subprocess.run([sys.executable, "-m", "distgmm.cli", "label", "m.npz", "s.zarr",
+                           "--name", "rel", "--json", "--scheduler", scheduler_address],
+                          capture_output=True, text=True, env=_env(), cwd=tmp_path, timeout=180)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["chunks_done"] == 10
+    store = open_points(str(tmp_path / "s.zarr"))
+    np.testing.assert_array_equal(store.group["labels/rel"][:],
+                                  distgmm.load_model(blobs_model).predict(
+                                      store.points.compute()))
