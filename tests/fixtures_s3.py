@@ -25,6 +25,8 @@ def s3_options():
                "client_kwargs": {"endpoint_url": f"http://127.0.0.1:{port}"}}
     import s3fs
 
-    s3fs.S3FileSystem(**options).mkdir("distgmm-test")
+    fs = s3fs.S3FileSystem(**options)
+    if not fs.exists("distgmm-test"):  # moto's state is per process, shared by its servers
+        fs.mkdir("distgmm-test")
     yield options
     server.stop()
