@@ -26,11 +26,13 @@ from __future__ import annotations
 
 import asyncio
 import atexit
+import concurrent.futures
 import json
 import logging
 import os
 import sys
 import threading
+import time
 
 import dask
 from distributed import Client, Scheduler, SpecCluster
@@ -41,15 +43,18 @@ from distributed.worker_memory import parse_memory_limit
 from distgmm._worker_preload import PARENT_PID_ENV
 
 __all__ = [
-    "get_client", "current_client", "local_cluster_client", "make_security", "close_embedded_cluster",
-    "ClusterUnavailableError", "scheduler_lost", "CONNECT_TIMEOUT", "WORKER_ENVIRONMENT",
+    "get_client", "current_client", "local_cluster_client", "make_security",
+    "close_embedded_cluster", "ClusterUnavailableError", "scheduler_lost", "scheduler_timeout",
+    "CONNECT_TIMEOUT", "TIMEOUT_ENV", "WORKER_ENVIRONMENT",
 ]
 
 logger = logging.getLogger(__name__)
 
-#: How long a client tries to reach a scheduler, at start and again after losing it, before
-#: giving up (a lost scheduler therefore fails a command after about this long).
+#: Default seconds a client tries to reach a scheduler, at start and again after losing it,
+#: and waits for a connected scheduler to answer, before giving up (see the module
+#: docstring; ``DISTGMM_SCHEDULER_TIMEOUT`` or ``--scheduler-timeout`` change it).
 CONNECT_TIMEOUT = 20
+TIMEOUT_ENV = "DISTGMM_SCHEDULER_TIMEOUT"
 
 _lock = threading.Lock()
 
@@ -69,20 +74,54 @@ class ClusterUnavailableError(ConnectionError):
     """
 
 
-def scheduler_lost(address: str, exc: BaseException) -> ClusterUnavailableError:
-    """The error for a scheduler that went away while a job was running on it."""
+def scheduler_timeout(seconds: float | None = None) -> float:
+    """``seconds`` if given, else ``$DISTGMM_SCHEDULER_TIMEOUT``, else :data:`CONNECT_TIMEOUT`."""
+    if seconds is None:
+        value = os.environ.get(TIMEOUT_ENV)
+        if not value:
+            return float(CONNECT_TIMEOUT)
+        try:
+            seconds = float(value)
+        except ValueError:
+            raise ValueError(f"{TIMEOUT_ENV}={value!r} is not a number of seconds.") from None
+    if not seconds > 0:
+        raise ValueError(f"the scheduler timeout must be more than 0 seconds, got {seconds}.")
+    return float(seconds)
+
+
+#: Addresses whose scheduler stopped answering (closed by the watchdog), for the message.
+_frozen: set[str] = set()
+
+
+def scheduler_lost(address: str, exc: BaseException,
+                   timeout: float | None = None) -> ClusterUnavailableError:
+    """The error for a scheduler that went away, or stopped answering, while a job ran."""
+    seconds = scheduler_timeout(timeout)
+    what = (f"stopped answering the Dask scheduler at {address} (no reply for {seconds:g} s)"
+            if address in _frozen else
+            f"lost the Dask scheduler at {address} (no answer for {seconds:g} s; "
+            f"{type(exc).__name__})")
     return ClusterUnavailableError(
-        f"lost the Dask scheduler at {address} (no answer for {CONNECT_TIMEOUT} s; "
-        f"{type(exc).__name__}). Work finished so far is kept: rerun the same command once "
+        f"{what}. Work finished so far is kept: rerun the same command once "
         "a scheduler is up — a fit with --checkpoint DIR continues from its last completed "
         "iteration with --resume, a label job skips the chunks already labelled."
     )
 
 
-def _check_address(scheduler: str, security: Security | None) -> None:
-    """Refuse protocol/TLS mismatches up front (Dask would hang or fail obscurely)."""
-    protocol, sep, _ = scheduler.partition("://")
-    protocol = protocol if sep else "tcp"
+def _check_address(scheduler: str, security: Security | None) -> str:
+    """Refuse malformed addresses and protocol/TLS mismatches up front (Dask would hang or
+    fail obscurely); return the address with its protocol."""
+    from distributed.comm import registry
+
+    protocol, sep, location = scheduler.partition("://")
+    if not sep:
+        protocol, location = "tcp", scheduler
+    host, colon, port = location.rpartition(":")
+    known = protocol in registry.backends
+    if not known or not colon or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(
+            f"--scheduler {scheduler!r} is not a scheduler address; write tcp://HOST:PORT "
+            "(or tls://HOST:PORT), e.g. tcp://127.0.0.1:8786.")
     if protocol == "tls" and security is None:
         raise ValueError(
             f"the scheduler address {scheduler} uses TLS; pass --tls-ca-file, --tls-cert and "
@@ -92,13 +131,38 @@ def _check_address(scheduler: str, security: Security | None) -> None:
             f"TLS files were given but the scheduler address {scheduler} is not tls://; "
             "write it as tls://HOST:PORT, or drop the --tls-* options for a plain tcp:// "
             "scheduler.")
+    return f"{protocol}://{location}"
 
 
-def _connect(scheduler: str, security: Security | None) -> Client:
+def _handshake(address: str, security: Security | None, timeout: float) -> None:
+    """Open one connection to ``address`` and wait, at most ``timeout`` seconds in all, for
+    a Dask handshake; raise ``TimeoutError`` or ``OSError`` if none comes."""
+    from distributed.comm import connect
+
+    args = security.get_connection_args("client") if security is not None else {}
+
+    async def probe() -> None:
+        comm = await asyncio.wait_for(connect(address, timeout=timeout, **args), timeout)
+        await comm.close()
+
+    # In a thread of its own: the caller may be running an event loop (a notebook).
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        pool.submit(asyncio.run, probe()).result()
+
+
+def _connect(scheduler: str, security: Security | None, timeout: float) -> Client:
     """A client to ``scheduler``, or a :class:`ClusterUnavailableError` that says why not."""
     try:
-        return Client(scheduler, security=security, set_as_default=False,
-                      timeout=f"{CONNECT_TIMEOUT}s")
+        _handshake(scheduler, security, timeout)
+        client = Client(scheduler, security=security, set_as_default=False,
+                        timeout=f"{timeout}s")
+    except (asyncio.TimeoutError, TimeoutError):
+        raise ClusterUnavailableError(
+            f"could not connect to the Dask scheduler at {scheduler}: something accepted the "
+            f"connection but sent no Dask handshake within {timeout:g} s; check that the "
+            "address is a Dask scheduler's port (8786 by default, not its dashboard or "
+            "another service) and that the scheduler is not stopped or overloaded."
+        ) from None
     except (OSError, TimeoutError) as exc:  # CommClosedError and TLS failures are OSErrors
         detail = " ".join(str(exc).split()) or type(exc).__name__
         hint = ("check that the scheduler is running and the address is right"
@@ -108,6 +172,47 @@ def _connect(scheduler: str, security: Security | None) -> Client:
         raise ClusterUnavailableError(
             f"could not connect to the Dask scheduler at {scheduler}: {detail}; {hint}."
         ) from None
+    _frozen.difference_update((scheduler, scheduler.partition("://")[2]))
+    _Watchdog(client, scheduler, timeout).start()
+    return client
+
+
+class _Watchdog(threading.Thread):
+    """Pings a remote scheduler; closes the client when it stops answering (module docstring)."""
+
+    def __init__(self, client: Client, address: str, timeout: float) -> None:
+        super().__init__(name=f"distgmm-watchdog-{address}", daemon=True)
+        self.client, self.address, self.timeout = client, address, timeout
+
+    def _ping(self) -> None:
+        client = self.client
+        call = asyncio.wait_for(client.scheduler.identity(), self.timeout)
+        asyncio.run_coroutine_threadsafe(call, client.loop.asyncio_loop).result(self.timeout + 5)
+
+    def run(self) -> None:
+        interval = max(0.5, self.timeout / 4)
+        while True:
+            time.sleep(interval)
+            status = self.client.status
+            if status in ("closing", "closed"):
+                return
+            if status != "running":  # reconnecting: Dask's own timeout applies
+                continue
+            try:
+                self._ping()
+            except Exception:
+                if self.client.status != "running":
+                    continue
+                logger.error("the Dask scheduler at %s did not answer for %g s: closing the "
+                             "connection", self.address, self.timeout)
+                _frozen.update((self.address, self.address.partition("://")[2]))
+                try:
+                    self.client.close(timeout=5)
+                except Exception:  # closing a connection to a frozen peer may time out
+                    pass
+                return
+
+
 _embedded: dict[str, object] = {}
 _remote: dict[str, Client] = {}
 
@@ -240,7 +345,8 @@ def current_client() -> Client | None:
         return None
 
 
-def get_client(scheduler: str | None = None, security: Security | None = None) -> Client:
+def get_client(scheduler: str | None = None, security: Security | None = None,
+               timeout: float | None = None) -> Client:
     """Return the client a job should use (see the module docstring for the order).
 
     Parameters
@@ -249,20 +355,25 @@ def get_client(scheduler: str | None = None, security: Security | None = None) -
         Address of a running scheduler. Clients to explicit addresses are cached per address.
     security : distributed.security.Security, optional
         TLS settings for ``tls://`` addresses (required for them, refused for others).
+    timeout : float, optional
+        Seconds the scheduler may take to answer (see the module docstring); default
+        :func:`scheduler_timeout`.
 
     Raises
     ------
     ValueError
-        A ``tls://`` address without ``security``, or ``security`` with another protocol.
+        A malformed address, a ``tls://`` address without ``security``, or ``security``
+        with another protocol.
     ClusterUnavailableError
-        The scheduler did not answer within :data:`CONNECT_TIMEOUT` seconds or refused us.
+        The scheduler did not answer within the timeout or refused us.
     """
     with _lock:
         if scheduler:
             client = _remote.get(scheduler)
             if client is None or client.status not in ("running", "connecting"):
-                _check_address(scheduler, security)
-                client = _connect(scheduler, security)
+                seconds = scheduler_timeout(timeout)
+                address = _check_address(scheduler, security)
+                client = _connect(address, security, seconds)
                 _remote[scheduler] = client
             return client
         client = current_client()

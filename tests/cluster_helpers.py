@@ -11,13 +11,18 @@ from __future__ import annotations
 
 import datetime
 import os
+import queue
+import re
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+
+import pytest
 
 REPO = Path(__file__).resolve().parent.parent
 #: The ``dask`` command of the interpreter running the tests.
@@ -58,6 +63,53 @@ def distgmm_popen(*args: str, **env: str) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-m", "distgmm.cli", *args],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             bufsize=1, env=cli_env(**env))
+
+
+class Watched:
+    """A CLI subprocess whose stderr is read by a thread, so a test can wait for a line."""
+
+    def __init__(self, *args: str, **env: str):
+        self.proc = distgmm_popen(*args, **env)
+        self.lines: list[str] = []
+        self._queue: queue.Queue = queue.Queue()
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        for line in self.proc.stderr:
+            self.lines.append(line)
+            self._queue.put(line)
+        self._queue.put(None)
+
+    def wait_for(self, pattern: str, timeout: float = 60) -> re.Match:
+        """Block until a stderr line matches ``pattern``; fail if the process ends first."""
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                line = self._queue.get(timeout=max(0.01, deadline - time.monotonic()))
+            except queue.Empty:
+                pytest.fail(f"no line matching {pattern!r} within {timeout} s:\n{self.stderr}")
+            if line is None:
+                pytest.fail(f"exited {self.proc.wait()} before {pattern!r}:\n{self.stderr}")
+            match = re.search(pattern, line)
+            if match:
+                return match
+
+    def finish(self, timeout: float = 120) -> tuple[int, str, str]:
+        """Wait for the exit; return (exit code, stdout, stderr)."""
+        out = self.proc.stdout.read()
+        code = self.proc.wait(timeout)
+        self._reader.join(10)
+        return code, out, self.stderr
+
+    @property
+    def stderr(self) -> str:
+        return "".join(self.lines)
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
 
 
 @dataclass

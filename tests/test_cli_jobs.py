@@ -19,6 +19,7 @@ from distgmm.store import append, generate, label_state, open_points
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 JOBS = os.path.join(REPO, "jobs")
+KMEANS_TXT = "/work/shared/data/kmeansSamples.txt"
 
 
 def _env(**extra: str) -> dict[str, str]:
@@ -256,6 +257,15 @@ def bad_inputs(tmp_path, blobs_model, client):
     (tmp_path / "unknown.toml").write_text(
         "[[step]]\nrun = 'label'\nmodel = 'm.npz'\nstore = 's.zarr'\nprobability = true\n")
     np.savetxt(tmp_path / "three.txt", np.zeros((4, 3)))
+    np.savetxt(tmp_path / "few.txt", np.zeros((4, 2)))
+    (tmp_path / "nan.txt").write_text("1 2\nnan 4\n")
+    (tmp_path / "huge.txt").write_text("1 2\n1e300 4\n")
+    (tmp_path / "notes.txt").write_text("my notes\n")
+    (tmp_path / "three.txt.npy").write_text("not numpy\n")
+    np.savez(tmp_path / "notmodel.npz", a=np.zeros(3))
+    import zarr
+
+    zarr.create_array(str(tmp_path / "plain.zarr"), shape=(10, 2), dtype="float64")
     return tmp_path, three
 
 
@@ -276,14 +286,49 @@ def bad_inputs(tmp_path, blobs_model, client):
     (["run", "{tmp}/malformed.toml"], "is not valid TOML"),
     (["run", "{tmp}/unknown.toml"], "unknown key 'probability'; allowed: model, name, proba"),
     (["run", "{tmp}/unknown.toml", "--set", "x=1"], "declares no variable 'x'"),
+    # 0 is refused, never taken for the default; absurd sizes before anything is allocated
+    (["generate", "{tmp}/g.zarr", "--points", "0"], "--points must be at least 1, got 0"),
+    (["generate", "{tmp}/g.zarr", "--features", "0"], "--features must be at least 1, got 0"),
+    (["generate", "{tmp}/g.zarr", "--components", "0"], "--components must be at least 1"),
+    (["generate", "{tmp}/g.zarr", "--components", "100000000"], "at most 1,000"),
+    (["generate", "{tmp}/g.zarr", "--features", "100000"], "covariances alone would take"),
+    (["generate", "{tmp}/g.zarr", "--points", "100000000000000"], "GiB free where"),
+    # outputs that cannot be written are refused before the work, not after it
+    (["generate", "{tmp}/three.txt/g.zarr"], "which is a file, not a directory"),
+    (["ingest", "{tmp}/three.txt", "{tmp}/three.txt/s.zarr"], "which is a file, not a directory"),
+    (["fit", "{store}", "-k", "2", "--model", "{tmp}"], "is a directory; give a file path"),
+    (["fit", "{store}", "-k", "2", "--model", "{tmp}/three.txt/m.npz"], "which is a file"),
+    (["fit", "{store}", "-k", "2", "--model", "/proc/m.npz"], "cannot be written"),
+    (["fit", "{store}", "-k", "2", "--model", "{tmp}/three.txt", "--overwrite"],
+     "is not a npz file; refusing to replace it"),
+    (["fit", "{store}", "-k", "2", "--model", "{tmp}/notmodel.npz", "--overwrite"],
+     "is not a distgmm model file; refusing to replace it"),
+    (["fit", "{store}", "-k", "2", "--model", "{tmp}/m.npz", "--checkpoint", "{tmp}/three.txt"],
+     "is a file, not a directory"),
+    (["select", "{store}", "--model", "{tmp}/three.txt", "--overwrite"], "refusing to replace"),
+    (["plot", "{model}", "{store}", "--out", "{tmp}/three.txt"], "is not a png file"),
+    (["plot", "{model}", "{store}", "--out", "{tmp}"], "is a directory"),
+    (["predict", "{model}", "{tmp}/few.txt", "--out", "{tmp}/notes.txt"],
+     "is not a prediction written by `distgmm predict`"),
+    (["predict", "{model}", "{tmp}/few.txt", "--out", "{tmp}/three.txt/p.npy"], "is a file"),
+    (["predict", "{model}", "{tmp}/few.txt", "--out", "{tmp}/three.txt.npy"], "not a npy file"),
+    (["demo", "{tmp}/three.txt"], "is a file, not a directory"),
+    # advice names only options the command has
+    (["predict", "{model}", "{tmp}/nan.txt"], "value nan is not finite; clean the data first"),
+    (["ingest", "{tmp}/huge.txt", "{tmp}/h.zarr"], "value 1e+300 is too large in magnitude"),
+    (["label", "{model}", "{tmp}/plain.zarr"], "is a plain Zarr array, not a point store"),
+    (["ingest", "{tmp}/three.txt", "{tmp}/plain.zarr", "--append"], "is a plain Zarr array"),
 ])
 def test_bad_arguments_exit_2_with_one_line(bad_inputs, blobs, blobs_model, scheduler_address,
                                              args, expected):
     tmp, three = bad_inputs
     args = [a.format(tmp=tmp, model=blobs_model, store=blobs, three=three) for a in args]
-    cluster = [] if args[0] == "predict" else ["--scheduler", scheduler_address]
+    cluster = [] if args[0] in ("predict", "ingest") else ["--scheduler", scheduler_address]
+    before = sorted(os.listdir(tmp))
     line = one_error_line(run(*args, *cluster))
     assert expected in line, line
+    assert sorted(os.listdir(tmp)) == before  # nothing left behind
+    assert "unexpected" not in line
 
 
 def test_every_example_job_runs(tmp_path, scheduler_address):
@@ -291,13 +336,22 @@ def test_every_example_job_runs(tmp_path, scheduler_address):
              "nightly-label.toml"]
     assert sorted(set(order)) == sorted(os.path.basename(p)
                                         for p in glob.glob(os.path.join(JOBS, "*.toml")))
-    results = [run_json("run", os.path.join(JOBS, name), "--set", f"work={tmp_path}",
-                        "--scheduler", scheduler_address) for name in order]
+    batch = tmp_path / "batch.txt"  # the last night's new rows: another batch of 30
+    np.savetxt(batch, np.loadtxt(os.path.join(JOBS, "data", "kmeansSamples.txt")) + 1.0)
+    sets = [[]] * 4 + [["--set", f"batch={batch}"]]
+    results = [run_json("run", os.path.join(JOBS, name), "--set", f"work={tmp_path}", *extra,
+                        "--scheduler", scheduler_address) for name, extra in zip(order, sets)]
     steps = {name: [s["run"] for s in r["steps"]] for name, r in zip(order, results)}
     assert steps["quickstart.toml"] == ["ingest", "select", "label"]
     assert steps["blobs.toml"] == ["generate", "fit", "label"]
     nightly = results[-1]["steps"]
     assert nightly[0]["n_rows"] == 90 and nightly[1]["chunks_done"] == 1  # 3rd batch of 30
+    # the same night run again: its batch is in the store already, nothing is appended twice
+    again = run_json("run", os.path.join(JOBS, "nightly-label.toml"), "--set",
+                     f"work={tmp_path}", "--set", f"batch={batch}",
+                     "--scheduler", scheduler_address)["steps"]
+    assert again[0]["skipped"] and "are in" in again[0]["reason"]
+    assert again[1]["chunks_done"] == 0 and open_points(str(tmp_path / "points.zarr")).n_rows == 90
     assert results[2]["steps"][0]["aligned_to"] == os.path.join(str(tmp_path), "model.npz")
     assert open_points(str(tmp_path / "blobs.zarr")).group["proba/blobs"].shape == (900, 2)
     assert os.path.exists(tmp_path / "model.selection.png")
@@ -312,3 +366,142 @@ def test_demo(tmp_path, scheduler_address):
     assert result["fits"]["blobs"]["n_components"] == 2
     assert 1 <= result["fits"]["kmeans"]["n_components"] <= 6
     assert len(label_state(outputs["blobs store"], "demo").chunks_done) == 1
+
+
+def test_damaged_store_is_exit_2_naming_the_chunk_and_leaves_nothing(tmp_path, blobs,
+                                                                     blobs_model,
+                                                                     scheduler_address):
+    import zarr
+
+    store = copy_store(blobs, tmp_path / "s.zarr")
+    os.remove(os.path.join(store, "points", "c", "3", "0"))
+    cluster = ["--scheduler", scheduler_address]
+    for args in (["fit", store, "-k", "3", "--model", str(tmp_path / "m.npz")],
+                 ["label", blobs_model, store, "--name", "d"]):
+        line = one_error_line(run(*args, *cluster))
+        assert "chunk 3 of 'points' (rows 900-1,199) is missing" in line, line
+    assert not os.path.exists(tmp_path / "m.npz")
+    labels = zarr.open_group(store, mode="r")["labels/d"]  # chunks done before are kept
+    assert 3 not in labels.attrs["distgmm_labels"]["chunks_done"]
+    # a label run that fails before recording any chunk leaves nothing in the store
+    shutil.rmtree(os.path.join(store, "labels"))
+    shutil.rmtree(os.path.join(store, "points", "c"))
+    line = one_error_line(run("label", blobs_model, store, "--name", "d", *cluster))
+    assert "is missing" in line
+    assert list(zarr.open_group(store, mode="r").group_keys()) == []
+
+    store = copy_store(blobs, tmp_path / "t.zarr")
+    path = os.path.join(store, "points", "c", "5", "0")
+    raw = bytearray(open(path, "rb").read())
+    raw[40] ^= 0xFF
+    open(path, "wb").write(bytes(raw))
+    line = one_error_line(run("label", blobs_model, store, "--name", "d", *cluster))
+    assert "chunk 5 of 'points' (rows 1,500-1,799) fails its checksum" in line, line
+
+
+def test_nan_rows_in_a_store_are_refused_by_the_label_job(tmp_path, blobs, blobs_model,
+                                                         scheduler_address):
+    import zarr
+
+    store = copy_store(blobs, tmp_path / "s.zarr")
+    zarr.open_array(store, path="points", mode="r+")[1000:1003] = np.nan
+    line = one_error_line(run("label", blobs_model, store, "--name", "nan",
+                              "--scheduler", scheduler_address))
+    assert "chunk 3 of 'points' holds 3 rows with NaN or infinite values (first: row 1,000)" \
+        in line, line
+    state_names = list(zarr.open_group(store, mode="r").group_keys())
+    if state_names:  # chunks finished before the failure stay recorded (they are right)
+        labels = zarr.open_group(store, mode="r")["labels/nan"]
+        assert 3 not in labels.attrs["distgmm_labels"]["chunks_done"]
+
+
+def _job(path, steps: str) -> str:
+    path.write_text('[vars]\nwork = "out"\n\n' + steps)
+    return str(path)
+
+
+def test_job_paths_stay_in_the_job_directory_unless_allowed(tmp_path, scheduler_address):
+    jobs = tmp_path / "jobs"
+    jobs.mkdir()
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    np.savetxt(jobs / "k.txt", np.loadtxt(KMEANS_TXT))
+    cases = [
+        ('[[step]]\nrun = "ingest"\nsource = "k.txt"\nstore = "../../x.zarr"\n', "x.zarr"),
+        ('[[step]]\nrun = "ingest"\nsource = "/etc/hostname"\nstore = "s.zarr"\n',
+         "/etc/hostname"),
+        ('[[step]]\nrun = "ingest"\nsource = "k.txt"\nstore = "${work}/../../../y.zarr"\n',
+         "y.zarr"),
+        ('[[step]]\nrun = "fit"\nstore = "s.zarr"\ncomponents = 2\noverwrite = true\n'
+         f'model = "{outside}/victim.npz"\n', "victim.npz"),
+        ('[[step]]\nrun = "ingest"\nsource = "k.txt"\nstore = "~/z.zarr"\n', "z.zarr"),
+        ('[[step]]\nrun = "ingest"\nsource = "k.txt"\nstore = "s3://bucket/z.zarr"\n',
+         "s3://bucket/z.zarr"),
+    ]
+    hostname = open("/etc/hostname").read().split()[0] if os.path.exists("/etc/hostname") else ""
+    for steps, named in cases:
+        job = _job(jobs / "j.toml", steps)
+        line = one_error_line(run("run", job, "--scheduler", scheduler_address))
+        assert "is outside the job's directory" in line and named in line, line
+        assert not hostname or hostname not in line.replace("/etc/hostname", "")
+    assert sorted(os.listdir(tmp_path)) == ["jobs", "outside"]
+    assert sorted(os.listdir(jobs)) == ["j.toml", "k.txt"]
+
+    # the operator can name other places on the command line, or allow everything
+    job = _job(jobs / "j.toml", '[[step]]\nrun = "ingest"\nsource = "k.txt"\n'
+                                'store = "${work}/s.zarr"\n')
+    assert run_json("run", job, "--set", f"work={outside}")["steps"][0]["n_rows"] == 30
+    job = _job(jobs / "j.toml", '[[step]]\nrun = "ingest"\nsource = "k.txt"\n'
+                                'store = "../outside/t.zarr"\n')
+    assert "outside the job's directory" in one_error_line(run("run", job))
+    assert run_json("run", job, "--allow-outside")["steps"][0]["n_rows"] == 30
+
+
+def test_a_failed_job_is_rerunnable_and_skips_what_is_done(tmp_path, scheduler_address):
+    steps = (
+        '[[step]]\nrun = "generate"\nstore = "${work}/g.zarr"\npoints = 600\nfeatures = 2\n'
+        'components = 2\nseed = 1\nchunk_rows = 200\n\n'
+        '[[step]]\nrun = "ingest"\nsource = "k.txt"\nstore = "${work}/k.zarr"\n\n'
+        '[[step]]\nrun = "ingest"\nsource = "k2.txt"\nstore = "${work}/k.zarr"\nappend = true\n\n'
+        '[[step]]\nrun = "fit"\nstore = "${work}/g.zarr"\nmodel = "${work}/m.npz"\n'
+        'components = 2\nseed = 0\n\n'
+        '[[step]]\nrun = "label"\nstore = "${work}/g.zarr"\nmodel = "${work}/m.npz"\n\n'
+        '[[step]]\nrun = "label"\nstore = "${work}/g.zarr"\nmodel = "${work}/later.npz"\n')
+    np.savetxt(tmp_path / "k.txt", np.loadtxt(KMEANS_TXT))
+    np.savetxt(tmp_path / "k2.txt", np.loadtxt(KMEANS_TXT) * 2)
+    job = _job(tmp_path / "job.toml", steps)
+    cluster = ["--scheduler", scheduler_address]
+    line = one_error_line(run("run", job, *cluster))  # step 6: no such model yet
+    assert "later.npz does not exist" in line
+    shutil.copy(tmp_path / "out" / "m.npz", tmp_path / "out" / "later.npz")
+    report = run_json("run", job, *cluster)["steps"]
+    assert [bool(s.get("skipped")) for s in report] == [True, True, True, True, False, False]
+    assert "generated with these settings" in report[0]["reason"]
+    assert "ingested from this file" in report[1]["reason"]
+    assert "are in" in report[2]["reason"] and "rows 30-59" in report[2]["reason"]
+    assert "with these settings" in report[3]["reason"]
+    assert report[4]["chunks_done"] == 0 and report[4]["chunks_skipped"] == 3
+    assert open_points(str(tmp_path / "out" / "k.zarr")).n_rows == 60
+    # a step whose existing output does not match is still an error
+    (tmp_path / "job.toml").write_text(
+        open(job).read().replace("points = 600", "points = 700"))
+    assert "already exists" in one_error_line(run("run", job, *cluster))
+
+
+def test_relative_paths_are_resolved_by_the_client_not_the_workers(tmp_path, blobs,
+                                                                   blobs_model,
+                                                                   scheduler_address):
+    """The workers run in another directory: a relative store path must reach them
+    absolute (it used to name <worker cwd>/s.zarr)."""
+    copy_store(blobs, tmp_path / "s.zarr")
+    shutil.copy(blobs_model, tmp_path / "m.npz")
+    assert os.getcwd() != str(tmp_path)  # the session cluster's workers run in our cwd
+    done = subprocess.run([sys.executable, "-m", "distgmm.cli", "label", "m.npz", "s.zarr",
+                           "--name", "rel", "--json", "--scheduler", scheduler_address],
+                          capture_output=True, text=True, env=_env(), cwd=tmp_path, timeout=180)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["chunks_done"] == 10
+    store = open_points(str(tmp_path / "s.zarr"))
+    np.testing.assert_array_equal(store.group["labels/rel"][:],
+                                  distgmm.load_model(blobs_model).predict(
+                                      store.points.compute()))

@@ -146,3 +146,27 @@ def test_kill_9_during_new_ingest_leaves_no_store(tmp_path):
     assert not os.path.exists(url)
     done = run("info", url, "--no-stats")
     assert done.returncode == 2
+
+
+def test_kill_9_during_generate_leaves_debris_that_the_next_run_removes(tmp_path,
+                                                                       scheduler_address):
+    url = str(tmp_path / "g.zarr")
+    args = ["generate", url, "--points", "5000", "--features", "2", "--components", "2",
+            "--seed", "1", "--chunk-rows", "1000", "--scheduler", scheduler_address]
+    _kill_when_paused(args, 2)
+    left = sorted(os.listdir(tmp_path))
+    assert any(".g.zarr.distgmm-tmp-" in n for n in left), left  # the killed build
+    assert not os.path.exists(url)
+    done = run(*args, "--json")
+    assert done.returncode == 0, done.stderr
+    assert sorted(os.listdir(tmp_path)) == ["g.zarr"]  # build directory and lock file gone
+    assert open_points(url).n_rows == 5000
+
+
+def test_append_to_a_missing_store_creates_nothing(tmp_path):
+    url = str(tmp_path / "none.zarr")
+    done = run("ingest", KMEANS, url, "--append")
+    assert done.returncode == 2 and "is not a point store" in done.stderr
+    assert os.listdir(tmp_path) == []
+    assert run("ingest", KMEANS, url).returncode == 0  # nothing blocks a later ingest
+    assert open_points(url).n_rows == 30

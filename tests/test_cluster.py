@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import json
 import os
-import queue
 import re
 import shutil
 import signal
+import socket
 import subprocess
-import threading
+import sys
 import time
 from pathlib import Path
 
@@ -22,7 +22,7 @@ import pytest
 import zarr
 
 from cluster_helpers import (
-    REPO, SCHEDULER_ARGS, WORKER_ARGS, DaskProcesses, distgmm, distgmm_popen, free_port,
+    REPO, SCHEDULER_ARGS, WORKER_ARGS, DaskProcesses, Watched, distgmm, free_port,
     make_certificates,
 )
 from distgmm._serialize import load_arrays
@@ -37,53 +37,6 @@ SCHEDULER_LOSS_BOUND = 45.0
 
 
 # ----------------------------------------------------------------------------- helpers
-class Watched:
-    """A CLI subprocess whose stderr is read by a thread, so a test can wait for a line."""
-
-    def __init__(self, *args: str, **env: str):
-        self.proc = distgmm_popen(*args, **env)
-        self.lines: list[str] = []
-        self._queue: queue.Queue = queue.Queue()
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
-
-    def _read(self) -> None:
-        for line in self.proc.stderr:
-            self.lines.append(line)
-            self._queue.put(line)
-        self._queue.put(None)
-
-    def wait_for(self, pattern: str, timeout: float = 60) -> re.Match:
-        """Block until a stderr line matches ``pattern``; fail if the process ends first."""
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                line = self._queue.get(timeout=max(0.01, deadline - time.monotonic()))
-            except queue.Empty:
-                pytest.fail(f"no line matching {pattern!r} within {timeout} s:\n{self.stderr}")
-            if line is None:
-                pytest.fail(f"exited {self.proc.wait()} before {pattern!r}:\n{self.stderr}")
-            match = re.search(pattern, line)
-            if match:
-                return match
-
-    def finish(self, timeout: float = 120) -> tuple[int, str, str]:
-        """Wait for the exit; return (exit code, stdout, stderr)."""
-        out = self.proc.stdout.read()
-        code = self.proc.wait(timeout)
-        self._reader.join(10)
-        return code, out, self.stderr
-
-    @property
-    def stderr(self) -> str:
-        return "".join(self.lines)
-
-    def kill(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(10)
-
-
 def ok(done: subprocess.CompletedProcess) -> dict:
     assert done.returncode == 0, done.stderr
     return json.loads(done.stdout)
@@ -278,7 +231,7 @@ def test_two_fits_and_a_label_job_at_the_same_time(tmp_path, store, reference, d
         Watched("fit", str(store), *FIT_ARGS, "--model", str(tmp_path / "a.npz"), *scheduler),
         Watched("fit", str(store), *OTHER_FIT_ARGS, "--model", str(tmp_path / "b.npz"),
                 *scheduler),
-        Watched("run", str(job), *scheduler),
+        Watched("run", str(job), "--allow-outside", *scheduler),  # its paths are elsewhere
     ]
     try:
         results = [w.finish(timeout=150) for w in running]
@@ -356,6 +309,114 @@ def test_unreachable_scheduler_is_a_clear_error(tmp_path):
     assert done.stderr.strip().splitlines()[-1].startswith(
         f"error: could not connect to the Dask scheduler at tcp://127.0.0.1:{port}")
     assert elapsed < 50
+
+
+@pytest.mark.timeout(60)
+def test_a_port_that_is_not_a_dask_scheduler_fails_within_the_timeout(tmp_path):
+    """An HTTP server accepts the connection and never sends Dask's handshake: Dask's own
+    connect would wait forever; distgmm gives up after --scheduler-timeout."""
+    (tmp_path / "k.txt").write_text("1 2\n3 4\n5 6\n")
+    assert distgmm("ingest", str(tmp_path / "k.txt"), str(tmp_path / "k.zarr")).returncode == 0
+    port = free_port()
+    http = subprocess.Popen([sys.executable, "-m", "http.server", str(port), "--bind",
+                             "127.0.0.1"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 20
+        while True:  # wait until it listens
+            with socket.socket() as s:
+                if s.connect_ex(("127.0.0.1", port)) == 0:
+                    break
+            assert time.monotonic() < deadline, "http.server did not start"
+            time.sleep(0.1)
+        started = time.monotonic()
+        done = distgmm("info", str(tmp_path / "k.zarr"), "--scheduler",
+                       f"tcp://127.0.0.1:{port}", "--scheduler-timeout", "4", timeout=40)
+        elapsed = time.monotonic() - started
+    finally:
+        http.kill()
+        http.wait(10)
+    assert done.returncode == 1, done.stderr
+    last = done.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"error: could not connect to the Dask scheduler at "
+                           f"tcp://127.0.0.1:{port}"), done.stderr
+    assert "no Dask handshake within 4 s" in last and "Traceback" not in done.stderr
+    assert elapsed < 15, f"took {elapsed:.1f} s"
+
+
+@pytest.mark.timeout(30)
+def test_a_malformed_scheduler_address_is_refused_at_once(tmp_path):
+    (tmp_path / "k.txt").write_text("1 2\n3 4\n5 6\n")
+    assert distgmm("ingest", str(tmp_path / "k.txt"), str(tmp_path / "k.zarr")).returncode == 0
+    for address in ("notanaddress", "tcp://127.0.0.1", "tcp://:8786", "http://127.0.0.1:1"):
+        started = time.monotonic()
+        done = distgmm("info", str(tmp_path / "k.zarr"), "--scheduler", address)
+        assert time.monotonic() - started < 10
+        assert done.returncode == 2, done.stderr
+        lines = done.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("error: --scheduler") and \
+            "tcp://HOST:PORT" in lines[0], done.stderr
+
+
+@pytest.mark.timeout(120)
+def test_a_frozen_scheduler_ends_the_command_within_the_timeout(tmp_path, store,
+                                                                 fresh_cluster):
+    """SIGSTOP keeps the scheduler's connections open (the kernel still acknowledges), so
+    only the watchdog's pings notice; the command exits 1 with a clear message."""
+    cluster = fresh_cluster(1)
+    fit = Watched("fit", str(store), *FIT_ARGS, "--model", str(tmp_path / "m.npz"),
+                  "--scheduler", cluster.address, "--scheduler-timeout", "4",
+                  DISTGMM_TEST_PAUSE_AFTER_ITERATIONS="2", DISTGMM_TEST_PAUSE_SECONDS="1")
+    try:
+        fit.wait_for("DISTGMM_TEST_PAUSE_AFTER_ITERATIONS: paused")
+        os.kill(cluster.scheduler.pid, signal.SIGSTOP)
+        stopped = time.monotonic()
+        code, out, err = fit.finish(timeout=60)
+        noticed = time.monotonic() - stopped
+    finally:
+        fit.kill()
+        os.kill(cluster.scheduler.pid, signal.SIGCONT)
+    assert code == 1 and out == "", err
+    last = err.strip().splitlines()[-1]
+    assert last.startswith(f"error: stopped answering the Dask scheduler at {cluster.address} "
+                           "(no reply for 4 s)"), err
+    assert "--resume" in last and "Traceback" not in err
+    # pings every timeout/4, a ping may take the whole timeout, then the client is closed
+    assert noticed < 4 * 1.25 + 10, f"took {noticed:.1f} s"
+    assert not (tmp_path / "m.npz").exists()
+
+    # frozen before the command starts: the handshake never comes
+    os.kill(cluster.scheduler.pid, signal.SIGSTOP)
+    try:
+        started = time.monotonic()
+        done = distgmm("info", str(store), "--scheduler", cluster.address,
+                       "--scheduler-timeout", "3", timeout=40)
+        elapsed = time.monotonic() - started
+    finally:
+        os.kill(cluster.scheduler.pid, signal.SIGCONT)
+    assert done.returncode == 1 and "no Dask handshake within 3 s" in done.stderr, done.stderr
+    assert elapsed < 15
+
+
+@pytest.mark.timeout(90)
+def test_embedded_cluster_dashboard_listens_on_loopback_only():
+    """The dashboard of the CLI's own LocalCluster is bound to 127.0.0.1, the address the
+    commands print."""
+    import psutil
+
+    from distgmm.cluster import local_cluster_client
+
+    client = local_cluster_client(1, memory_limit="1GiB")
+    cluster = client.cluster
+    try:
+        link = client.dashboard_link
+        port = int(re.search(r":(\d+)/status", link).group(1))
+        listening = [c.laddr for c in psutil.Process().net_connections("tcp")
+                     if c.status == psutil.CONN_LISTEN and c.laddr.port == port]
+    finally:
+        client.close()
+        cluster.close()
+    assert link.startswith("http://127.0.0.1:")
+    assert listening and all(addr.ip == "127.0.0.1" for addr in listening), listening
 
 
 class _Payload:

@@ -196,11 +196,15 @@ store = "${work}/p.zarr"
 model = "s3://bucket/${work}.npz"
 components = "${k}"
 """)
-    job = load_job(path, environ={})
+    with pytest.raises(DistgmmInputError, match=r"key 'model': s3://bucket/out\.npz is "
+                                                r"outside the job's directory"):
+        load_job(path, environ={})  # a URL the operator did not name
+    job = load_job(path, environ={}, allow_outside=True)
     options = job.steps[0].options
     assert options == {"store": str(tmp_path / "out" / "p.zarr"),
                        "model": "s3://bucket/out.npz", "components": 2}
-    job = load_job(path, {"k": "5"}, environ={"DISTGMM_VAR_work": "/abs", "DISTGMM_VAR_k": "3"})
+    job = load_job(path, {"k": "5"}, environ={"DISTGMM_VAR_work": "/abs", "DISTGMM_VAR_k": "3"},
+                   allow_outside=True)
     assert job.steps[0].options["store"] == "/abs/p.zarr"
     assert job.steps[0].options["components"] == 5  # --set beats the environment
     with pytest.raises(DistgmmInputError, match="declares no variable 'kk'"):

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import socket
 
 import numpy as np
 import pytest
@@ -11,6 +10,8 @@ import zarr
 from distributed import Client, LocalCluster
 
 from distgmm.errors import DistgmmInputError
+from distgmm.store import StoreIntegrityError
+from fixtures_s3 import s3_options  # noqa: F401 (a fixture)
 from distgmm.store import (
     append,
     generate,
@@ -293,25 +294,6 @@ def test_label_state_tracks_chunks_and_appends(tmp_path):
 
 # --- S3-compatible object store (moto server on loopback) --------------------------------
 
-@pytest.fixture(scope="module")
-def s3_options():
-    pytest.importorskip("s3fs")
-    from moto.server import ThreadedMotoServer
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    options = {"key": "testing", "secret": "testing",
-               "client_kwargs": {"endpoint_url": f"http://127.0.0.1:{port}"}}
-    import s3fs
-
-    s3fs.S3FileSystem(**options).mkdir("distgmm-test")
-    yield options
-    server.stop()
-
-
 def test_store_on_s3_round_trip_append_and_info(tmp_path, s3_options, client):
     url = "s3://distgmm-test/k.zarr"
     ingest(KMEANS, url, chunk_rows=7, storage_options=s3_options)
@@ -334,3 +316,66 @@ def test_incomplete_s3_store_is_refused_and_bad_input_leaves_nothing(tmp_path, s
     import s3fs
 
     assert not s3fs.S3FileSystem(**s3_options).exists("distgmm-test/bad.zarr/zarr.json")
+
+
+# --- integrity: checksums, missing chunks, older stores -----------------------------------
+
+def _chunk_file(url: str, array: str, index: int) -> str:
+    return os.path.join(url, array, "c", str(index), *(["0"] if array == "points" else []))
+
+
+def test_deleted_chunk_is_an_error_naming_it(tmp_path, client):
+    url = str(tmp_path / "k.zarr")
+    ingest(KMEANS, url, chunk_rows=8)
+    os.remove(_chunk_file(url, "points", 1))
+    with pytest.raises(StoreIntegrityError,
+                       match=r"chunk 1 of 'points' \(rows 8-15\) is missing .*points/c/1/0.*"
+                             r"write it again from its source"):
+        open_points(url).points.compute()
+
+
+def test_flipped_byte_fails_the_checksum_naming_the_chunk(tmp_path, client):
+    url = str(tmp_path / "k.zarr")
+    ingest(KMEANS, url, chunk_rows=8)
+    path = _chunk_file(url, "points", 2)
+    raw = bytearray(open(path, "rb").read())
+    raw[len(raw) // 2] ^= 0x01
+    open(path, "wb").write(bytes(raw))
+    with pytest.raises(StoreIntegrityError,
+                       match=r"chunk 2 of 'points' \(rows 16-23\) fails its checksum"):
+        open_points(url).points.compute()
+    # the other chunks still read
+    np.testing.assert_array_equal(open_points(url).points[:16].compute(),
+                                  np.loadtxt(KMEANS)[:16])
+
+
+def test_chunks_equal_to_the_fill_value_are_stored_not_taken_for_missing(tmp_path, client):
+    url = str(tmp_path / "z.zarr")
+    np.save(tmp_path / "z.npy", np.zeros((20, 2)))  # every chunk equals the fill value 0
+    ingest(str(tmp_path / "z.npy"), url, chunk_rows=8)
+    append(str(tmp_path / "z.npy"), url)
+    generate(str(tmp_path / "g.zarr"), n_points=50, n_features=2, n_components=1, seed=0,
+             chunk_rows=16, client=client)
+    append(str(tmp_path / "z.npy"), str(tmp_path / "g.zarr"), dtype="float32")  # truth -1
+    assert open_points(url).points.compute().sum() == 0
+    assert (open_points(str(tmp_path / "g.zarr")).truth.compute()[50:] == -1).all()
+
+
+def test_schema_1_store_without_checksums_still_opens_and_appends(tmp_path, client):
+    from zarr.codecs import ZstdCodec
+
+    url = str(tmp_path / "old.zarr")
+    data = np.loadtxt(KMEANS)
+    group = zarr.create_group(url, attributes={"distgmm": {
+        "schema_version": 1, "kind": "points", "complete": True, "columns": ["x0", "x1"],
+        "provenance": {"op": "ingest"}}})
+    points = group.create_array("points", shape=data.shape, chunks=(8, 2), dtype="float64",
+                                compressors=[ZstdCodec(level=3)], fill_value=0.0,
+                                attributes={"row_log": []})
+    points[:] = data
+    append(KMEANS, url)
+    store = open_points(url)
+    np.testing.assert_array_equal(store.points.compute(), np.vstack([data, data]))
+    info = store_info(url, stats=False)
+    assert info["schema_version"] == 1 and info["checksums"] is False
+    assert info["codec"] == ["zstd(level=3)"]

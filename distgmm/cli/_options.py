@@ -17,11 +17,11 @@ import click
 import typer
 from rich.console import Console
 
-from distgmm.errors import DistgmmInputError
+from distgmm.errors import DistgmmInputError, DistgmmRunError
 
 __all__ = [
     "Scheduler", "Workers", "ThreadsPerWorker", "MemoryLimit", "TlsCaFile", "TlsCert", "TlsKey",
-    "Verbose", "Quiet", "Json", "StorageOption", "DType",
+    "Verbose", "Quiet", "Json", "StorageOption", "DType", "LockWait", "SchedulerTimeout",
     "ClusterOptions", "Output", "dask_client", "handle_errors", "storage_options",
     "EXIT_BAD_INPUT", "EXIT_FAILURE",
 ]
@@ -57,6 +57,15 @@ Quiet = Annotated[bool, typer.Option(
     "-q", "--quiet", rich_help_panel=_OUTPUT, help="Only errors on stderr.")]
 Json = Annotated[bool, typer.Option(
     "--json", rich_help_panel=_OUTPUT, help="Print one JSON object on stdout instead of tables.")]
+LockWait = Annotated[float | None, typer.Option(
+    "--lock-wait", envvar="DISTGMM_LOCK_WAIT", metavar="SECONDS",
+    help="How long to wait while another run writes the same store or label set, then fail "
+         "(exit 1) [default: 60].")]
+SchedulerTimeout = Annotated[float | None, typer.Option(
+    "--scheduler-timeout", envvar="DISTGMM_SCHEDULER_TIMEOUT", metavar="SECONDS",
+    rich_help_panel=_CLUSTER,
+    help="Fail (exit 1) when the scheduler cannot be reached, or stops answering, for this "
+         "long [default: 20].")]
 StorageOption = Annotated[list[str] | None, typer.Option(
     "--storage-option", metavar="KEY=VALUE",
     help="fsspec option for remote store URLs, repeatable (e.g. endpoint_url=http://...).")]
@@ -138,6 +147,7 @@ class ClusterOptions:
     tls_ca_file: str | None = None
     tls_cert: str | None = None
     tls_key: str | None = None
+    scheduler_timeout: float | None = None
 
 
 @contextlib.contextmanager
@@ -149,14 +159,15 @@ def dask_client(options: ClusterOptions, output: Output) -> Iterator[Any]:
     """
     import dask
 
-    from distgmm.cluster import get_client, local_cluster_client, make_security
+    from distgmm.cluster import get_client, local_cluster_client, make_security, scheduler_timeout
 
     output.tame_dask_loggers()
     if output.verbose < 2:  # worker processes of a local cluster inherit this config
         dask.config.set({"logging.distributed": "error"})
+    timeout = scheduler_timeout(options.scheduler_timeout)
     if options.scheduler:
         security = make_security(options.tls_ca_file, options.tls_cert, options.tls_key)
-        client = get_client(options.scheduler, security)
+        client = get_client(options.scheduler, security, timeout)
         cluster = None
     else:
         if any((options.tls_ca_file, options.tls_cert, options.tls_key)):
@@ -173,7 +184,7 @@ def dask_client(options: ClusterOptions, output: Output) -> Iterator[Any]:
         if options.scheduler and client.status != "running":
             from distgmm.cluster import scheduler_lost
 
-            raise scheduler_lost(options.scheduler, exc) from exc
+            raise scheduler_lost(options.scheduler, exc, timeout) from exc
         raise
     finally:
         client.close()
@@ -192,8 +203,10 @@ def handle_errors(output: Output) -> Iterator[None]:
     """Turn exceptions into ``error: <message>`` on stderr and an exit code.
 
     Bad input (``ValueError``, including :class:`DistgmmInputError`) exits 2; an unreachable
-    or lost scheduler (:class:`distgmm.cluster.ClusterUnavailableError`) exits 1 with its
-    message; anything unexpected exits 1 (with the traceback at ``-v``).
+    or lost scheduler (:class:`distgmm.cluster.ClusterUnavailableError`) and a run that
+    cannot go ahead now (:class:`DistgmmRunError`, e.g. a store busy for longer than
+    ``--lock-wait``) exit 1 with their message; anything unexpected exits 1 (with the
+    traceback at ``-v``).
     """
     try:
         yield
@@ -212,7 +225,7 @@ def handle_errors(output: Output) -> Iterator[None]:
         os.dup2(devnull, sys.stdout.fileno())
         raise typer.Exit(141) from None
     except Exception as exc:  # the CLI boundary: report anything, exit non-zero
-        if _is_cluster_unavailable(exc):
+        if isinstance(exc, DistgmmRunError) or _is_cluster_unavailable(exc):
             if output.verbose:
                 traceback.print_exc()
             sys.stderr.write(f"error: {exc}\n")

@@ -9,7 +9,7 @@ from rich.table import Table
 
 from distgmm.cli._options import (
     ClusterOptions, Json, MemoryLimit, Output, Quiet, Scheduler, ThreadsPerWorker, TlsCaFile,
-    TlsCert, TlsKey, Verbose, Workers, dask_client, handle_errors,
+    TlsCert, TlsKey, SchedulerTimeout, Verbose, Workers, dask_client, handle_errors,
 )
 
 __all__ = ["demo"]
@@ -24,6 +24,7 @@ def demo(
     tls_ca_file: TlsCaFile = None,
     tls_cert: TlsCert = None,
     tls_key: TlsKey = None,
+    scheduler_timeout: SchedulerTimeout = None,
     verbose: Verbose = 0,
     quiet: Quiet = False,
     json: Json = False,
@@ -35,11 +36,14 @@ def demo(
     on a laptop's local cluster.
     """
     from distgmm.jobs import run_demo
+    from distgmm.jobs._demo import check_demo_directory
 
     output = Output(verbose, quiet, json)
     with handle_errors(output):
+        check_demo_directory(directory)
         cluster = ClusterOptions(scheduler, workers, threads_per_worker, memory_limit,
-                                 tls_ca_file, tls_cert, tls_key)
+                                 tls_ca_file, tls_cert, tls_key,
+                                 scheduler_timeout)
         with dask_client(cluster, output) as client:
             report = run_demo(directory, client=client, on_step=output.message)
             result = {**report.to_dict(), "dashboard": client.dashboard_link}

@@ -9,8 +9,9 @@ import typer
 from rich.table import Table
 
 from distgmm.cli._options import (
-    ClusterOptions, Json, MemoryLimit, Output, Quiet, Scheduler, StorageOption, ThreadsPerWorker,
-    TlsCaFile, TlsCert, TlsKey, Verbose, Workers, dask_client, handle_errors, storage_options,
+    ClusterOptions, Json, MemoryLimit, Output, Quiet, Scheduler, StorageOption,
+    ThreadsPerWorker, TlsCaFile, TlsCert, TlsKey, SchedulerTimeout, Verbose, Workers,
+    dask_client, handle_errors, storage_options,
 )
 
 __all__ = ["fit", "CovarianceType", "InitMethod", "iteration_printer", "render_fit"]
@@ -95,6 +96,7 @@ def fit(
     tls_ca_file: TlsCaFile = None,
     tls_cert: TlsCert = None,
     tls_key: TlsKey = None,
+    scheduler_timeout: SchedulerTimeout = None,
     verbose: Verbose = 0,
     quiet: Quiet = False,
     json: Json = False,
@@ -106,16 +108,19 @@ def fit(
     uninterrupted fit would have. Without --resume an existing checkpoint is refused.
     """
     from distgmm.jobs import fit_store
+    from distgmm.jobs._fit import check_fit_outputs
     from distgmm.store import open_points, read_model
 
     output = Output(verbose, quiet, json)
     with handle_errors(output):
         options = storage_options(storage_option)
         open_points(store, options)  # fail on bad input before starting a cluster
+        check_fit_outputs(model, overwrite=overwrite, checkpoint_dir=checkpoint, plot=plot)
         if align_to is not None:
             read_model(align_to)
         cluster = ClusterOptions(scheduler, workers, threads_per_worker, memory_limit,
-                                 tls_ca_file, tls_cert, tls_key)
+                                 tls_ca_file, tls_cert, tls_key,
+                                 scheduler_timeout)
         with dask_client(cluster, output) as client:
             report = fit_store(
                 store, model, n_components=components, covariance_type=covariance_type.value,

@@ -7,9 +7,10 @@ from typing import Annotated
 import typer
 
 from distgmm.cli._options import (
+    LockWait,
     ClusterOptions, DType, Json, MemoryLimit, Output, Quiet, Scheduler, StorageOption,
-    ThreadsPerWorker, TlsCaFile, TlsCert, TlsKey, Verbose, Workers, dask_client, handle_errors,
-    storage_options,
+    ThreadsPerWorker, TlsCaFile, TlsCert, TlsKey, SchedulerTimeout, Verbose, Workers,
+    dask_client, handle_errors, storage_options,
 )
 from distgmm.errors import DistgmmInputError
 
@@ -26,6 +27,7 @@ def generate(
     chunk_rows: Annotated[int | None, typer.Option("--chunk-rows", min=1, help="Rows per chunk (default: ~16 MiB of points).")] = None,
     preset: Annotated[str | None, typer.Option("--preset", help="Named data set: seed-blobs (300 points around (0,0), std 1.2; 600 around (3,3), std 1.8).")] = None,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing point store.")] = False,
+    lock_wait: LockWait = None,
     storage_option: StorageOption = None,
     scheduler: Scheduler = None,
     workers: Workers = None,
@@ -34,12 +36,14 @@ def generate(
     tls_ca_file: TlsCaFile = None,
     tls_cert: TlsCert = None,
     tls_key: TlsKey = None,
+    scheduler_timeout: SchedulerTimeout = None,
     verbose: Verbose = 0,
     quiet: Quiet = False,
     json: Json = False,
 ) -> None:
     """Generate synthetic Gaussian-mixture data into STORE, chunk by chunk in parallel."""
     from distgmm.store import generate as generate_store
+    from distgmm.store._generate import check_generate
 
     output = Output(verbose, quiet, json)
     with handle_errors(output):
@@ -47,14 +51,21 @@ def generate(
             raise DistgmmInputError(
                 f"--preset {preset} fixes the points, features and components; drop "
                 "--points/--features/--components or the preset.")
+        sizes = dict(n_points=10_000_000 if points is None else points,
+                     n_features=8 if features is None else features,
+                     n_components=8 if components is None else components)
+        check_generate(store, **sizes, dtype=dtype.value, chunk_rows=chunk_rows,
+                       preset=preset, overwrite=overwrite,
+                       storage_options=storage_options(storage_option))
         options = ClusterOptions(scheduler, workers, threads_per_worker, memory_limit,
-                                 tls_ca_file, tls_cert, tls_key)
+                                 tls_ca_file, tls_cert, tls_key,
+                                 scheduler_timeout)
         with dask_client(options, output) as client:
             report = generate_store(
-                store, n_points=points or 10_000_000, n_features=features or 8,
-                n_components=components or 8, seed=seed, dtype=dtype.value,
+                store, **sizes, seed=seed, dtype=dtype.value,
                 chunk_rows=chunk_rows, preset=preset, overwrite=overwrite,
-                storage_options=storage_options(storage_option), client=client)
+                storage_options=storage_options(storage_option), client=client,
+                lock_wait=lock_wait)
         result = report.to_dict()
         if json:
             output.emit_json(result)

@@ -8,8 +8,9 @@ import typer
 from rich.table import Table
 
 from distgmm.cli._options import (
-    ClusterOptions, Json, MemoryLimit, Output, Quiet, Scheduler, StorageOption, ThreadsPerWorker,
-    TlsCaFile, TlsCert, TlsKey, Verbose, Workers, dask_client, handle_errors, storage_options,
+    ClusterOptions, Json, MemoryLimit, Output, Quiet, Scheduler, StorageOption,
+    ThreadsPerWorker, TlsCaFile, TlsCert, TlsKey, SchedulerTimeout, Verbose, Workers,
+    dask_client, handle_errors, storage_options,
 )
 
 __all__ = ["info"]
@@ -32,6 +33,8 @@ def _render(output: Output, result: dict) -> None:
     summary.add_row("dtype", result["dtype"])
     summary.add_row("chunking", f"{result['chunk_rows']:,} rows x {result['n_chunks']} chunks")
     summary.add_row("codec", ", ".join(result["codec"]))
+    summary.add_row("checksums", "crc32c per chunk, missing chunks detected" if
+                    result["checksums"] else f"none (schema {result['schema_version']} store)")
     summary.add_row("size on disk", f"{_size(result['bytes_on_disk'])} "
                     f"({_size(result['bytes_uncompressed'])} of points uncompressed)")
     summary.add_row("arrays", ", ".join(a["name"] for a in result["arrays"]))
@@ -65,6 +68,7 @@ def info(
     tls_ca_file: TlsCaFile = None,
     tls_cert: TlsCert = None,
     tls_key: TlsKey = None,
+    scheduler_timeout: SchedulerTimeout = None,
     verbose: Verbose = 0,
     quiet: Quiet = False,
     json: Json = False,
@@ -78,7 +82,8 @@ def info(
         open_points(store, options)  # fail on a bad store before starting a cluster
         if stats:
             cluster = ClusterOptions(scheduler, workers, threads_per_worker, memory_limit,
-                                     tls_ca_file, tls_cert, tls_key)
+                                     tls_ca_file, tls_cert, tls_key,
+                                     scheduler_timeout)
             with dask_client(cluster, output) as client:
                 result = store_info(store, storage_options=options, client=client)
         else:

@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 
-from distgmm.cli._options import DType, Json, Output, Quiet, StorageOption, Verbose, handle_errors, storage_options
+from distgmm.cli._options import LockWait, DType, Json, Output, Quiet, StorageOption, Verbose, handle_errors, storage_options
 
 __all__ = ["ingest"]
 
@@ -22,6 +22,7 @@ def ingest(
     append: Annotated[bool, typer.Option("--append", help="Add the rows to the existing store (checks features and dtype).")] = False,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing point store.")] = False,
     drop_nonfinite: Annotated[bool, typer.Option("--drop-nonfinite", help="Skip rows holding NaN/inf (and report how many) instead of failing.")] = False,
+    lock_wait: LockWait = None,
     storage_option: StorageOption = None,
     verbose: Verbose = 0,
     quiet: Quiet = False,
@@ -39,7 +40,7 @@ def ingest(
             source, store, format=format, columns=columns, header=header,
             dtype=dtype.value if dtype else None, chunk_rows=chunk_rows, append=append,
             overwrite=overwrite, drop_nonfinite=drop_nonfinite,
-            storage_options=storage_options(storage_option))
+            storage_options=storage_options(storage_option), lock_wait=lock_wait)
         result = report.to_dict()
         if json:
             output.emit_json(result)

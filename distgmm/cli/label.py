@@ -7,8 +7,10 @@ from typing import Annotated, Any
 import typer
 
 from distgmm.cli._options import (
-    ClusterOptions, Json, MemoryLimit, Output, Quiet, Scheduler, StorageOption, ThreadsPerWorker,
-    TlsCaFile, TlsCert, TlsKey, Verbose, Workers, dask_client, handle_errors, storage_options,
+    LockWait,
+    ClusterOptions, Json, MemoryLimit, Output, Quiet, Scheduler, StorageOption,
+    ThreadsPerWorker, TlsCaFile, TlsCert, TlsKey, SchedulerTimeout, Verbose, Workers,
+    dask_client, handle_errors, storage_options,
 )
 
 __all__ = ["label", "progress_printer", "render_label"]
@@ -38,6 +40,7 @@ def label(
     name: Annotated[str | None, typer.Option("--name", help="Label set name: labels/NAME (default: the model file's name).")] = None,
     proba: Annotated[bool, typer.Option("--proba", help="Also write proba/NAME, (N, K) float32.")] = False,
     replace: Annotated[bool, typer.Option("--replace", help="Relabel everything if NAME was written by another model.")] = False,
+    lock_wait: LockWait = None,
     storage_option: StorageOption = None,
     scheduler: Scheduler = None,
     workers: Workers = None,
@@ -46,6 +49,7 @@ def label(
     tls_ca_file: TlsCaFile = None,
     tls_cert: TlsCert = None,
     tls_key: TlsKey = None,
+    scheduler_timeout: SchedulerTimeout = None,
     verbose: Verbose = 0,
     quiet: Quiet = False,
     json: Json = False,
@@ -56,19 +60,21 @@ def label(
     rows were appended (or after an interrupted run) only labels what is left.
     """
     from distgmm.jobs import label_store
+    from distgmm.jobs._label import check_label_store
     from distgmm.store import open_points, read_model
 
     output = Output(verbose, quiet, json)
     with handle_errors(output):
         options = storage_options(storage_option)
         loaded = read_model(model)  # fail on bad input before starting a cluster
-        open_points(store, options)
+        check_label_store(open_points(store, options))
         cluster = ClusterOptions(scheduler, workers, threads_per_worker, memory_limit,
-                                 tls_ca_file, tls_cert, tls_key)
+                                 tls_ca_file, tls_cert, tls_key,
+                                 scheduler_timeout)
         with dask_client(cluster, output) as client:
             report = label_store(loaded, store, name=name, proba=proba, replace=replace,
                                  client=client, storage_options=options,
-                                 on_progress=progress_printer(output))
+                                 on_progress=progress_printer(output), lock_wait=lock_wait)
             result = {**report.to_dict(), "dashboard": client.dashboard_link}
         if json:
             output.emit_json(result)

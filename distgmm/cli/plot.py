@@ -7,8 +7,9 @@ from typing import Annotated
 import typer
 
 from distgmm.cli._options import (
-    ClusterOptions, Json, MemoryLimit, Output, Quiet, Scheduler, StorageOption, ThreadsPerWorker,
-    TlsCaFile, TlsCert, TlsKey, Verbose, Workers, dask_client, handle_errors, storage_options,
+    ClusterOptions, Json, MemoryLimit, Output, Quiet, Scheduler, StorageOption,
+    ThreadsPerWorker, TlsCaFile, TlsCert, TlsKey, SchedulerTimeout, Verbose, Workers,
+    dask_client, handle_errors, storage_options,
 )
 
 __all__ = ["plot"]
@@ -32,6 +33,7 @@ def plot(
     tls_ca_file: TlsCaFile = None,
     tls_cert: TlsCert = None,
     tls_key: TlsKey = None,
+    scheduler_timeout: SchedulerTimeout = None,
     verbose: Verbose = 0,
     quiet: Quiet = False,
     json: Json = False,
@@ -41,6 +43,7 @@ def plot(
     More than two features are projected on the first two principal components (computed
     on Dask) unless --features picks columns. Large stores are drawn as per-label density.
     """
+    from distgmm._atomic import check_output_file
     from distgmm.jobs._plot import plot_store
     from distgmm.store import open_points, read_model
 
@@ -49,8 +52,10 @@ def plot(
         options = storage_options(storage_option)
         read_model(model)  # fail on bad input before starting a cluster
         open_points(store, options)
+        check_output_file(out, what="--out", kind="png")
         cluster = ClusterOptions(scheduler, workers, threads_per_worker, memory_limit,
-                                 tls_ca_file, tls_cert, tls_key)
+                                 tls_ca_file, tls_cert, tls_key,
+                                 scheduler_timeout)
         with dask_client(cluster, output) as client:
             report = plot_store(model, store, out, labels=labels, features=features,
                                 projection=projection, density=density, width=width,

@@ -29,10 +29,14 @@ def predict(
     Runs in this process (meant for small files); no Dask cluster is started. For large
     data, ingest it into a store and use `distgmm label`.
     """
-    from distgmm.jobs._predict import predict_file, write_prediction, write_text
+    from distgmm.jobs._predict import (
+        check_prediction_out, predict_file, write_prediction, write_text,
+    )
 
     output = Output(verbose, quiet, json)
     with handle_errors(output):
+        if out is not None:
+            check_prediction_out(out)
         prediction = predict_file(model, file, proba=proba, format=format, columns=columns,
                                   header=header)
         if out is not None:

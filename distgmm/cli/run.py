@@ -7,8 +7,9 @@ from typing import Annotated
 import typer
 
 from distgmm.cli._options import (
+    LockWait,
     ClusterOptions, Json, MemoryLimit, Output, Quiet, Scheduler, ThreadsPerWorker, TlsCaFile,
-    TlsCert, TlsKey, Verbose, Workers, dask_client, handle_errors,
+    TlsCert, TlsKey, SchedulerTimeout, Verbose, Workers, dask_client, handle_errors,
 )
 from distgmm.cli.fit import iteration_printer, render_fit
 from distgmm.cli.label import progress_printer, render_label
@@ -18,7 +19,9 @@ __all__ = ["run"]
 
 
 def _render_step(output: Output, kind: str, result: dict) -> None:
-    if kind == "fit":
+    if result.get("skipped"):
+        output.out.print(f"{kind}: skipped, {result['reason']}", highlight=False)
+    elif kind == "fit":
         render_fit(output, result)
     elif kind == "label":
         render_label(output, result)
@@ -32,6 +35,8 @@ def _render_step(output: Output, kind: str, result: dict) -> None:
 def run(
     job_file: Annotated[str, typer.Argument(metavar="JOB.toml", help="Job file (see jobs/ for documented examples).")],
     set_: Annotated[list[str] | None, typer.Option("--set", metavar="NAME=VALUE", help="Override a [vars] entry of the job, repeatable (also: env DISTGMM_VAR_<NAME>).")] = None,
+    lock_wait: LockWait = None,
+    allow_outside: Annotated[bool, typer.Option("--allow-outside", help="Let the job use paths outside its own directory and the --set values (only for job files you trust).")] = False,
     scheduler: Scheduler = None,
     workers: Workers = None,
     threads_per_worker: ThreadsPerWorker = 1,
@@ -39,20 +44,23 @@ def run(
     tls_ca_file: TlsCaFile = None,
     tls_cert: TlsCert = None,
     tls_key: TlsKey = None,
+    scheduler_timeout: SchedulerTimeout = None,
     verbose: Verbose = 0,
     quiet: Quiet = False,
     json: Json = False,
 ) -> None:
     """Validate JOB.toml completely, then run its steps in order on one cluster.
 
-    Relative paths in the job are relative to the job file's directory. Steps are data
+    Relative paths in the job are relative to the job file's directory, and every path must
+    stay inside it or inside a path given with --set (else --allow-outside). Steps are data
     (ingest, generate, fit, label, select with their options): a job file cannot run code.
+    Rerunning a job skips the steps whose output is already there and complete.
     """
     from distgmm.jobs import JobHooks, load_job, parse_sets, run_job
 
     output = Output(verbose, quiet, json)
     with handle_errors(output):
-        job = load_job(job_file, parse_sets(set_))
+        job = load_job(job_file, parse_sets(set_), allow_outside=allow_outside)
         output.message(f"job {job_file}: {len(job.steps)} steps"
                        + (f" ({job.description})" if job.description else ""))
         hooks = JobHooks(
@@ -62,9 +70,10 @@ def run(
             on_iteration=iteration_printer(output), on_label_progress=progress_printer(output),
             on_candidate=candidate_printer(output))
         cluster = ClusterOptions(scheduler, workers, threads_per_worker, memory_limit,
-                                 tls_ca_file, tls_cert, tls_key)
+                                 tls_ca_file, tls_cert, tls_key,
+                                 scheduler_timeout)
         with dask_client(cluster, output) as client:
-            report = run_job(job, client=client, hooks=hooks)
+            report = run_job(job, client=client, hooks=hooks, lock_wait=lock_wait)
             result = {**report.to_dict(), "dashboard": client.dashboard_link}
         if json:
             output.emit_json(result)

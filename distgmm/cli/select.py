@@ -8,8 +8,9 @@ import typer
 from rich.table import Table
 
 from distgmm.cli._options import (
-    ClusterOptions, Json, MemoryLimit, Output, Quiet, Scheduler, StorageOption, ThreadsPerWorker,
-    TlsCaFile, TlsCert, TlsKey, Verbose, Workers, dask_client, handle_errors, storage_options,
+    ClusterOptions, Json, MemoryLimit, Output, Quiet, Scheduler, StorageOption,
+    ThreadsPerWorker, TlsCaFile, TlsCert, TlsKey, SchedulerTimeout, Verbose, Workers,
+    dask_client, handle_errors, storage_options,
 )
 from distgmm.cli.fit import InitMethod
 
@@ -74,12 +75,14 @@ def select(
     tls_ca_file: TlsCaFile = None,
     tls_cert: TlsCert = None,
     tls_key: TlsKey = None,
+    scheduler_timeout: SchedulerTimeout = None,
     verbose: Verbose = 0,
     quiet: Quiet = False,
     json: Json = False,
 ) -> None:
     """Fit each candidate number of components on STORE, print BIC/AIC, save the best model."""
     from distgmm.jobs import parse_components, parse_covariance_types, select_store
+    from distgmm.jobs._select import check_select_outputs
     from distgmm.store import open_points
 
     output = Output(verbose, quiet, json)
@@ -88,8 +91,10 @@ def select(
         parse_components(components)  # fail on bad input before starting a cluster
         parse_covariance_types(covariance_type)
         open_points(store, options)
+        check_select_outputs(model, overwrite=overwrite, plot=plot)
         cluster = ClusterOptions(scheduler, workers, threads_per_worker, memory_limit,
-                                 tls_ca_file, tls_cert, tls_key)
+                                 tls_ca_file, tls_cert, tls_key,
+                                 scheduler_timeout)
         with dask_client(cluster, output) as client:
             report = select_store(
                 store, model, components=components, covariance_types=covariance_type,

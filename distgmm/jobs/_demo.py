@@ -11,7 +11,7 @@ from typing import Any, Callable
 
 from distgmm.jobs._common import resolve_client
 
-__all__ = ["DemoReport", "run_demo", "kmeans_samples_path"]
+__all__ = ["DemoReport", "run_demo", "kmeans_samples_path", "check_demo_directory"]
 
 logger = logging.getLogger(__name__)
 
@@ -52,6 +52,18 @@ def _plots(model: Any, store: str, labels_name: str, stem: str, client: Any) -> 
             f"{os.path.basename(stem)} convergence": convergence}
 
 
+def check_demo_directory(directory: str | os.PathLike) -> None:
+    """Refuse, before any work, a demo directory that is a file or cannot be written."""
+    from distgmm._atomic import check_output_directory
+    from distgmm.errors import DistgmmInputError
+
+    directory = os.path.abspath(os.fspath(directory))
+    if os.path.lexists(directory) and not os.path.isdir(directory):
+        raise DistgmmInputError(f"{directory} is a file, not a directory; give the demo a "
+                                "directory to write into.")
+    check_output_directory(directory, what=f"demo directory {directory}")
+
+
 def run_demo(directory: str | os.PathLike = "distgmm-demo", *, client: Any = None,
              on_step: Callable[[str], None] | None = None) -> DemoReport:
     """Run the demo into ``directory`` (created; earlier demo outputs there are replaced).
@@ -70,6 +82,7 @@ def run_demo(directory: str | os.PathLike = "distgmm-demo", *, client: Any = Non
 
     t0 = time.perf_counter()
     directory = os.path.abspath(os.fspath(directory))
+    check_demo_directory(directory)
     os.makedirs(directory, exist_ok=True)
     client = resolve_client(client)
     report = DemoReport(directory)

@@ -26,7 +26,7 @@ from distgmm.jobs._common import pause_for_tests, resolve_client
 from distgmm.store import open_points, read_model, save_model
 
 __all__ = ["FitReport", "fit_store", "checkpoint_path", "convergence_plot_path", "fit_points",
-           "PAUSE_ENV"]
+           "check_fit_outputs", "PAUSE_ENV"]
 
 logger = logging.getLogger(__name__)
 
@@ -74,6 +74,27 @@ def checkpoint_path(checkpoint_dir: str | os.PathLike, model_path: str | os.Path
     """``<checkpoint_dir>/<model file name without extension>.ckpt.npz``."""
     stem = os.path.splitext(os.path.basename(os.fspath(model_path)))[0]
     return os.path.join(os.fspath(checkpoint_dir), f"{stem}.ckpt.npz")
+
+
+def check_fit_outputs(model_path: str | os.PathLike, *, overwrite: bool = False,
+                      checkpoint_dir: str | os.PathLike | None = None,
+                      plot: bool = False) -> None:
+    """Refuse, before any work, outputs a fit could not write at its end: the model file
+    (see :func:`~distgmm.store.check_model_destination`), the checkpoint directory and the
+    convergence plot."""
+    from distgmm._atomic import check_output_directory, check_output_file
+    from distgmm.store._model import check_model_destination
+
+    check_model_destination(model_path, overwrite=overwrite)
+    if checkpoint_dir is not None:
+        directory = os.fspath(checkpoint_dir)
+        if os.path.lexists(directory) and not os.path.isdir(directory):
+            raise DistgmmInputError(f"--checkpoint {directory} is a file, not a directory; "
+                                    "give a directory.")
+        check_output_directory(directory, what=f"--checkpoint {directory}")
+    if plot:
+        check_output_file(convergence_plot_path(model_path), what="convergence plot",
+                          kind="png")
 
 
 def fit_points(points: Any, *, n_components: int, covariance_type: str = "full",
@@ -164,9 +185,7 @@ def fit_store(
     """
     t0 = time.perf_counter()
     model_path = os.fspath(model_path)
-    if os.path.exists(model_path) and not overwrite:
-        raise DistgmmInputError(f"model file {model_path} already exists; pass --overwrite to "
-                                "replace it, or choose another --model path.")
+    check_fit_outputs(model_path, overwrite=overwrite, checkpoint_dir=checkpoint_dir, plot=plot)
     if resume and checkpoint_dir is None:
         raise DistgmmInputError("--resume needs --checkpoint DIR (where the checkpoint is).")
     points = open_points(store, storage_options)

@@ -30,16 +30,20 @@ import zarr
 from distgmm._statistics import MixtureParams
 from distgmm.errors import DistgmmInputError
 from distgmm.jobs._common import check_name, pause_for_tests, resolve_client
-from distgmm.store import LABELS_ATTR, ModelFile, open_points, prepare_labels, read_model, \
-    record_chunks_done
+from distgmm.store import LABELS_ATTR, ModelFile, PointStore, open_points, prepare_labels, \
+    read_model, record_chunks_done
+from distgmm.store._integrity import check_finite_rows, read_rows
 from distgmm.store._location import StoreLocation
+from distgmm.store._lock import StoreLock, labels_lock
 from distgmm.store._points import _compressors, open_group_checked
 
-__all__ = ["LabelReport", "label_store", "label_block", "model_params", "PAUSE_ENV"]
+__all__ = ["LabelReport", "label_store", "label_block", "model_params", "check_label_store",
+           "PAUSE_ENV"]
 
 logger = logging.getLogger(__name__)
 
-#: Test hook: pause (for ``kill -9``) once this many chunks are recorded as done.
+#: Test hook: pause (for ``kill -9``, or to start another run) once this many chunks are
+#: recorded as done; at 0, once the label set is prepared, before any chunk is labelled.
 PAUSE_ENV = "DISTGMM_TEST_PAUSE_AFTER_LABEL_CHUNKS"
 _SUB_BLOCK_ROWS = 65536
 _RECORD_SECONDS = 2.0
@@ -96,11 +100,17 @@ def label_block(params: MixtureParams, X: np.ndarray, proba: bool = False
 
 def _label_chunk(index: int, *, location: StoreLocation, name: str, chunk_rows: int,
                  n_rows: int, params: MixtureParams, proba: bool) -> int:
-    """Task: label row chunk ``index`` and write its regions; returns the chunk index."""
+    """Task: label row chunk ``index`` and write its regions; returns the chunk index.
+
+    The rows are read through the checked store (a missing or damaged chunk is an error
+    naming it) and must be finite: a NaN row would otherwise get label 0.
+    """
     start = index * chunk_rows
     stop = min(start + chunk_rows, n_rows)
+    X = read_rows(zarr.open_array(location.zarr_store(read_only=True), path="points",
+                                  mode="r"), start, stop)
+    check_finite_rows(X, location.url, "points", start, chunk_rows)
     store = location.zarr_store(read_only=False)
-    X = zarr.open_array(store, path="points", mode="r")[start:stop]
     labels, probs = label_block(params, X, proba)
     if proba:
         zarr.open_array(store, path=f"proba/{name}", mode="r+")[start:stop] = probs
@@ -124,6 +134,14 @@ def _pause_threshold() -> int | None:
     return int(value) if value else None
 
 
+def check_label_store(points: PointStore) -> None:
+    """Refuse, before any work, a local store the label job could not write into."""
+    if points.location.is_local:
+        from distgmm._atomic import check_output_directory
+
+        check_output_directory(points.location.path, what=f"store {points.location}")
+
+
 def label_store(
     model: str | os.PathLike | ModelFile,
     store: str,
@@ -134,6 +152,7 @@ def label_store(
     client: Any = None,
     storage_options: dict[str, Any] | None = None,
     on_progress: Callable[[int, int], None] | None = None,
+    lock_wait: float | None = None,
 ) -> LabelReport:
     """Label the rows of a point store that this model has not labelled yet.
 
@@ -154,6 +173,9 @@ def label_store(
         fsspec options for a remote store.
     on_progress : callable, optional
         Called as ``on_progress(chunks_finished, chunks_pending)`` as chunks are recorded.
+    lock_wait : float, optional
+        Seconds to wait while another run writes this label set (or replaces the store);
+        default ``$DISTGMM_LOCK_WAIT`` or 60 (see :mod:`distgmm.store._lock`).
 
     Returns
     -------
@@ -161,21 +183,33 @@ def label_store(
     """
     t0 = time.perf_counter()
     loaded = model if isinstance(model, ModelFile) else read_model(model)
-    fitted = loaded.model
     if name is None:
         name = os.path.splitext(os.path.basename(loaded.path))[0]
     name = check_name(name)
     points = open_points(store, storage_options)
-    k, d = fitted.means_.shape
+    check_label_store(points)
+    d = loaded.model.means_.shape[1]
     if d != points.n_features:
         raise DistgmmInputError(
             f"model {loaded.path} was fitted on {d} features but store {store} has "
             f"{points.n_features}; label with a model fitted on data like this store's.")
-    location = points.location
+    with labels_lock(points.location, name, f"label {name}", lock_wait) as lock:
+        return _label_locked(loaded, store, points.location, name, proba, replace,
+                             resolve_client(client), on_progress, lock, t0)
+
+
+def _label_locked(loaded: ModelFile, store: str, location: StoreLocation, name: str,
+                  proba: bool, replace: bool, client: Any,
+                  on_progress: Callable[[int, int], None] | None, lock: StoreLock,
+                  t0: float) -> LabelReport:
+    """:func:`label_store` once the label set's lock is held."""
     group = open_group_checked(location, mode="r+")
-    previous = {}
-    if f"labels/{name}" in group:
-        previous = group[f"labels/{name}"].attrs.get(LABELS_ATTR) or {}
+    # One snapshot of the committed rows for the whole run: rows an append commits
+    # meanwhile are left for the next run (their chunks stay pending).
+    n_rows, chunk_rows = int(group["points"].shape[0]), int(group["points"].chunks[0])
+    k = loaded.model.means_.shape[0]
+    path = f"labels/{name}"
+    previous = (group[path].attrs.get(LABELS_ATTR) or {}) if path in group else {}
     old = previous.get("model_fingerprint") or ""
     other_model = bool(old) and old != loaded.fingerprint
     if other_model and not replace:
@@ -189,18 +223,27 @@ def label_store(
     reset = proba and same_model and not had_proba
     if reset:
         logger.info("labels/%s had no probabilities: relabelling every chunk", name)
-    state = prepare_labels(group, name, loaded.fingerprint, k, reset=reset,
-                           extra={"proba": with_proba})
-    n_rows, chunk_rows = points.n_rows, points.chunk_rows
-    if with_proba:
-        _prepare_proba(group, name, n_rows, chunk_rows, k, fresh=not had_proba)
-    elif f"proba/{name}" in group:
-        del group[f"proba/{name}"]  # written by another model: stale
-    pending = state.chunks_pending
-    skipped = len(state.chunks_done)
-    logger.info("labels/%s: %d chunks to label, %d already done", name, len(pending), skipped)
-    finished = _run_chunks(pending, location, name, chunk_rows, n_rows, model_params(fitted),
-                           with_proba, resolve_client(client), group, on_progress)
+    created = [p for p in (path, f"proba/{name}", "labels", "proba") if p not in group]
+    finished: list[int] = []
+    try:
+        state = prepare_labels(group, name, loaded.fingerprint, k, reset=reset,
+                               extra={"proba": with_proba}, n_rows=n_rows)
+        if with_proba:
+            _prepare_proba(group, name, n_rows, chunk_rows, k, fresh=not had_proba)
+        elif f"proba/{name}" in group:
+            del group[f"proba/{name}"]  # written by another model: stale
+        pending = state.chunks_pending
+        skipped = len(state.chunks_done)
+        logger.info("labels/%s: %d chunks to label, %d already done", name, len(pending),
+                    skipped)
+        _run_chunks(pending, location, name, chunk_rows, n_rows, model_params(loaded.model),
+                    with_proba, client, group, on_progress, lock, finished)
+    except BaseException:
+        if not finished:  # nothing to keep: leave the store as it was
+            for created_path in created:  # arrays, then their groups
+                if created_path in group:
+                    del group[created_path]
+        raise
     rows = sum(min((i + 1) * chunk_rows, n_rows) - i * chunk_rows for i in finished)
     return LabelReport(
         store=store, name=name, model=loaded.path, fingerprint=loaded.fingerprint,
@@ -211,24 +254,29 @@ def label_store(
 
 def _run_chunks(pending: list[int], location: StoreLocation, name: str, chunk_rows: int,
                 n_rows: int, params: MixtureParams, proba: bool, client: Any, group: zarr.Group,
-                on_progress: Callable[[int, int], None] | None) -> list[int]:
-    """Submit one task per pending chunk and record them, in batches, as they finish."""
+                on_progress: Callable[[int, int], None] | None, lock: StoreLock,
+                finished: list[int]) -> None:
+    """Submit one task per pending chunk and record them, in batches, as they finish
+    (into the store and into ``finished``), while ``lock`` is still ours."""
     if not pending:
-        return []
+        return
     from distributed import as_completed
 
+    threshold = _pause_threshold()
+    if threshold == 0:  # the test hook at 0: after preparing, before any chunk is labelled
+        pause_for_tests(PAUSE_ENV, 0, "recorded label chunks")
+        threshold = None
     futures = client.map(_label_chunk, pending, location=location, name=name,
                          chunk_rows=chunk_rows, n_rows=n_rows, params=params, proba=proba,
                          pure=False)
     batch_size = max(1, len(pending) // _RECORD_BATCHES)
-    threshold = _pause_threshold()
-    finished: list[int] = []
     batch: list[int] = []
     last = time.monotonic()
 
     def flush() -> None:
         nonlocal batch, last
         if batch:
+            lock.ensure_held()
             record_chunks_done(group, name, batch)
             finished.extend(batch)
             batch, last = [], time.monotonic()
@@ -246,4 +294,4 @@ def _run_chunks(pending: list[int], location: StoreLocation, name: str, chunk_ro
     finally:
         flush()
         client.cancel([f for f in futures if not f.done()])
-    return sorted(finished)
+    finished.sort()

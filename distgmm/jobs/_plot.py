@@ -96,6 +96,9 @@ def plot_store(
     if width < 100 or height < 100:
         raise DistgmmInputError(f"--width/--height must be at least 100 pixels, got "
                                 f"{width}x{height}.")
+    from distgmm._atomic import check_output_file
+
+    check_output_file(out, what="--out", kind="png")
     loaded = read_model(model_path)
     points = open_points(store, storage_options)
     if loaded.model.n_features_in_ != points.n_features:

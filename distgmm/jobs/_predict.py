@@ -9,14 +9,14 @@ from typing import Any
 
 import numpy as np
 
-from distgmm._atomic import atomic_write
-
+from distgmm._atomic import atomic_write, check_output_file
 from distgmm.errors import DistgmmInputError
 from distgmm.jobs._label import label_block, model_params
 from distgmm.store import ModelFile, read_model
 from distgmm.store._sources import open_source
 
-__all__ = ["write_text", "Prediction", "predict_file", "write_prediction"]
+__all__ = ["write_text", "Prediction", "predict_file", "write_prediction",
+           "check_prediction_out"]
 
 
 @dataclass(frozen=True)
@@ -45,6 +45,7 @@ def predict_file(model: str | os.PathLike | ModelFile, path: str, *, proba: bool
     """
     loaded = model if isinstance(model, ModelFile) else read_model(model)
     source = open_source(path, format=format, columns=columns, header=header)
+    source.nonfinite_hint = None  # predict has no option to skip rows
     d = loaded.model.n_features_in_
     if source.n_features != d:
         raise DistgmmInputError(
@@ -72,6 +73,28 @@ def write_text(stream: Any, prediction: Prediction) -> None:
         return
     for label, row in zip(prediction.labels, prediction.proba):
         stream.write(f"{label} " + " ".join(f"{p:.6g}" for p in row) + "\n")
+
+
+def check_prediction_out(out: str) -> None:
+    """Refuse, before any work, an ``--out`` that cannot be written, or an existing file that
+    is not a prediction of the same kind (``.npy``: a NumPy file; else: text whose first
+    line is numbers, as :func:`write_text` writes)."""
+    if out.lower().endswith(".npy"):
+        check_output_file(out, what="--out", kind="npy")
+        return
+    check_output_file(out, what="--out")
+    if not os.path.isfile(out) or os.path.getsize(out) == 0:
+        return
+    with open(out, "rb") as handle:
+        head = handle.read(4096)
+    try:
+        first = head.decode("utf-8").splitlines()[0].split()
+        [float(cell) for cell in first]
+    except (UnicodeDecodeError, ValueError, IndexError):
+        raise DistgmmInputError(
+            f"--out {out} exists and is not a prediction written by `distgmm predict` (its "
+            "first line is not numbers); refusing to replace it. Choose another path or "
+            "remove it yourself.") from None
 
 
 def write_prediction(prediction: Prediction, out: str) -> str:

@@ -16,7 +16,8 @@ from distgmm.errors import DistgmmInputError
 from distgmm.jobs._common import parse_components, parse_covariance_types, resolve_client
 from distgmm.store import open_points, save_model
 
-__all__ = ["SelectReport", "select_store", "selection_plot_path", "CRITERIA"]
+__all__ = ["SelectReport", "select_store", "selection_plot_path", "check_select_outputs",
+           "CRITERIA"]
 
 logger = logging.getLogger(__name__)
 
@@ -55,6 +56,18 @@ class SelectReport:
 def selection_plot_path(model_path: str) -> str:
     """``<model without extension>.selection.png``, next to the model file."""
     return os.path.splitext(os.fspath(model_path))[0] + ".selection.png"
+
+
+def check_select_outputs(model_path: str | os.PathLike, *, overwrite: bool = False,
+                         plot: bool = True) -> None:
+    """Refuse, before any work, outputs the selection could not write at its end."""
+    from distgmm._atomic import check_output_file
+    from distgmm.store._model import check_model_destination
+
+    check_model_destination(model_path, overwrite=overwrite)
+    if plot:
+        check_output_file(selection_plot_path(os.fspath(model_path)), what="selection plot",
+                          kind="png")
 
 
 def select_store(
@@ -104,9 +117,7 @@ def select_store(
     kinds = parse_covariance_types(covariance_types)
     if criterion not in CRITERIA:
         raise DistgmmInputError(f"--criterion {criterion!r} is not one of {', '.join(CRITERIA)}.")
-    if os.path.exists(model_path) and not overwrite:
-        raise DistgmmInputError(f"model file {model_path} already exists; pass --overwrite to "
-                                "replace it, or choose another --model path.")
+    check_select_outputs(model_path, overwrite=overwrite, plot=plot)
     points = open_points(store, storage_options)
     if ks[0] > points.n_rows:
         raise DistgmmInputError(f"--components {components!r}: the store {store} has only "

@@ -24,7 +24,28 @@ Step keys are the command's options with ``_`` for ``-`` (``covariance_type``, `
 * Relative paths (``source``, ``store``, ``model``, ``checkpoint``, ``align_to``) are resolved
   against the directory of the job file, after substitution; URLs and absolute paths are
   used as they are.
+* Paths are confined: after resolution (``..`` included; compared as written, so symbolic
+  links inside are followed like directories) every path must lie in the job file's
+  directory or in a path the operator gave on the command line or in the environment (the
+  value of a variable set with ``--set`` or ``DISTGMM_VAR_<name>``, e.g. ``--set
+  work=/data/gmm``); URLs only under such a value. Anything else is refused before any step
+  runs, unless ``allow_outside`` (``--allow-outside``): a job file from elsewhere cannot
+  read ``/etc/...``, write ``../../x.zarr`` or replace a file outside its directory.
 * A job file is data: there is no step that runs a command or Python code.
+* Rerunnable: a step whose output is already there and complete is skipped (and reported
+  as skipped, with the reason), so a job that failed at step 3 can simply be run again:
+
+  - ``generate`` (without ``overwrite``): the store exists, is complete and was generated
+    with the step's sizes, dtype, chunking, preset and (if given) seed;
+  - ``ingest`` (without ``overwrite``): the store exists, is complete and was ingested from
+    this very file (same path and SHA-256);
+  - ``ingest`` with ``append``: the store's row log records an append (or the ingest) of a
+    file with this SHA-256: its rows are in the store already;
+  - ``fit`` / ``select`` (without ``overwrite``): the model file exists, is a distgmm model
+    and was fitted on this store, at its current row count, with the step's settings;
+  - ``label`` is incremental by itself (chunks already labelled by the model are skipped).
+
+  An existing output that does not match is an error, as on the command line.
 """
 
 from __future__ import annotations
@@ -38,7 +59,8 @@ from typing import Any, Callable
 
 from distgmm.errors import DistgmmInputError
 
-__all__ = ["STEP_KEYS", "JobStep", "Job", "JobHooks", "load_job", "run_job", "parse_sets"]
+__all__ = ["STEP_KEYS", "JobStep", "Job", "JobHooks", "SkippedStep", "load_job", "run_job",
+           "parse_sets", "step_done"]
 
 _STR, _INT, _FLOAT, _BOOL, _PATH = "string", "integer", "number", "boolean", "path"
 _RANGE = "component range (\"1..12\", \"2,4,8\", an integer or a list of integers)"
@@ -119,10 +141,13 @@ def _type_name(value: Any) -> str:
 
 
 class _Resolver:
-    def __init__(self, path: str, variables: dict[str, str]):
+    def __init__(self, path: str, variables: dict[str, str], operator_values: list[str],
+                 allow_outside: bool):
         self.path = path
         self.base = os.path.dirname(os.path.abspath(path))
         self.variables = variables
+        self.allow_outside = allow_outside
+        self.roots = [self.base] + [self._resolve(v) for v in operator_values if v]
 
     def where(self, step: int, kind: str, key: str) -> str:
         return f"{self.path}: step {step} ({kind}), key {key!r}"
@@ -138,11 +163,30 @@ class _Resolver:
 
         return _VAR.sub(substitute, value)
 
-    def path_value(self, value: str) -> str:
+    def _resolve(self, value: str) -> str:
         value = os.path.expanduser(value)
-        if "://" in value or os.path.isabs(value):
+        if "://" in value:
             return value
         return os.path.normpath(os.path.join(self.base, value))
+
+    def _inside(self, path: str) -> bool:
+        for root in self.roots:
+            if "://" in root or "://" in path:
+                if path == root or path.startswith(root.rstrip("/") + "/"):
+                    return True
+            elif os.path.commonpath([root, path]) == root:
+                return True
+        return False
+
+    def path_value(self, value: str, where: str) -> str:
+        path = self._resolve(value)
+        if not self.allow_outside and not self._inside(path):
+            raise DistgmmInputError(
+                f"{where}: {path} is outside the job's directory {self.base}; job files may "
+                "only use paths inside it, or inside a path given with --set NAME=PATH (or "
+                f"{ENV_PREFIX}NAME). Move the file, pass its location with --set, or run "
+                "with --allow-outside if you trust this job file.")
+        return path
 
     def value(self, kind: str, step: int, key: str, expected: str, value: Any) -> Any:
         where = self.where(step, kind, key)
@@ -172,14 +216,14 @@ class _Resolver:
         if isinstance(value, str):
             value = self.text(value, where)
             if expected == _PATH:
-                value = self.path_value(value)
+                value = self.path_value(value, where)
         elif isinstance(value, list):
             value = [self.text(v, where) if isinstance(v, str) else v for v in value]
         return value
 
 
 def load_job(path: str | os.PathLike, sets: dict[str, str] | None = None,
-             environ: dict[str, str] | None = None) -> Job:
+             environ: dict[str, str] | None = None, allow_outside: bool = False) -> Job:
     """Read and validate a job file (nothing runs).
 
     Parameters
@@ -190,12 +234,15 @@ def load_job(path: str | os.PathLike, sets: dict[str, str] | None = None,
         ``--set`` overrides of ``[vars]``.
     environ : dict, optional
         Environment to read ``DISTGMM_VAR_<name>`` from (default ``os.environ``).
+    allow_outside : bool
+        Accept paths outside the job's directory and the operator's ``--set`` values (see
+        the module docstring).
 
     Raises
     ------
     DistgmmInputError
         Unreadable or malformed TOML, unknown sections, steps or keys, wrong types, missing
-        required keys, undefined variables.
+        required keys, undefined variables, paths outside the allowed directories.
     """
     path = os.fspath(path)
     environ = os.environ if environ is None else environ
@@ -226,23 +273,27 @@ def load_job(path: str | os.PathLike, sets: dict[str, str] | None = None,
     if not isinstance(declared, dict):
         raise DistgmmInputError(f"{path}: 'vars' must be a table of strings.")
     variables: dict[str, str] = {}
+    operator_values: list[str] = []  # paths the operator named: allowed roots
     for name, value in declared.items():
         if not _VAR_NAME.match(name) or not isinstance(value, (str, int, float)) or \
                 isinstance(value, bool):
             raise DistgmmInputError(f"{path}: [vars] {name!r} must be a name made of letters, "
                                     "digits and '_' with a string or number value.")
         variables[name] = environ.get(ENV_PREFIX + name, str(value))
+        if ENV_PREFIX + name in environ:
+            operator_values.append(environ[ENV_PREFIX + name])
     for name, value in (sets or {}).items():
         if name not in variables:
             raise DistgmmInputError(f"--set {name}: {path} declares no variable {name!r}; "
                                     f"declared: {', '.join(sorted(variables)) or 'none'}.")
         variables[name] = value
+        operator_values.append(value)
     raw_steps = doc.get("step")
     if not isinstance(raw_steps, list) or not raw_steps or \
             not all(isinstance(s, dict) for s in raw_steps):
         raise DistgmmInputError(f"{path}: no steps; add [[step]] tables with run = one of "
                                 f"{', '.join(STEP_KEYS)}.")
-    resolver = _Resolver(path, variables)
+    resolver = _Resolver(path, variables, operator_values, allow_outside)
     steps = []
     for index, raw in enumerate(raw_steps, start=1):
         kind = raw.get("run")
@@ -282,18 +333,141 @@ class JobReport:
                           for s, r in self.results]}
 
 
-def _run_step(step: JobStep, client: Any, hooks: JobHooks) -> Any:
+@dataclass(frozen=True)
+class SkippedStep:
+    """A step not run because its output is already there (see the module docstring)."""
+
+    kind: str
+    output: str
+    reason: str
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready dictionary."""
+        return {"skipped": True, "output": self.output, "reason": self.reason}
+
+
+def _store_meta(url: str) -> tuple[dict, Any] | None:
+    """The ``distgmm`` attributes and group of a complete point store at ``url``, or None."""
+    from distgmm.store import open_points
+
+    try:
+        points = open_points(url)
+    except DistgmmInputError:
+        return None
+    return points.attrs, points
+
+
+def _generate_done(o: dict[str, Any]) -> str | None:
+    found = _store_meta(o["store"])
+    if found is None or o.get("overwrite"):
+        return None
+    attrs, points = found
+    generated = attrs.get("generated") or {}
+    if (attrs.get("provenance") or {}).get("op") != "generate":
+        return None
+    if o.get("preset") is not None or generated.get("preset") is not None:
+        same = o.get("preset") == generated.get("preset")
+    else:
+        same = (points.n_rows == o.get("points", 10_000_000)
+                and points.n_features == o.get("features", 8)
+                and len(generated.get("weights", [])) == o.get("components", 8))
+    same = same and points.dtype.name == o.get("dtype", "float32") and \
+        o.get("chunk_rows", points.chunk_rows) == points.chunk_rows and \
+        o.get("seed", generated.get("seed")) == generated.get("seed")
+    return f"{o['store']} was generated with these settings already" if same else None
+
+
+def _ingest_done(o: dict[str, Any]) -> str | None:
+    found = _store_meta(o["store"])
+    if found is None or o.get("overwrite") or not os.path.isfile(o["source"]):
+        return None
+    attrs, points = found
+    from distgmm.store._ingest import source_digest
+
+    digest = source_digest(o["source"])
+    if o.get("append"):
+        for entry in points.group["points"].attrs.get("row_log", []):
+            if entry.get("source_sha256") == digest:
+                return (f"the rows of {o['source']} are in {o['store']} already ({entry['op']} "
+                        f"at {entry['time']}, rows {entry['rows_before']:,}-"
+                        f"{entry['rows_after'] - 1:,})")
+        return None
+    provenance = attrs.get("provenance") or {}
+    if provenance.get("source_sha256") == digest and \
+            provenance.get("source") == os.path.abspath(o["source"]):
+        return f"{o['store']} was ingested from this file already"
+    return None
+
+
+def _model_done(o: dict[str, Any], kind: str) -> str | None:
+    from distgmm.store import read_model
+    from distgmm.store._model import is_model_file
+
+    model = o["model"]
+    if o.get("overwrite") or not os.path.isfile(model) or not is_model_file(model):
+        return None
+    found = _store_meta(o["store"])
+    try:
+        loaded = read_model(model)
+    except ValueError:
+        return None
+    if found is None:
+        return None
+    _, points = found
+    fitted, provenance = loaded.model, loaded.provenance
+    settings = {"tol": 1e-3, "max_iter": 100, "n_init": 1, "reg_covar": 1e-6}
+    same = (provenance.get("store") == o["store"] and provenance.get("n_rows") == points.n_rows
+            and provenance.get("seed") == o.get("seed")
+            and all(getattr(fitted, k) == o.get(k, v) for k, v in settings.items())
+            and fitted.init_params == o.get("init", "kmeans"))
+    if kind == "fit":
+        same = same and fitted.n_components == o["components"] and \
+            fitted.covariance_type == o.get("covariance_type", "full") and \
+            provenance.get("weighted") == o.get("weights", False)
+    else:
+        from distgmm.jobs._common import parse_components, parse_covariance_types
+
+        wanted = {(k, c) for c in parse_covariance_types(o.get("covariance_type", "full"))
+                  for k in parse_components(o.get("components", "1..12"))}
+        had = {(r["n_components"], r["covariance_type"]) for r in
+               provenance.get("candidates", [])}
+        same = same and wanted == had and provenance.get("selected_by") == o.get(
+            "criterion", "bic")
+    if not same:
+        return None
+    return f"{model} was fitted on {o['store']} ({points.n_rows:,} rows) with these settings"
+
+
+_DONE = {"generate": _generate_done, "ingest": _ingest_done,
+         "fit": lambda o: _model_done(o, "fit"), "select": lambda o: _model_done(o, "select")}
+
+
+def step_done(step: JobStep) -> SkippedStep | None:
+    """The reason to skip ``step`` if its output is already there (module docstring)."""
+    check = _DONE.get(step.kind)
+    reason = check(step.options) if check is not None else None
+    if reason is None:
+        return None
+    output = step.options.get("model") if step.kind in ("fit", "select") else \
+        step.options["store"]
+    return SkippedStep(step.kind, output, reason)
+
+
+def _run_step(step: JobStep, client: Any, hooks: JobHooks, lock_wait: float | None) -> Any:
+    skipped = step_done(step)
+    if skipped is not None:
+        return skipped
     o = dict(step.options)
     if step.kind == "generate":
         from distgmm.store import generate
 
         renamed = {"points": "n_points", "features": "n_features", "components": "n_components"}
-        return generate(o.pop("store"), client=client,
+        return generate(o.pop("store"), client=client, lock_wait=lock_wait,
                         **{renamed.get(k, k): v for k, v in o.items()})
     if step.kind == "ingest":
         from distgmm.store import ingest
 
-        return ingest(o.pop("source"), o.pop("store"), **o)
+        return ingest(o.pop("source"), o.pop("store"), lock_wait=lock_wait, **o)
     if step.kind == "fit":
         from distgmm.jobs._fit import fit_store
 
@@ -304,7 +478,7 @@ def _run_step(step: JobStep, client: Any, hooks: JobHooks) -> Any:
         from distgmm.jobs._label import label_store
 
         return label_store(o.pop("model"), o.pop("store"), client=client,
-                           on_progress=hooks.on_label_progress, **o)
+                           on_progress=hooks.on_label_progress, lock_wait=lock_wait, **o)
     from distgmm.jobs._select import select_store
 
     return select_store(o.pop("store"), o.pop("model"), init_params=o.pop("init", "kmeans"),
@@ -312,15 +486,19 @@ def _run_step(step: JobStep, client: Any, hooks: JobHooks) -> Any:
                         on_candidate=hooks.on_candidate, **o)
 
 
-def run_job(job: Job, *, client: Any = None, hooks: JobHooks | None = None) -> JobReport:
-    """Run the steps of a validated job in order on ``client``; stop at the first error."""
+def run_job(job: Job, *, client: Any = None, hooks: JobHooks | None = None,
+            lock_wait: float | None = None) -> JobReport:
+    """Run the steps of a validated job in order on ``client``; stop at the first error.
+
+    ``lock_wait`` is how long a writing step waits for a busy store (see
+    :mod:`distgmm.store._lock`)."""
     hooks = hooks or JobHooks()
     report = JobReport(job.path)
     t0 = time.perf_counter()
     for step in job.steps:
         if hooks.step_started is not None:
             hooks.step_started(step)
-        result = _run_step(step, client, hooks)
+        result = _run_step(step, client, hooks, lock_wait)
         report.results.append((step, result))
         if hooks.step_finished is not None:
             hooks.step_finished(step, result)

@@ -2,6 +2,7 @@
 
 from distgmm.store._generate import PRESETS, GenerateReport, generate, mixture_parameters
 from distgmm.store._info import feature_stats, store_info
+from distgmm.store._integrity import StoreIntegrityError
 from distgmm.store._ingest import IngestReport, append, ingest
 from distgmm.store._labels import (
     LABELS_ATTR,
@@ -12,6 +13,7 @@ from distgmm.store._labels import (
     record_chunks_done,
 )
 from distgmm.store._location import StoreLocation
+from distgmm.store._lock import StoreBusyError
 from distgmm.store._model import ModelFile, load_model, read_model, save_model
 from distgmm.store._points import (
     DEFAULT_CHUNK_BYTES,
@@ -33,6 +35,8 @@ __all__ = [
     "LabelState",
     "ModelFile",
     "PointStore",
+    "StoreBusyError",
+    "StoreIntegrityError",
     "StoreLocation",
     "append",
     "default_chunk_rows",

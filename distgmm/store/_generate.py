@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import logging
 import math
+import os
+import shutil
 import time
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -12,16 +14,20 @@ import numpy as np
 import zarr
 
 from distgmm.errors import DistgmmInputError
-from distgmm.store._location import StoreLocation, building_store
+from distgmm.store._integrity import writable_rows
+from distgmm.store._location import StoreLocation, building_store, check_store_destination
+from distgmm.store._lock import replace_lock, rows_lock
 from distgmm.store._points import (
     check_dtype,
     create_layout,
     default_chunk_rows,
     mark_complete,
+    maybe_pause,
     now_iso,
 )
 
-__all__ = ["PRESETS", "GenerateReport", "generate", "mixture_parameters"]
+__all__ = ["PRESETS", "GenerateReport", "generate", "mixture_parameters", "check_generate",
+           "MAX_COMPONENTS", "MAX_FEATURES"]
 
 logger = logging.getLogger(__name__)
 
@@ -34,6 +40,59 @@ PRESETS: dict[str, dict[str, Any]] = {
         "covariances": [(1.2**2 * np.eye(2)).tolist(), (1.8**2 * np.eye(2)).tolist()],
     },
 }
+
+
+#: Largest mixture ``generate`` draws: as many components as ``select`` accepts, and features
+#: such that the true covariances (K x D x D float64, drawn in this process) stay under 1 GiB.
+MAX_COMPONENTS = 1000
+MAX_FEATURES = 4096
+_MAX_COVARIANCE_BYTES = 2**30
+
+
+def check_generate(store: str, *, n_points: int, n_features: int, n_components: int,
+                   dtype: str = "float32", chunk_rows: int | None = None,
+                   preset: str | None = None, overwrite: bool = False,
+                   storage_options: dict[str, Any] | None = None) -> None:
+    """Refuse, before any work, what :func:`generate` cannot do: sizes below 1 or absurdly
+    large, a mixture whose parameters would not fit in memory, a local destination that
+    cannot be written, an existing one without ``overwrite``, or more rows than the
+    destination's file system has room for (uncompressed Gaussian noise barely compresses).
+    """
+    stored = check_dtype(dtype)
+    if preset is not None:
+        if preset not in PRESETS:
+            raise DistgmmInputError(f"unknown preset {preset!r}; choose one of "
+                                    f"{', '.join(PRESETS)}.")
+        n_points = sum(PRESETS[preset]["counts"])
+        n_components, n_features = np.asarray(PRESETS[preset]["means"]).shape
+    for label, value in (("points", n_points), ("features", n_features),
+                         ("components", n_components)):
+        if not isinstance(value, (int, np.integer)) or value < 1:
+            raise DistgmmInputError(f"--{label} must be at least 1, got {value}.")
+    if n_components > MAX_COMPONENTS:
+        raise DistgmmInputError(f"--components {n_components:,} is more than distgmm fits "
+                                f"(at most {MAX_COMPONENTS:,}); choose fewer components.")
+    if n_features > MAX_FEATURES or n_components * n_features**2 * 8 > _MAX_COVARIANCE_BYTES:
+        raise DistgmmInputError(
+            f"--features {n_features:,} with --components {n_components:,}: the mixture's "
+            f"covariances alone would take {n_components * n_features**2 * 8 / 2**30:,.1f} "
+            f"GiB (at most {MAX_FEATURES:,} features, and components x features^2 x 8 bytes "
+            "under 1 GiB); choose fewer features or components.")
+    if chunk_rows is not None and chunk_rows < 1:
+        raise DistgmmInputError(f"--chunk-rows must be at least 1, got {chunk_rows}.")
+    location = StoreLocation(store, storage_options)
+    check_store_destination(location, overwrite)
+    if location.is_local:
+        needed = n_points * n_features * stored.itemsize + n_points * 4
+        probe = os.path.dirname(location.path)
+        while not os.path.exists(probe):
+            probe = os.path.dirname(probe)
+        free = shutil.disk_usage(probe).free
+        if needed > free:
+            raise DistgmmInputError(
+                f"--points {n_points:,} x {n_features} {stored.name} is about "
+                f"{needed / 2**30:,.1f} GiB, more than the {free / 2**30:,.1f} GiB free where "
+                f"{store} would go; generate fewer points or choose another location.")
 
 
 @dataclass(frozen=True)
@@ -89,15 +148,31 @@ def _generate_chunk(index: int, *, location: StoreLocation, n_rows: int, chunk_r
         mask = truth == k
         points[mask] = means[k] + noise[mask] @ cholesky[k].T
     group = zarr.open_group(location.zarr_store(read_only=False), mode="r+")
-    group["points"][start:stop] = points.astype(group["points"].dtype)
-    group["truth"][start:stop] = truth.astype(np.int32)
+    writable_rows(group["points"])[start:stop] = points.astype(group["points"].dtype)
+    writable_rows(group["truth"])[start:stop] = truth.astype(np.int32)
     return stop - start
+
+
+def _gather_counting(client, futures) -> int:
+    """Rows written by the chunk tasks, counted as they finish (the test pause hook counts
+    chunks); the first failure cancels the rest."""
+    from distributed import as_completed
+
+    written = 0
+    try:
+        for done, future in enumerate(as_completed(futures, loop=client.loop), start=1):
+            written += future.result()
+            maybe_pause(done)
+    finally:
+        client.cancel([f for f in futures if not f.done()])
+    return written
 
 
 def generate(store: str, *, n_points: int = 10_000_000, n_features: int = 8,
              n_components: int = 8, seed: int | None = None, dtype: str = "float32",
              chunk_rows: int | None = None, preset: str | None = None, overwrite: bool = False,
-             storage_options: dict[str, Any] | None = None, client=None) -> GenerateReport:
+             storage_options: dict[str, Any] | None = None, client=None,
+             lock_wait: float | None = None) -> GenerateReport:
     """Write a synthetic Gaussian-mixture point store, one Dask task per chunk.
 
     Each chunk's random stream comes from ``SeedSequence(seed, spawn_key=(1, chunk_index))``
@@ -125,6 +200,9 @@ def generate(store: str, *, n_points: int = 10_000_000, n_features: int = 8,
         fsspec options for a remote ``store``.
     client : distributed.Client, optional
         Default: :func:`distgmm.cluster.get_client`.
+    lock_wait : float, optional
+        Seconds to wait while another process writes this store; default
+        ``$DISTGMM_LOCK_WAIT`` or 60 (see :mod:`distgmm.store._lock`).
 
     Returns
     -------
@@ -133,13 +211,14 @@ def generate(store: str, *, n_points: int = 10_000_000, n_features: int = 8,
     from distgmm.cluster import get_client
 
     t0 = time.perf_counter()
+    check_generate(store, n_points=n_points, n_features=n_features, n_components=n_components,
+                   dtype=dtype, chunk_rows=chunk_rows, preset=preset, overwrite=overwrite,
+                   storage_options=storage_options)
     stored = check_dtype(dtype)
     if seed is None:
         seed = int(np.random.SeedSequence().entropy % 2**63)
     counts = None
     if preset is not None:
-        if preset not in PRESETS:
-            raise DistgmmInputError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}.")
         spec = PRESETS[preset]
         counts = list(spec["counts"])
         means = np.asarray(spec["means"], dtype=float)
@@ -147,10 +226,6 @@ def generate(store: str, *, n_points: int = 10_000_000, n_features: int = 8,
         n_points, (n_components, n_features) = sum(counts), means.shape
         weights = np.asarray(counts, dtype=float) / sum(counts)
     else:
-        for label, value in (("points", n_points), ("features", n_features),
-                             ("components", n_components)):
-            if value < 1:
-                raise DistgmmInputError(f"--{label} must be at least 1, got {value}.")
         params = mixture_parameters(seed, n_components, n_features)
         weights, means, covariances = params["weights"], params["means"], params["covariances"]
     if chunk_rows is None:
@@ -160,7 +235,9 @@ def generate(store: str, *, n_points: int = 10_000_000, n_features: int = 8,
                  "means": means.tolist(), "covariances": covariances.tolist()}
     location = StoreLocation(store, storage_options)
     client = client or get_client()
-    with building_store(location, overwrite=overwrite) as tmp:
+    with rows_lock(location, "generate", lock_wait) as lock, building_store(
+            location, overwrite=overwrite,
+            guard=lambda: replace_lock(location, "generate --overwrite", lock_wait)) as tmp:
         group = create_layout(
             tmp, n_rows=n_points, n_features=n_features, dtype=stored, chunk_rows=chunk_rows,
             columns=None, with_truth=True,
@@ -170,8 +247,9 @@ def generate(store: str, *, n_points: int = 10_000_000, n_features: int = 8,
             _generate_chunk, range(n_chunks), location=tmp, n_rows=n_points,
             chunk_rows=chunk_rows, seed=seed, weights=weights, means=means,
             cholesky=np.linalg.cholesky(covariances), counts=counts, pure=False)
-        written = sum(client.gather(futures))
+        written = _gather_counting(client, futures)
         assert written == n_points
+        lock.ensure_held()
         mark_complete(group)
     seconds = time.perf_counter() - t0
     logger.info("generated %d x %d rows into %s in %.1f s", n_points, n_features, store, seconds)

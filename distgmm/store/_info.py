@@ -7,6 +7,7 @@ from typing import Any
 
 import numpy as np
 
+from distgmm.store._integrity import CHECKSUM_CODEC, has_checksums
 from distgmm.store._labels import label_names, label_state
 from distgmm.store._location import StoreLocation
 from distgmm.store._points import PointStore, open_points
@@ -22,7 +23,7 @@ def _codec_names(array) -> list[str]:
         config = codec.to_dict()
         name = config.get("name", type(codec).__name__)
         settings = config.get("configuration") or {}
-        if name == "bytes":
+        if name in ("bytes", CHECKSUM_CODEC):
             continue
         level = settings.get("level")
         names.append(f"{name}(level={level})" if level is not None else name)
@@ -70,8 +71,10 @@ def store_info(store: str | StoreLocation, *, storage_options: dict[str, Any] | 
     Returns
     -------
     dict
-        Keys ``store, n_rows, n_features, dtype, chunk_rows, n_chunks, codec, bytes_on_disk,
-        bytes_uncompressed, columns, schema_version, arrays, labels, provenance, row_log`` and,
+        Keys ``store, n_rows, n_features, dtype, chunk_rows, n_chunks, codec, checksums,
+        bytes_on_disk, bytes_uncompressed, columns, schema_version, arrays, labels,
+        provenance, row_log`` (``checksums``: whether chunks carry CRC-32C checksums and
+        missing chunks are detected, true from schema 2 on) and,
         with ``stats``, ``features`` (one ``{name, min, max, mean}`` per column).
     """
     points = open_points(store, storage_options)
@@ -96,6 +99,7 @@ def store_info(store: str | StoreLocation, *, storage_options: dict[str, Any] | 
         "chunk_rows": points.chunk_rows,
         "n_chunks": points.n_chunks,
         "codec": _codec_names(group["points"]),
+        "checksums": has_checksums(group["points"]),
         "bytes_on_disk": _size_on_disk(points.location),
         "bytes_uncompressed": points.n_rows * points.n_features * points.dtype.itemsize,
         "columns": points.columns,

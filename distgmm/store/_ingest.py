@@ -25,6 +25,7 @@ readable, never a torn one):
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import time
@@ -36,7 +37,9 @@ import numpy as np
 import zarr
 
 from distgmm.errors import DistgmmInputError
-from distgmm.store._location import StoreLocation, building_store
+from distgmm.store._integrity import read_rows
+from distgmm.store._location import StoreLocation, building_store, check_store_destination
+from distgmm.store._lock import replace_lock, rows_lock
 from distgmm.store._points import (
     ROW_ARRAY_FILL,
     check_dtype,
@@ -44,19 +47,17 @@ from distgmm.store._points import (
     create_layout,
     default_chunk_rows,
     mark_complete,
+    maybe_pause,
     now_iso,
     open_group_checked,
     staged_view,
 )
-from distgmm.store._sources import Source, open_source
+from distgmm.store._sources import MAX_ABS_VALUE, Source, open_source
 
 __all__ = ["IngestReport", "ingest", "append"]
 
 logger = logging.getLogger(__name__)
 
-#: Test hook: after this many chunk writes, log a line and sleep (so a test can SIGKILL).
-PAUSE_ENV = "DISTGMM_TEST_PAUSE_AFTER_CHUNKS"
-PAUSE_SECONDS_ENV = "DISTGMM_TEST_PAUSE_SECONDS"
 
 
 @dataclass(frozen=True)
@@ -96,14 +97,6 @@ class IngestReport:
         return asdict(self)
 
 
-def _maybe_pause(chunks_written: int) -> None:
-    wanted = os.environ.get(PAUSE_ENV)
-    if wanted and int(wanted) == chunks_written:
-        seconds = float(os.environ.get(PAUSE_SECONDS_ENV, "60"))
-        logger.warning("%s: paused after %d chunk writes", PAUSE_ENV, chunks_written)
-        time.sleep(seconds)
-
-
 class _RowWriter:
     """Buffers incoming row blocks and writes whole chunks past the committed shape."""
 
@@ -116,9 +109,9 @@ class _RowWriter:
         # Old rows of the partial last chunk, rewritten unchanged in front of the new rows.
         self.buffer: list[np.ndarray] = []
         self.buffered = 0
-        self.prefix = {a.path: a[self.start:n_rows] for a in self.companions}
+        self.prefix = {a.path: read_rows(a, self.start, n_rows) for a in self.companions}
         if n_rows > self.start:
-            self._push(self.points[self.start:n_rows])
+            self._push(read_rows(self.points, self.start, n_rows))
         self.rows_added = 0
         self.chunks_written = 0
 
@@ -154,7 +147,12 @@ class _RowWriter:
             staged_view(array, stop)[self.start:stop] = values
         self.start = stop
         self.chunks_written += 1
-        _maybe_pause(self.chunks_written)
+        maybe_pause(self.chunks_written)
+
+
+def value_limit(dtype: np.dtype) -> float:
+    """Largest magnitude a store of ``dtype`` accepts (see :data:`MAX_ABS_VALUE`)."""
+    return min(MAX_ABS_VALUE, float(np.finfo(dtype).max))
 
 
 def _write_rows(group: zarr.Group, source: Source, n_rows: int, dtype: np.dtype) -> int:
@@ -170,17 +168,28 @@ def _write_rows(group: zarr.Group, source: Source, n_rows: int, dtype: np.dtype)
     return total
 
 
-def _log_entry(op: str, source: Source, before: int, after: int) -> dict[str, Any]:
+def source_digest(path: str) -> str:
+    """SHA-256 of a source file's bytes: recorded with every ingest and append, so that a
+    job step can tell that this very file is already in the store (a rerun skips it)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(2**20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _log_entry(op: str, source: Source, before: int, after: int, sha256: str) -> dict[str, Any]:
     return {"op": op, "source": os.path.abspath(source.path), "format": source.format,
-            "rows_before": before, "rows_after": after, "rows_dropped": source.dropped,
-            "time": now_iso()}
+            "source_sha256": sha256, "rows_before": before, "rows_after": after,
+            "rows_dropped": source.dropped, "time": now_iso()}
 
 
 def ingest(source: str, store: str, *, format: str | None = None,
            columns: str | Sequence[str | int] | None = None, header: bool | None = None,
            dtype: str | None = None, chunk_rows: int | None = None, append: bool = False,
            overwrite: bool = False, drop_nonfinite: bool = False,
-           storage_options: dict[str, Any] | None = None) -> IngestReport:
+           storage_options: dict[str, Any] | None = None,
+           lock_wait: float | None = None) -> IngestReport:
     """Stream a text/CSV/npy/Parquet file into a new point store (or append to one).
 
     Parameters
@@ -209,6 +218,9 @@ def ingest(source: str, store: str, *, format: str | None = None,
         Skip rows with NaN/inf (reported in ``rows_dropped``) instead of failing.
     storage_options : dict, optional
         fsspec options for a remote ``store``.
+    lock_wait : float, optional
+        Seconds to wait while another process writes this store; default
+        ``$DISTGMM_LOCK_WAIT`` or 60 (see :mod:`distgmm.store._lock`).
 
     Returns
     -------
@@ -218,6 +230,8 @@ def ingest(source: str, store: str, *, format: str | None = None,
     ------
     DistgmmInputError
         On any bad input; no store is left behind (the destination is untouched).
+    distgmm.store.StoreBusyError
+        Another process kept the store busy for longer than ``lock_wait``.
     """
     if append:
         if overwrite or chunk_rows is not None:
@@ -227,11 +241,12 @@ def ingest(source: str, store: str, *, format: str | None = None,
             )
         return _append_rows(source, store, format=format, columns=columns, header=header,
                              dtype=dtype, drop_nonfinite=drop_nonfinite,
-                             storage_options=storage_options)
+                             storage_options=storage_options, lock_wait=lock_wait)
     t0 = time.perf_counter()
     src = open_source(source, format=format, columns=columns, header=header,
                       drop_nonfinite=drop_nonfinite)
     stored = check_dtype(dtype or src.native_dtype or "float64")
+    src.max_abs = value_limit(stored)
     if chunk_rows is None:
         chunk_rows = default_chunk_rows(src.n_features, stored)
         # Known row count (npy/Parquet), or an upper bound for text: each cell needs at
@@ -240,13 +255,19 @@ def ingest(source: str, store: str, *, format: str | None = None,
         if known:
             chunk_rows = min(chunk_rows, known)
     location = StoreLocation(store, storage_options)
+    check_store_destination(location, overwrite)
+    sha256 = source_digest(source)
     provenance = {"op": "ingest", "source": os.path.abspath(source), "format": src.format,
+                  "source_sha256": sha256,
                   "time": now_iso()}
-    with building_store(location, overwrite=overwrite) as tmp:
+    with rows_lock(location, "ingest", lock_wait) as lock, building_store(
+            location, overwrite=overwrite,
+            guard=lambda: replace_lock(location, "ingest --overwrite", lock_wait)) as tmp:
         group = create_layout(tmp, n_rows=0, n_features=src.n_features, dtype=stored,
                               chunk_rows=chunk_rows, columns=src.columns, provenance=provenance)
         n_rows = _write_rows(group, src, 0, stored)
-        commit_rows(group, n_rows, _log_entry("ingest", src, 0, n_rows))
+        commit_rows(group, n_rows, _log_entry("ingest", src, 0, n_rows, sha256))
+        lock.ensure_held()
         mark_complete(group)
     logger.info("ingested %d rows from %s into %s", n_rows, source, store)
     return IngestReport(store=store, source=source, format=src.format, rows_before=0,
@@ -258,18 +279,20 @@ def ingest(source: str, store: str, *, format: str | None = None,
 def append(source: str, store: str, *, format: str | None = None,
            columns: str | Sequence[str | int] | None = None, header: bool | None = None,
            dtype: str | None = None, drop_nonfinite: bool = False,
-           storage_options: dict[str, Any] | None = None) -> IngestReport:
+           storage_options: dict[str, Any] | None = None,
+           lock_wait: float | None = None) -> IngestReport:
     """Append the rows of a file to an existing point store, committing them in one write.
 
     The source must have as many (selected) columns as the store has features. Its dtype
     must match the store's: an explicit ``dtype`` must equal it, and a float32/float64 npy or
     Parquet source of the other precision is refused unless ``dtype`` names the store's dtype
     (consent to convert). Companion arrays get ``weights=1.0`` and ``truth=-1`` for new rows.
-    See the module docstring for why a crash cannot leave a torn store.
+    See the module docstring for why a crash cannot leave a torn store. The store's ``rows``
+    lock is held from reading the row count to the commit, so concurrent appends queue.
 
     Parameters
     ----------
-    source, store, format, columns, header, dtype, drop_nonfinite, storage_options
+    source, store, format, columns, header, dtype, drop_nonfinite, storage_options, lock_wait
         As in :func:`ingest`.
 
     Returns
@@ -278,10 +301,8 @@ def append(source: str, store: str, *, format: str | None = None,
     """
     t0 = time.perf_counter()
     location = StoreLocation(store, storage_options)
-    group = open_group_checked(location, mode="r+")
-    points = group["points"]
-    n_before, n_features = points.shape
-    stored = points.dtype
+    points = open_group_checked(location)["points"]  # checked before anything is created
+    n_features, stored = points.shape[1], points.dtype
     if dtype is not None and check_dtype(dtype) != stored:
         raise DistgmmInputError(
             f"dtype mismatch: {store} stores {stored.name} but {dtype} was requested; "
@@ -289,6 +310,7 @@ def append(source: str, store: str, *, format: str | None = None,
         )
     src = open_source(source, format=format, columns=columns, header=header,
                       drop_nonfinite=drop_nonfinite)
+    src.max_abs = value_limit(stored)
     if src.n_features != n_features:
         raise DistgmmInputError(
             f"{source}: {src.n_features} columns but {store} has {n_features} features; "
@@ -299,8 +321,13 @@ def append(source: str, store: str, *, format: str | None = None,
             f"dtype mismatch: {source} holds {src.native_dtype.name} but {store} stores "
             f"{stored.name}; pass --dtype {stored.name} to convert, or ingest into a new store."
         )
-    n_rows = _write_rows(group, src, n_before, stored)
-    commit_rows(group, n_rows, _log_entry("append", src, n_before, n_rows))
+    sha256 = source_digest(source)
+    with rows_lock(location, "ingest --append", lock_wait) as lock:
+        group = open_group_checked(location, mode="r+")
+        n_before = int(group["points"].shape[0])
+        n_rows = _write_rows(group, src, n_before, stored)
+        lock.ensure_held()
+        commit_rows(group, n_rows, _log_entry("append", src, n_before, n_rows, sha256))
     logger.info("appended %d rows from %s to %s (%d -> %d)", n_rows - n_before, source,
                 store, n_before, n_rows)
     return IngestReport(store=store, source=source, format=src.format, rows_before=n_before,

@@ -150,17 +150,22 @@ def _save(array: zarr.Array, n_rows: int, record: dict[str, Any]) -> None:
 
 def prepare_labels(store: str | StoreLocation | zarr.Group, name: str, model_fingerprint: str,
                    n_components: int | None = None, *, reset: bool = False,
-                   extra: dict[str, Any] | None = None) -> LabelState:
+                   extra: dict[str, Any] | None = None, n_rows: int | None = None) -> LabelState:
     """Create or extend ``labels/<name>`` for a model and return what is left to do.
 
     A new array, or one written by another model, starts with nothing done. An existing
-    array for the same model is resized to the current row count, keeping the record of
-    chunks that were complete (the grown partial chunk is dropped from it) unless ``reset``.
+    array for the same model is resized to the row count, keeping the record of chunks
+    that were complete (the grown partial chunk is dropped from it) unless ``reset``.
     ``extra`` adds JSON keys to the record (e.g. the label job's ``"proba"`` flag).
+    ``n_rows`` is the caller's snapshot of the committed rows (default: read now); a label
+    job passes the count it labels, so that an append committing meanwhile cannot make it
+    record chunks it never read.
     """
     group = _group(store, mode="r+")
     points = group["points"]
-    n_rows, chunk_rows = points.shape[0], points.chunks[0]
+    chunk_rows = points.chunks[0]
+    if n_rows is None:
+        n_rows = points.shape[0]
     path = f"labels/{name}"
     record = {"schema_version": LABELS_SCHEMA_VERSION, "model_fingerprint": model_fingerprint,
               "n_components": n_components, "chunks_done": [], **(extra or {})}

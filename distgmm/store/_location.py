@@ -8,16 +8,19 @@ import logging
 import os
 import shutil
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from typing import ContextManager
 from dataclasses import dataclass, field
 from typing import Any
 
 import zarr
 from zarr.storage import FsspecStore, LocalStore
 
+from distgmm._atomic import check_output_directory
 from distgmm.errors import DistgmmInputError
 
-__all__ = ["StoreLocation", "building", "building_store"]
+__all__ = ["StoreLocation", "building", "building_store", "remove_debris",
+           "check_store_destination"]
 
 logger = logging.getLogger(__name__)
 
@@ -44,6 +47,14 @@ class StoreLocation:
 
     url: str
     storage_options: dict[str, Any] | None = field(default=None, hash=False, compare=False)
+    #: The absolute local path, fixed where the location is made (the client), so that a
+    #: worker with another working directory opens the same store.
+    resolved: str = field(init=False, repr=False, compare=False, default="")
+
+    def __post_init__(self) -> None:
+        if _is_local(self.url):
+            path = os.path.abspath(os.path.expanduser(self.url.removeprefix("file://")))
+            object.__setattr__(self, "resolved", path)
 
     @property
     def is_local(self) -> bool:
@@ -52,16 +63,24 @@ class StoreLocation:
 
     @property
     def path(self) -> str:
-        """The local directory (only for local stores)."""
-        url = self.url.removeprefix("file://")
-        return os.path.abspath(os.path.expanduser(url))
+        """The absolute local directory (only for local stores)."""
+        return self.resolved
 
     def zarr_store(self, read_only: bool = True) -> zarr.abc.store.Store:
-        """Open the underlying Zarr store object."""
+        """Open the underlying Zarr store object.
+
+        Read-only stores are wrapped in :class:`~distgmm.store._integrity.CheckedStore`, so
+        a missing chunk of a row array is an error rather than fill values; writers get the
+        plain store (they may read chunks that are not written yet).
+        """
+        from distgmm.store._integrity import CheckedStore
+
         if self.is_local:
-            return LocalStore(self.path, read_only=read_only)
-        return FsspecStore.from_url(self.url, storage_options=self.storage_options or {},
-                                    read_only=read_only)
+            store = LocalStore(self.path, read_only=read_only)
+        else:
+            store = FsspecStore.from_url(self.url, storage_options=self.storage_options or {},
+                                         read_only=read_only)
+        return CheckedStore(store, self.url) if read_only else store
 
     def filesystem(self):
         """Return ``(fsspec filesystem, path)`` for this location."""
@@ -85,6 +104,15 @@ class StoreLocation:
         except (FileNotFoundError, zarr.errors.GroupNotFoundError, ValueError, TypeError):
             return False
         return isinstance(group.attrs.get("distgmm"), dict)
+
+    def is_complete_point_store(self) -> bool:
+        """Whether the location holds a distgmm point store whose writer finished."""
+        try:
+            group = zarr.open_group(self.zarr_store(read_only=True), mode="r")
+        except (FileNotFoundError, zarr.errors.GroupNotFoundError, ValueError, TypeError):
+            return False
+        meta = group.attrs.get("distgmm")
+        return isinstance(meta, dict) and bool(meta.get("complete"))
 
     def remove(self) -> None:
         """Delete the location recursively (used for temporaries and ``overwrite``)."""
@@ -114,6 +142,18 @@ def _exchange(a: str, b: str) -> bool:
     return rc == 0
 
 
+def check_store_destination(location: StoreLocation, overwrite: bool) -> None:
+    """Refuse, before any work, a new store's destination: a local one that cannot be
+    written (under a file, no permission), or one that exists (see :func:`check_destination`)."""
+    if location.is_local:
+        check_output_directory(os.path.dirname(location.path), what=f"store {location}")
+        if os.path.lexists(location.path) and not os.path.isdir(location.path):
+            raise DistgmmInputError(
+                f"destination {location} exists and is a file, not a point store; refusing "
+                "to touch it. Choose another path or remove it yourself.")
+    check_destination(location, overwrite)
+
+
 def check_destination(location: StoreLocation, overwrite: bool) -> None:
     """Refuse an existing destination unless ``overwrite`` and it is a point store.
 
@@ -125,6 +165,8 @@ def check_destination(location: StoreLocation, overwrite: bool) -> None:
     """
     if not location.exists():
         return
+    if location.is_point_store() and not location.is_complete_point_store():
+        return  # left by a killed writer, or being written: decided under the store's lock
     if not location.is_point_store():
         raise DistgmmInputError(
             f"destination {location} exists and is not a distgmm point store; "
@@ -138,47 +180,58 @@ def check_destination(location: StoreLocation, overwrite: bool) -> None:
 
 
 @contextlib.contextmanager
-def building_store(location: StoreLocation, overwrite: bool = False) -> Iterator[StoreLocation]:
+def building_store(location: StoreLocation, overwrite: bool = False,
+                   guard: Callable[[], ContextManager] | None = None) -> Iterator[StoreLocation]:
     """Yield a location to build a new store in, and make it visible at ``location`` on success.
 
     Local stores are built in a hidden sibling directory and renamed into place (an existing
     store replaced by ``overwrite`` is swapped atomically with ``renameat2`` where Linux
     supports it). Remote stores (object stores have no rename) are built in place; their group
     attribute ``distgmm.complete`` stays false until the last write, and :func:`open_points`
-    refuses incomplete stores. On error, whatever was built is removed.
+    refuses incomplete stores. On error, whatever was built is removed. ``guard``, when the
+    destination exists, is held while it is replaced (see :func:`building`).
     """
     check_destination(location, overwrite)
-    with building(location) as target:
+    replacing = guard if guard is not None and location.exists() else None
+    with building(location, replacing) as target:
         yield target
 
 
 @contextlib.contextmanager
-def building(location: StoreLocation) -> Iterator[StoreLocation]:
+def building(location: StoreLocation, guard: Callable[[], ContextManager] | None = None
+             ) -> Iterator[StoreLocation]:
     """Yield where to build what goes at ``location``; on success it replaces whatever is
     there, as :func:`building_store` describes; on error nothing is left. No checks: the
-    caller decides what may be replaced."""
+    caller decides what may be replaced. ``guard()`` is a context manager held while what
+    is there is replaced: around the rename for a local store, for the whole build for a
+    remote one (which is deleted first, then written in place)."""
+    guard = guard or contextlib.nullcontext
     if not location.is_local:
-        if location.exists():
-            location.remove()
-        try:
-            yield location
-        except BaseException:
-            with contextlib.suppress(Exception):
+        with guard():
+            if location.exists():
                 location.remove()
-            raise
+            try:
+                yield location
+            except BaseException:
+                with contextlib.suppress(Exception):
+                    location.remove()
+                raise
         return
 
     target = location.path
     parent, name = os.path.split(target)
-    os.makedirs(parent or ".", exist_ok=True)
+    created = _make_parents(parent)
     tmp = StoreLocation(os.path.join(parent, f".{name}{_TMP_MARK}{uuid.uuid4().hex[:12]}"))
     try:
         yield tmp
         if os.path.lexists(target):
-            if not _exchange(tmp.path, target):
-                old = os.path.join(parent, f".{name}{_OLD_MARK}{uuid.uuid4().hex[:12]}")
-                os.rename(target, old)
-                os.rename(tmp.path, target)
+            with guard():
+                swapped = _exchange(tmp.path, target)
+                if not swapped:
+                    old = os.path.join(parent, f".{name}{_OLD_MARK}{uuid.uuid4().hex[:12]}")
+                    os.rename(target, old)
+                    os.rename(tmp.path, target)
+            if not swapped:
                 tmp = StoreLocation(old)
             # After the exchange ``tmp`` holds the previous store, which is deleted below.
             shutil.rmtree(tmp.path, ignore_errors=True)
@@ -187,4 +240,49 @@ def building(location: StoreLocation) -> Iterator[StoreLocation]:
         logger.info("committed store %s", target)
     except BaseException:
         shutil.rmtree(tmp.path, ignore_errors=True)
+        _remove_empty(created)
         raise
+
+
+def _make_parents(directory: str) -> list[str]:
+    """``os.makedirs(directory)``; return the directories it created, deepest first."""
+    created = []
+    probe = os.path.abspath(directory or ".")
+    while not os.path.exists(probe):
+        created.append(probe)
+        probe = os.path.dirname(probe)
+    os.makedirs(directory or ".", exist_ok=True)
+    return created
+
+
+def _remove_empty(directories: list[str]) -> None:
+    """Remove directories a failed write created, deepest first, while they are empty."""
+    for directory in directories:
+        try:
+            os.rmdir(directory)
+        except OSError:
+            return
+
+
+def remove_debris(location: StoreLocation) -> list[str]:
+    """Remove what killed writers of ``location`` left: hidden build directories beside a
+    local store, or an incomplete store at a remote URL. Call it only while holding the
+    store's ``rows`` lock (every builder of this location holds it while it builds, so
+    whatever is found then belongs to a dead process). Returns what was removed."""
+    removed: list[str] = []
+    if location.is_local:
+        parent, name = os.path.split(location.path)
+        try:
+            entries = os.listdir(parent or ".")
+        except FileNotFoundError:
+            return removed
+        for entry in entries:
+            if entry.startswith((f".{name}{_TMP_MARK}", f".{name}{_OLD_MARK}")):
+                shutil.rmtree(os.path.join(parent, entry), ignore_errors=True)
+                removed.append(os.path.join(parent, entry))
+    elif location.is_point_store() and not location.is_complete_point_store():
+        location.remove()
+        removed.append(location.url)
+    for path in removed:
+        logger.warning("removed %s, left by an interrupted write", path)
+    return removed

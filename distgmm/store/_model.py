@@ -35,7 +35,7 @@ from distgmm._serialize import CorruptFileError, load_arrays, save_arrays
 from distgmm.errors import DistgmmInputError
 
 __all__ = ["MODEL_KIND", "MODEL_FORMAT_VERSION", "ModelFile", "save_model", "load_model",
-           "read_model"]
+           "read_model", "is_model_file", "check_model_destination"]
 
 logger = logging.getLogger(__name__)
 
@@ -247,3 +247,37 @@ def load_model(path: str | os.PathLike) -> Any:
     get the fingerprint.
     """
     return read_model(path).model
+
+
+def is_model_file(path: str | os.PathLike) -> bool:
+    """Whether ``path`` is a file written by :func:`save_model` (judged by its metadata's
+    kind, not its checksum: a damaged model file may be replaced)."""
+    import json
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(os.fspath(path)) as archive, archive.open("__meta__.npy") as raw:
+            meta = json.loads(np.lib.format.read_array(raw, allow_pickle=False).tobytes())
+    except Exception:  # not a zip, no metadata, not JSON: not ours
+        return False
+    return isinstance(meta, dict) and meta.get("kind") == MODEL_KIND
+
+
+def check_model_destination(path: str | os.PathLike, *, overwrite: bool,
+                            option: str = "--model") -> None:
+    """Refuse, before any work, a model file that cannot or must not be written: a
+    directory, a path under a file or in an unwritable place, an existing file without
+    ``overwrite``, or an existing file that is not a distgmm model (whatever ``overwrite``
+    says)."""
+    from distgmm._atomic import check_output_file
+
+    path = os.fspath(path)
+    check_output_file(path, what=option, kind="npz", replace=overwrite)
+    if os.path.lexists(path):
+        if not overwrite:
+            raise DistgmmInputError(f"model file {path} already exists; pass --overwrite to "
+                                    f"replace it, or choose another {option} path.")
+        if not is_model_file(path):
+            raise DistgmmInputError(f"{option} {path} exists and is not a distgmm model file; "
+                                    "refusing to replace it. Choose another path or remove "
+                                    "it yourself.")

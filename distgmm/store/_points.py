@@ -5,6 +5,8 @@ from __future__ import annotations
 import datetime
 import logging
 import math
+import os
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -12,11 +14,11 @@ import dask.array as da
 import numpy as np
 import zarr
 from zarr.codecs import BloscCodec, ZstdCodec
-from zarr.core.array import AsyncArray
 from zarr.core.metadata.io import save_metadata
 from zarr.core.sync import sync
 
 from distgmm.errors import DistgmmInputError
+from distgmm.store._integrity import checksum_codec, read_block, writable_rows
 from distgmm.store._location import StoreLocation
 
 __all__ = [
@@ -30,7 +32,9 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 #: Version of the group-attribute schema below; bumped on incompatible layout changes.
-SCHEMA_VERSION = 1
+#: 2: every array ends its codecs with ``crc32c`` and row arrays store every chunk
+#: (:mod:`distgmm.store._integrity`). Schema 1 stores open and append as before, unchecked.
+SCHEMA_VERSION = 2
 #: Default size of one chunk of ``points`` before compression.
 DEFAULT_CHUNK_BYTES = 16 * 2**20
 #: Per-row arrays besides ``points`` and the value appended rows get when the source has none.
@@ -38,6 +42,20 @@ ROW_ARRAY_FILL = {"weights": 1.0, "truth": -1}
 #: How many append records ``points`` keeps in its ``row_log`` attribute.
 ROW_LOG_LENGTH = 200
 _SUPPORTED_DTYPES = ("float32", "float64")
+#: Test hook: after this many chunk writes (ingest, append, generate), log a line and sleep
+#: for ``$DISTGMM_TEST_PAUSE_SECONDS`` (default 60), so a test can SIGKILL the writer or
+#: start another one at a known point. Never set in production.
+PAUSE_ENV = "DISTGMM_TEST_PAUSE_AFTER_CHUNKS"
+PAUSE_SECONDS_ENV = "DISTGMM_TEST_PAUSE_SECONDS"
+
+
+def maybe_pause(chunks_written: int) -> None:
+    """The :data:`PAUSE_ENV` test hook."""
+    wanted = os.environ.get(PAUSE_ENV)
+    if wanted and int(wanted) == chunks_written:
+        seconds = float(os.environ.get(PAUSE_SECONDS_ENV, "60"))
+        logger.warning("%s: paused after %d chunk writes", PAUSE_ENV, chunks_written)
+        time.sleep(seconds)
 
 
 def default_chunk_rows(n_features: int, dtype: str | np.dtype,
@@ -64,14 +82,15 @@ def now_iso() -> str:
 
 
 def _compressors() -> list:
-    return [ZstdCodec(level=3)]
+    """Codecs of row arrays and probabilities: zstd level 3, then the chunk's checksum."""
+    return [ZstdCodec(level=3), checksum_codec()]
 
 
 def _label_compressors() -> list:
     """Codecs of label arrays (small integers): bit-shuffled zstd at level 1 wrote a chunk of
     131072 labels of 8 components in 1.1 ms into 49 KiB, against 2.6 ms and 89 KiB with the
-    points' plain zstd level 3 (measured)."""
-    return [BloscCodec(cname="zstd", clevel=1, shuffle="bitshuffle")]
+    points' plain zstd level 3 (measured); then the chunk's checksum."""
+    return [BloscCodec(cname="zstd", clevel=1, shuffle="bitshuffle"), checksum_codec()]
 
 
 def create_layout(location: StoreLocation, *, n_rows: int, n_features: int, dtype: np.dtype,
@@ -123,11 +142,10 @@ def staged_view(array: zarr.Array, n_rows: int) -> zarr.Array:
     """A view of ``array`` with ``n_rows`` rows whose metadata is NOT saved.
 
     Writes through the view land in the same chunk keys as the array's own, so chunks past
-    the committed shape can be written while readers still see the old shape.
+    the committed shape can be written while readers still see the old shape. Every chunk
+    is written, even one equal to the fill value (see :func:`writable_rows`).
     """
-    aa = array._async_array
-    metadata = aa.metadata.update_shape((n_rows, *aa.metadata.shape[1:]))
-    return zarr.Array(AsyncArray(metadata, aa.store_path, aa.config))
+    return writable_rows(array, n_rows)
 
 
 def commit_rows(group: zarr.Group, n_rows: int, log_entry: dict[str, Any] | None) -> None:
@@ -151,15 +169,34 @@ def commit_rows(group: zarr.Group, n_rows: int, log_entry: dict[str, Any] | None
 
 
 def open_group_checked(location: StoreLocation, mode: str = "r") -> zarr.Group:
-    """Open a point-store group, raising :class:`DistgmmInputError` if it is not one."""
+    """Open a point-store group, raising :class:`DistgmmInputError` if it is not one.
+
+    The store is checked read-only first, so that opening a missing store for writing
+    creates nothing.
+    """
+    group = _open_group(location, "r")
+    _check_point_group(location, group)
+    return group if mode == "r" else _open_group(location, "r+")
+
+
+def _open_group(location: StoreLocation, mode: str) -> zarr.Group:
     try:
-        group = zarr.open_group(location.zarr_store(read_only=(mode == "r")), mode="r+"
-                                if mode != "r" else "r")
-    except (FileNotFoundError, zarr.errors.GroupNotFoundError, zarr.errors.NodeTypeValidationError):
+        return zarr.open_group(location.zarr_store(read_only=(mode == "r")), mode=mode)
+    except zarr.errors.ContainsArrayError:
+        raise DistgmmInputError(
+            f"{location} is a plain Zarr array, not a point store (a Zarr group holding "
+            "'points'); put its rows into a store with `distgmm ingest`, or pass the "
+            "store's path."
+        ) from None
+    except (FileNotFoundError, NotADirectoryError, zarr.errors.GroupNotFoundError,
+            zarr.errors.NodeTypeValidationError):
         raise DistgmmInputError(
             f"{location} is not a point store (no Zarr group there); check the path, or "
             "create one with `distgmm ingest` or `distgmm generate`."
         ) from None
+
+
+def _check_point_group(location: StoreLocation, group: zarr.Group) -> None:
     meta = group.attrs.get("distgmm")
     if not isinstance(meta, dict) or meta.get("kind") != "points" or "points" not in group:
         raise DistgmmInputError(
@@ -176,7 +213,6 @@ def open_group_checked(location: StoreLocation, mode: str = "r") -> zarr.Group:
             f"{location} is an incomplete point store (its writer was interrupted); "
             "delete it and write it again."
         )
-    return group
 
 
 @dataclass
@@ -251,7 +287,16 @@ def _row_array(group: zarr.Group, name: str, n_rows: int, location: StoreLocatio
             "the store is inconsistent, write it again."
         )
     # Rows past ``n_rows`` belong to an append that was never committed: not visible.
-    return da.from_zarr(array)[:n_rows]
+    return dask_rows(array)[:n_rows]
+
+
+def dask_rows(array: zarr.Array) -> da.Array:
+    """A dask array over a Zarr array, one task per Zarr chunk, whose reads report a chunk
+    that fails its checksum as an error naming it (:func:`read_block`)."""
+    from dask.base import tokenize
+
+    name = "from-zarr-" + tokenize(array, array.chunks, "distgmm-checked")
+    return da.from_array(array, chunks=array.chunks, name=name, getitem=read_block)
 
 
 def open_points(url: str | StoreLocation, storage_options: dict[str, Any] | None = None) -> PointStore:
@@ -276,7 +321,7 @@ def open_points(url: str | StoreLocation, storage_options: dict[str, Any] | None
     location = url if isinstance(url, StoreLocation) else StoreLocation(url, storage_options)
     group = open_group_checked(location)
     points_array = group["points"]
-    points = da.from_zarr(points_array)
+    points = dask_rows(points_array)
     n_rows = points.shape[0]
     return PointStore(
         location=location,

@@ -18,6 +18,12 @@ __all__ = ["Source", "open_source", "SOURCE_FORMATS"]
 logger = logging.getLogger(__name__)
 
 SOURCE_FORMATS = ("text", "csv", "npy", "parquet")
+#: Largest magnitude accepted in float64: the mixture arithmetic squares differences and sums
+#: them over the features, which stays finite (below 1.8e308) up to here for any number of
+#: features distgmm handles; larger values would turn every distance into inf.
+MAX_ABS_VALUE = 1e150
+#: How the skip-the-row option is named where ingest is run (CLI and job files / Python).
+DROP_NONFINITE_HINT = "pass --drop-nonfinite (drop_nonfinite=True) to skip such rows"
 #: Lines (text/CSV) or rows (npy/Parquet) read per block.
 BLOCK_ROWS = 65536
 
@@ -96,6 +102,12 @@ class Source:
         The file's own floating dtype (npy/Parquet), or None when it has none (text).
     dropped : int
         Rows skipped so far because they held NaN/inf (``drop_nonfinite``).
+    max_abs : float
+        Largest magnitude accepted (:data:`MAX_ABS_VALUE`, or less for a float32 store:
+        set it to the destination's limit before reading).
+    nonfinite_hint : str or None
+        What the error for a NaN/inf cell suggests besides cleaning the data (the option
+        that skips such rows where the caller has one).
     """
 
     format = ""
@@ -104,6 +116,8 @@ class Source:
         self.path = path
         self.drop_nonfinite = drop_nonfinite
         self.dropped = 0
+        self.max_abs = MAX_ABS_VALUE
+        self.nonfinite_hint: str | None = DROP_NONFINITE_HINT
         self.columns: list[str] = []
         self.native_dtype: np.dtype | None = None
 
@@ -117,19 +131,35 @@ class Source:
         raise NotImplementedError
 
     def _finite(self, block: np.ndarray, locate) -> np.ndarray:
-        """Drop (and count) or reject rows holding NaN/inf; ``locate(i)`` names row ``i``."""
-        bad = ~np.isfinite(block).all(axis=1)
+        """Drop (and count) or reject rows holding NaN/inf, reject values beyond
+        :attr:`max_abs`; ``locate(i, j)`` names cell ``(i, j)``."""
+        with np.errstate(invalid="ignore"):
+            bad = ~(np.abs(block) <= self.max_abs).all(axis=1)  # NaN compares False
         if not bad.any():
             return block
+        nonfinite = ~np.isfinite(block).all(axis=1)
         if self.drop_nonfinite:
-            self.dropped += int(bad.sum())
-            return block[~bad]
+            self.dropped += int(nonfinite.sum())
+            block, bad = block[~nonfinite], bad[~nonfinite]
+            if not bad.any():
+                return block
         i = int(np.argmax(bad))
-        j = int(np.argmax(~np.isfinite(block[i])))
-        raise DistgmmInputError(
-            f"{locate(i, j)}: value {float(block[i, j])!r} is not finite; clean the data or pass "
-            "--drop-nonfinite (drop_nonfinite=True) to skip such rows."
-        )
+        with np.errstate(invalid="ignore"):
+            j = int(np.argmax(~(np.abs(block[i]) <= self.max_abs)))
+        value = float(block[i, j])
+        if np.isfinite(value):
+            raise DistgmmInputError(
+                f"{locate(i, j)}: value {value!r} is too large in magnitude (beyond "
+                f"{self.max_abs:.3g}, {self._limit_reason()}); rescale the data, e.g. "
+                "divide every column by a constant.")
+        advice = f"clean the data or {self.nonfinite_hint}" if self.nonfinite_hint else \
+            "clean the data first"
+        raise DistgmmInputError(f"{locate(i, j)}: value {value!r} is not finite; {advice}.")
+
+    def _limit_reason(self) -> str:
+        if self.max_abs < MAX_ABS_VALUE:
+            return "more than the store's float32 holds"
+        return "the mixture arithmetic would overflow float64"
 
 
 class DelimitedSource(Source):
