@@ -8,11 +8,12 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-__all__ = ["GaussianMixture", "CollapsedComponentError", "load_model", "predict_to_zarr",
-           "save_model"]
+__all__ = ["BayesianGaussianMixture", "GaussianMixture", "CollapsedComponentError",
+           "load_model", "predict_to_zarr", "save_model"]
 __version__ = "0.1.0"
 
 _LAZY = {
+    "BayesianGaussianMixture": "distgmm._bayesian_estimator",
     "GaussianMixture": "distgmm._estimator",
     "CollapsedComponentError": "distgmm._kernels",
     "load_model": "distgmm.store._model",

@@ -46,7 +46,7 @@ import numpy as np
 from scipy.special import betaln, digamma, gammaln
 
 from ._kernels import log_det_cholesky, precision_cholesky, precisions_from_cholesky
-from ._statistics import MixtureParams, SufficientStatistics
+from ._statistics import MixtureParams, SufficientStatistics, merged_moments
 
 __all__ = [
     "WEIGHT_CONCENTRATION_PRIOR_TYPES",
@@ -104,14 +104,9 @@ class DataMoments:
 
     def combine(self, other: "DataMoments") -> "DataMoments":
         """Moments of the union of both row sets, exactly (pairwise update)."""
-        total = self.weight_sum + other.weight_sum
-        if total == 0:
-            return self
-        delta = other.mean - self.mean
-        cross = self.weight_sum * other.weight_sum / total
-        correction = np.outer(delta, delta) if self.scatter.ndim == 2 else delta**2
-        return DataMoments(total, self.mean + delta * (other.weight_sum / total),
-                           self.scatter + other.scatter + cross * correction)
+        total, mean, scatter = merged_moments(self.weight_sum, self.mean, self.scatter,
+                                              other.weight_sum, other.mean, other.scatter)
+        return DataMoments(float(total), mean, scatter)
 
     @property
     def covariance(self) -> np.ndarray:

@@ -492,13 +492,13 @@ def test_large_in_memory_input_goes_to_the_users_client(client, monkeypatch):
     chunk-derived initialisation); below, in this process (scikit-learn's)."""
     from distributed import get_task_stream
 
-    import distgmm._estimator as estimator
+    import distgmm._base as base
 
     X = DATASETS["three-5d"]()
     with get_task_stream(client) as stream:
         GaussianMixture(3, random_state=0).fit(X)
     assert not stream.data, "a small array was sent to the cluster"
-    monkeypatch.setattr(estimator, "CLIENT_MIN_BYTES", X.nbytes - 1)
+    monkeypatch.setattr(base, "CLIENT_MIN_BYTES", X.nbytes - 1)
     with get_task_stream(client) as stream:
         GaussianMixture(3, random_state=0).fit(X)
     assert stream.data, "not fitted on the cluster"  # the scatter and persist tasks at least

@@ -1,8 +1,9 @@
-"""scikit-learn's own tests of GaussianMixture, and ``check_estimator``, run against distgmm.
+"""scikit-learn's own tests of its two mixtures, and ``check_estimator``, run against distgmm.
 
-``sklearn/mixture/tests/test_gaussian_mixture.py`` and ``test_mixture.py`` are copied
-unmodified from the installed scikit-learn at test time, each behind one line that rebinds
-``sklearn.mixture.GaussianMixture`` to :class:`distgmm.GaussianMixture`, and run by pytest in
+``sklearn/mixture/tests/test_gaussian_mixture.py``, ``test_bayesian_mixture.py`` and
+``test_mixture.py`` are copied unmodified from the installed scikit-learn at test time,
+each behind one line that rebinds ``sklearn.mixture.GaussianMixture`` and
+``BayesianGaussianMixture`` to distgmm's classes, and run by pytest in
 a fresh interpreter with scikit-learn's own fixtures (``-p sklearn.conftest``), its float32
 variants on, and no Dask client: as a user's own test suite meets distgmm. Each test left
 out is in :data:`DELIBERATE_DIFFERENCES` with its reason (the README lists them too), and a
@@ -22,9 +23,10 @@ from sklearn.utils.estimator_checks import parametrize_with_checks
 
 import distgmm
 
-SUITE = ("test_gaussian_mixture.py", "test_mixture.py")
+SUITE = ("test_gaussian_mixture.py", "test_bayesian_mixture.py", "test_mixture.py")
 REBIND = ("import sklearn.mixture, distgmm; "
-          "sklearn.mixture.GaussianMixture = distgmm.GaussianMixture\n")
+          "sklearn.mixture.GaussianMixture, sklearn.mixture.BayesianGaussianMixture = "
+          "distgmm.GaussianMixture, distgmm.BayesianGaussianMixture\n")
 
 #: scikit-learn tests distgmm does not pass on purpose, with the reason.
 DELIBERATE_DIFFERENCES = {
@@ -68,10 +70,13 @@ def suite(tmp_path_factory) -> Path:
         text = (Path(tests.__file__).parent / name).read_text()
         (directory / name).write_text(REBIND + text)
     (directory / "test_rebinding.py").write_text(
-        "import distgmm, test_gaussian_mixture, test_mixture\n"
+        "import distgmm, test_bayesian_mixture, test_gaussian_mixture, test_mixture\n"
         "def test_the_suite_tests_distgmm():\n"
         "    assert test_gaussian_mixture.GaussianMixture is distgmm.GaussianMixture\n"
-        "    assert test_mixture.GaussianMixture is distgmm.GaussianMixture\n")
+        "    assert test_mixture.GaussianMixture is distgmm.GaussianMixture\n"
+        "    assert test_mixture.BayesianGaussianMixture is distgmm.BayesianGaussianMixture\n"
+        "    assert test_bayesian_mixture.BayesianGaussianMixture is \\\n"
+        "        distgmm.BayesianGaussianMixture\n")
     return directory
 
 
@@ -81,8 +86,8 @@ def test_sklearn_gaussian_mixture_tests_pass(suite):
     done = _run_suite(suite, *SUITE, "test_rebinding.py", *deselect)
     counts = _counts(done.stdout.splitlines()[-1] if done.stdout else "")
     assert done.returncode == 0, done.stdout[-6000:] + done.stderr[-3000:]
-    # Not vacuous: the float64 and float32 variants of every GaussianMixture test ran.
-    assert counts.get("passed", 0) >= 78, done.stdout[-2000:]
+    # Not vacuous: the float64 and float32 variants of every test of both mixtures ran.
+    assert counts.get("passed", 0) >= 95, done.stdout[-2000:]
     assert counts.get("deselected", 0) == len(DELIBERATE_DIFFERENCES)
 
 
@@ -94,6 +99,6 @@ def test_each_deliberate_difference_still_differs(suite):
     assert counts.get("passed", 0) == 0, "a difference is gone: remove it from the list"
 
 
-@parametrize_with_checks([distgmm.GaussianMixture()])
+@parametrize_with_checks([distgmm.GaussianMixture(), distgmm.BayesianGaussianMixture()])
 def test_check_estimator(estimator, check):
     check(estimator)
