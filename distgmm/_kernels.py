@@ -39,6 +39,9 @@ __all__ = [
     "center_weights",
     "lloyd_statistics",
     "weighted_kmeans_plusplus",
+    "sample_rows",
+    "distinct_rows",
+    "kmeans_labels",
 ]
 
 COVARIANCE_TYPES = ("full", "tied", "diag", "spherical")
@@ -436,3 +439,42 @@ def weighted_kmeans_plusplus(points: np.ndarray, weights: np.ndarray, n_componen
         centers.append(points[i])
         d2 = np.minimum(d2, ((points - points[i]) ** 2).sum(axis=1))
     return np.array(centers)
+
+
+def sample_rows(X: np.ndarray, weights: np.ndarray | None, fraction: float,
+                rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray | None]:
+    """A uniform sample of a block's rows: each row kept with probability ``fraction``.
+
+    The number kept is drawn first (binomial), then which rows (without replacement), so
+    the cost is that of the rows kept, not of the block.
+
+    Returns
+    -------
+    rows : ndarray of shape (m, D), float64, in the block's order
+    weights : ndarray of shape (m,) or None
+    """
+    n = X.shape[0]
+    rows = np.sort(rng.choice(n, size=int(rng.binomial(n, fraction)), replace=False))
+    return (np.asarray(X[rows], dtype=np.float64),
+            None if weights is None else np.asarray(weights[rows], dtype=np.float64))
+
+
+def distinct_rows(X: np.ndarray, weights: np.ndarray | None) -> int:
+    """Number of distinct rows of ``X`` with positive weight."""
+    if weights is not None:
+        X = X[weights > 0]
+    return int(np.unique(X, axis=0).shape[0]) if X.shape[0] else 0
+
+
+def kmeans_labels(X: np.ndarray, weights: np.ndarray | None, n_clusters: int, n_init: int,
+                  seed: int) -> np.ndarray:
+    """Labels (m,) of scikit-learn's ``KMeans`` (greedy k-means++ seeding, then Lloyd's
+    iterations to its default tolerance; the lowest inertia of ``n_init`` runs) on a small
+    in-memory point set, with one thread, so that the result does not depend on the
+    machine (its threads merge partial sums in the order they finish)."""
+    from sklearn.cluster import KMeans
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(limits=1):
+        return KMeans(n_clusters, n_init=n_init, random_state=seed).fit(
+            X, sample_weight=weights).labels_

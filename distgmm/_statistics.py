@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from ._fused import fused_labels, fused_log_prob, fused_statistics, use_fused
+from ._fused import fused_labels, fused_log_prob, fused_row_moments, fused_statistics, use_fused
 from ._kernels import (
     covariances_from_precision_cholesky,
     log_gaussian_prob,
@@ -43,6 +43,7 @@ __all__ = [
     "chunk_summary",
     "merge_statistics",
     "hard_assignment_statistics",
+    "labelled_statistics",
     "m_step",
 ]
 
@@ -216,6 +217,14 @@ class SufficientStatistics:
             n_points=self.n_points + other.n_points,
         )
 
+    def scaled_to(self, weight_sum: float, n_points: int) -> "SufficientStatistics":
+        """These statistics of a sample, standing for the data it was drawn from: counts,
+        scatter and log-likelihood multiplied by ``weight_sum / self.weight_sum`` (means
+        unchanged), so that an M-step weighing them against priors sees the data's size."""
+        factor = weight_sum / self.weight_sum
+        return SufficientStatistics(self.resp_sum * factor, self.means, self.scatter * factor,
+                                    self.log_likelihood * factor, weight_sum, n_points)
+
 
 def merge_statistics(parts: list[SufficientStatistics]) -> SufficientStatistics:
     """Merge statistics left to right, in the order given (chunk-index order)."""
@@ -314,14 +323,49 @@ def chunk_statistics_reference(
                                       params.covariance_type, ll)
 
 
+def labelled_statistics(
+    X: np.ndarray, labels: np.ndarray, sample_weight: np.ndarray | None, n_components: int,
+    covariance_type: str,
+) -> SufficientStatistics:
+    """Statistics of a block with every row wholly in the component ``labels`` names (hard
+    assignments): :func:`chunk_statistics_from_resp` of one-hot responsibilities, without
+    the (n, K) array and with each row's moments taken once (not once per component).
+
+    Parameters
+    ----------
+    X : ndarray of shape (n, D)
+    labels : ndarray of shape (n,), int, in [0, n_components)
+    sample_weight : ndarray of shape (n,) or None
+    n_components : int
+    covariance_type : str
+    """
+    X = np.asarray(X, dtype=np.float64)
+    w = np.ones(X.shape[0]) if sample_weight is None else \
+        np.asarray(sample_weight, dtype=np.float64)
+    K, D = n_components, X.shape[1]
+    resp_sum = np.bincount(labels, weights=w, minlength=K).astype(np.float64)
+    means = np.zeros((K, D))
+    scatter = np.zeros((K, D, D)) if covariance_type in ("full", "tied") else np.zeros((K, D))
+    order = np.argsort(labels, kind="stable")
+    bounds = np.searchsorted(labels[order], np.arange(K + 1))
+    for k in range(K):
+        rows = order[bounds[k]:bounds[k + 1]]
+        if not resp_sum[k] > 0:
+            continue
+        wk = w[rows]
+        means[k] = wk @ X[rows] / resp_sum[k]
+        diff = X[rows] - means[k]
+        scatter[k] = (diff * wk[:, None]).T @ diff if scatter.ndim == 3 else wk @ (diff * diff)
+    weight_sum = float(X.shape[0] if sample_weight is None else w.sum())
+    return SufficientStatistics(resp_sum, means, scatter, 0.0, weight_sum, X.shape[0])
+
+
 def hard_assignment_statistics(
     X: np.ndarray, sample_weight: np.ndarray | None, centers: np.ndarray, covariance_type: str
 ) -> SufficientStatistics:
     """Statistics of a block with every point assigned wholly to its nearest center."""
     labels, _ = nearest_center(X, centers)
-    resp = np.zeros((X.shape[0], centers.shape[0]))
-    resp[np.arange(X.shape[0]), labels] = 1.0
-    return chunk_statistics_from_resp(X, resp, sample_weight, covariance_type)
+    return labelled_statistics(X, labels, sample_weight, centers.shape[0], covariance_type)
 
 
 @dataclass(frozen=True)
@@ -370,12 +414,15 @@ class DataSummary:
 
 def chunk_summary(X: np.ndarray, sample_weight: np.ndarray | None) -> DataSummary:
     """Validation summary of one block: non-finite rows, bad weights, per-feature moments."""
-    X = np.asarray(X, dtype=np.float64)
-    finite = np.isfinite(X).all(axis=1)
-    good = X[finite] if not finite.all() else X
-    n_finite = good.shape[0]
-    mean = good.mean(axis=0) if n_finite else np.zeros(X.shape[1])
-    m2 = ((good - mean) ** 2).sum(axis=0) if n_finite else np.zeros(X.shape[1])
+    if use_fused() and X.dtype in (np.float32, np.float64):
+        n_finite, mean, m2 = fused_row_moments(X)
+    else:
+        X = np.asarray(X, dtype=np.float64)
+        finite = np.isfinite(X).all(axis=1)
+        good = X[finite] if not finite.all() else X
+        n_finite = good.shape[0]
+        mean = good.mean(axis=0) if n_finite else np.zeros(X.shape[1])
+        m2 = ((good - mean) ** 2).sum(axis=0) if n_finite else np.zeros(X.shape[1])
     if sample_weight is None:
         neg = bad_w = 0
         wsum = float(X.shape[0])
@@ -385,7 +432,8 @@ def chunk_summary(X: np.ndarray, sample_weight: np.ndarray | None) -> DataSummar
         bad_w = int((~w_finite).sum())
         neg = int((w[w_finite] < 0).sum())
         wsum = float(w[w_finite].sum())
-    return DataSummary(X.shape[0], int((~finite).sum()), neg, bad_w, wsum, mean, m2, n_finite)
+    return DataSummary(X.shape[0], X.shape[0] - int(n_finite), neg, bad_w, wsum, mean, m2,
+                       int(n_finite))
 
 
 def _covariances_full(scatter: np.ndarray, nk: np.ndarray, reg_covar: float) -> np.ndarray:

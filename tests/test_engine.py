@@ -73,17 +73,26 @@ def test_one_row_chunks(client):
     assert_close_fit(fit(1), fit(48))
 
 
-def test_same_bits_on_one_and_three_workers(client):
+def many_rows():
+    """12,000 rows: more than a ``kmeans`` sample, so that the sample is drawn per chunk."""
+    rng = np.random.default_rng(11)
+    return np.vstack([rng.normal(0, 1.0, (5000, 3)), rng.normal(4, 0.8, (7000, 3))]) + 50.0
+
+
+@pytest.mark.parametrize("init_params", ["k-means||", "kmeans"])
+def test_same_bits_on_one_and_three_workers(client, init_params):
     """Same data, chunking and seed: identical bits whatever the number of workers.
 
-    Uses k-means|| initialisation and restarts so every random stream is exercised.
+    Uses restarts and both distributed k-means initialisations so every random stream is
+    exercised (``kmeans``: the sample drawn per chunk, and its k-means on the client).
     """
-    X = da.from_array(data(), chunks=(37, 3))
+    X = (da.from_array(data(), chunks=(37, 3)) if init_params == "k-means||"
+         else da.from_array(many_rows(), chunks=(1000, 3)))
     results = []
     for n_workers in (1, 3):
         with LocalCluster(n_workers=n_workers, threads_per_worker=1, processes=True,
                           dashboard_address=":0") as cluster:
-            gm = GaussianMixture(2, init_params="k-means||", n_init=2, random_state=5,
+            gm = GaussianMixture(2, init_params=init_params, n_init=2, random_state=5,
                                  scheduler=cluster.scheduler_address).fit(X)
             results.append(gm)
             close_embedded_cluster()  # drop the cached client before its cluster goes away
@@ -156,6 +165,65 @@ def test_many_models_in_one_pass_equal_separate_fits(client):
         assert np.array_equal(result.params.means, alone.params.means)
     longest = max(len(h) for r in together for h in r.histories)
     assert len({round(i.seconds, 12) for i in passes}) <= longest, "one pass per iteration"
+
+
+def test_every_pass_is_reported_with_its_phase(client):
+    """``on_pass`` hears of every pass as it ends: ``kmeans``'s one sample pass per restart
+    (shared by the configurations of a restart), then one pass per EM iteration for all
+    runs; ``k-means||``'s seeding, Lloyd and statistics passes, numbered within phases."""
+    from distgmm.engine import ClusterPoints, EMConfig, PassInfo, fit_many
+
+    X = da.from_array(many_rows(), chunks=(1000, 3))
+    events: list[PassInfo] = []
+    results = fit_many(ClusterPoints(X, None, client),
+                       [EMConfig(2, n_init=2), EMConfig(3, n_init=2)], 0, on_pass=events.append)
+    samples = [e for e in events if e.phase == "init-sample"]
+    assert [(e.restart, e.config, e.number, e.total) for e in samples] == \
+        [(0, 0, 1, 1), (1, 0, 1, 1)]
+    em = [e for e in events if e.phase == "em"]
+    assert events == samples + em, "initialisation first, then EM"
+    assert [e.number for e in em] == list(range(1, len(em) + 1))
+    assert len(em) == max(r.n_iter for r in results)
+    assert all(e.restart is None and e.total == 100 and e.seconds > 0 for e in em)
+
+    events.clear()
+    fit_many(ClusterPoints(X, None, client), [EMConfig(2, init_params="k-means||")], 0,
+             on_pass=events.append)
+    phases = [e.phase for e in events]
+    seeding = [e for e in events if e.phase == "init-seeding"]
+    assert [e.number for e in seeding] == list(range(1, 9)) and seeding[0].total == 8
+    lloyd = phases.count("init-lloyd")
+    assert phases == ["init-seeding"] * 8 + ["init-lloyd"] * lloyd + ["init-statistics"] + \
+        ["em"] * (len(phases) - 9 - lloyd)
+    assert lloyd >= 1
+
+
+def test_kmeans_on_the_cluster_finds_separated_clusters(client):
+    """The sample's k-means finds three well-separated blobs for every seed, and EM ends at
+    the optimum the in-process fit (scikit-learn's draws) reaches."""
+    rng = np.random.default_rng(12)
+    centers = np.array([[0, 0, 0], [10, 0, 0], [0, 10, 0]])
+    X = np.vstack([rng.normal(c, 0.5, size=(n, 3)) for c, n in zip(centers, (6000, 3000, 600))])
+    reference = GaussianMixture(3, random_state=0).fit(X)
+    for seed in range(3):
+        gm = GaussianMixture(3, random_state=seed).fit(da.from_array(X, chunks=(1000, 3)))
+        assert sorted(map(tuple, np.round(gm.means_))) == sorted(map(tuple, centers * 1.0))
+        assert gm.lower_bound_ == pytest.approx(reference.lower_bound_, abs=1e-3)
+
+
+def test_kmeans_on_the_cluster_with_weights_fits_like_repeated_rows(client):
+    """Integer weights weigh the sample's k-means and the start, as repeated rows would:
+    both fits end at the same optimum."""
+    rng = np.random.default_rng(13)
+    X = np.vstack([rng.normal(0, 1, (3000, 2)), rng.normal(6, 1, (3000, 2))])
+    w = rng.integers(0, 3, size=len(X))
+    weighted = GaussianMixture(2, random_state=0, tol=1e-8).fit(
+        da.from_array(X, chunks=(1000, 2)), sample_weight=da.from_array(w, chunks=1000))
+    repeated = GaussianMixture(2, random_state=0, tol=1e-8).fit(
+        da.from_array(np.repeat(X, w, axis=0), chunks=(1000, 2)))
+    order = np.argsort(weighted.means_[:, 0]), np.argsort(repeated.means_[:, 0])
+    np.testing.assert_allclose(weighted.means_[order[0]], repeated.means_[order[1]], rtol=1e-6)
+    assert weighted.lower_bound_ == pytest.approx(repeated.lower_bound_, rel=1e-7)
 
 
 def test_fit_many_records_a_collapsing_candidate(client):

@@ -12,17 +12,20 @@ from sklearn.covariance import EmpiricalCovariance
 from distgmm._kernels import (
     CollapsedComponentError,
     covariances_from_precision_cholesky,
+    distinct_rows,
     log_gaussian_prob,
     log_responsibilities,
     nearest_center,
     precision_cholesky,
     precision_cholesky_from_precisions,
     precisions_from_cholesky,
+    sample_rows,
 )
 from distgmm._statistics import (
     chunk_statistics,
     chunk_statistics_from_resp,
     chunk_summary,
+    labelled_statistics,
     m_step,
     merge_statistics,
     MixtureParams,
@@ -183,6 +186,78 @@ def test_m_step_keeps_an_empty_component_as_sklearn_does(cov):
     np.testing.assert_allclose(params.covariances, covariances, rtol=1e-10)
 
 
+@pytest.mark.parametrize("cov", COV_TYPES)
+@pytest.mark.parametrize("weighted", [False, True])
+def test_labelled_statistics_equal_one_hot_responsibilities(cov, weighted):
+    """Hard assignments without the (n, K) array: the statistics of one-hot
+    responsibilities, an empty component included."""
+    rng = np.random.default_rng(9)
+    X = rng.normal(size=(500, 3)) * [1, 2, 3] + 1e4
+    labels = rng.integers(0, 4, size=500)
+    labels[labels == 2] = 3  # component 2 receives no rows
+    w = rng.uniform(0, 2, size=500) if weighted else None
+    got = labelled_statistics(X.astype(np.float32), labels, w, 4, cov)
+    ref = chunk_statistics_from_resp(X.astype(np.float32), np.eye(4)[labels], w, cov)
+    np.testing.assert_allclose(got.resp_sum, ref.resp_sum, rtol=1e-13)
+    np.testing.assert_allclose(got.means, ref.means, rtol=1e-13)
+    np.testing.assert_allclose(got.scatter, ref.scatter, rtol=1e-9, atol=1e-9)
+    assert (got.weight_sum, got.n_points) == pytest.approx((ref.weight_sum, ref.n_points))
+    assert got.resp_sum[2] == 0 and not got.scatter[2].any()
+
+
+def test_statistics_scaled_to_the_data_keep_the_m_step():
+    """A sample's statistics scaled to the data's weight: counts and scatter grow, the
+    M-step's parameters do not change."""
+    rng = np.random.default_rng(10)
+    X = rng.normal(size=(300, 2))
+    stats = labelled_statistics(X, rng.integers(0, 3, size=300), None, 3, "full")
+    scaled = stats.scaled_to(3e6, 3_000_000)
+    np.testing.assert_allclose(scaled.resp_sum, stats.resp_sum * 1e4)
+    assert (scaled.weight_sum, scaled.n_points) == (3e6, 3_000_000)
+    a, b = m_step(stats, 0.0, "full"), m_step(scaled, 0.0, "full")
+    np.testing.assert_allclose(a.weights, b.weights, rtol=1e-12)
+    np.testing.assert_allclose(a.covariances, b.covariances, rtol=1e-12)
+
+
+def test_sample_rows_is_a_uniform_sample_with_its_weights():
+    X = np.arange(20000, dtype=np.float32).reshape(-1, 2)
+    w = np.arange(10000, dtype=np.float64)
+    rows, weights = sample_rows(X, w, 0.1, np.random.default_rng(0))
+    assert rows.dtype == np.float64 and 900 < len(rows) < 1100
+    assert len(np.unique(rows[:, 0])) == len(rows)  # without replacement
+    np.testing.assert_array_equal(weights, rows[:, 0] / 2)  # each row keeps its weight
+    assert np.all(np.diff(weights) > 0)  # in the block's order
+    again, _ = sample_rows(X, w, 0.1, np.random.default_rng(0))
+    np.testing.assert_array_equal(rows, again)
+    assert len(sample_rows(X, None, 1.0, np.random.default_rng(1))[0]) == 10000
+    assert sample_rows(X, None, 0.0, np.random.default_rng(1))[0].shape == (0, 2)
+
+
+def test_distinct_rows_count_rows_of_positive_weight():
+    X = np.array([[0.0, 1], [0, 1], [2, 3], [4, 5]])
+    assert distinct_rows(X, None) == 3
+    assert distinct_rows(X, np.array([1.0, 1, 0, 1])) == 2
+    assert distinct_rows(X[:0], None) == 0
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_chunk_summary_kernel_matches_numpy(dtype, monkeypatch):
+    """The compiled validation moments equal NumPy's, with non-finite rows left out."""
+    rng = np.random.default_rng(11)
+    X = (rng.normal(size=(5000, 4)) * [1, 10, 100, 1000] + 1e5).astype(dtype)
+    X[7, 2], X[99, 0], X[100, 3] = np.nan, np.inf, -np.inf
+    X.flags.writeable = False
+    fused = chunk_summary(X, None)
+    monkeypatch.setenv("DISTGMM_KERNEL", "numpy")
+    ref = chunk_summary(X, None)
+    assert (fused.n_nonfinite_rows, fused.n_finite) == (ref.n_nonfinite_rows, ref.n_finite) \
+        == (3, 4997)
+    np.testing.assert_allclose(fused.mean, ref.mean, rtol=1e-14)
+    np.testing.assert_allclose(fused.m2, ref.m2, rtol=1e-11)
+    empty = chunk_summary(np.full((3, 2), np.nan, dtype=dtype), None)
+    assert empty.n_finite == 0 and not empty.mean.any() and not empty.m2.any()
+
+
 def test_chunk_summary_counts_nonfinite_and_negative():
     X = np.ones((6, 2))
     X[1, 0] = np.nan
@@ -286,7 +361,7 @@ def test_float32_labels_redo_close_calls_in_float64(cov):
     within its rounding are redone in float64, so every label is the float64 path's
     (points are put near the boundaries, where float32 alone gets some wrong)."""
     from distgmm._fused import _expanded_features, _expanded_setup, _fused_scores_expanded, \
-        fused_labels
+        _read_only, fused_labels
 
     rng = np.random.default_rng(11)
     K, D = 16, 24
@@ -313,8 +388,8 @@ def test_float32_labels_redo_close_calls_in_float64(cov):
     X = np.vstack([X, means[rng.integers(0, K, 2000)] + rng.normal(size=(2000, D))])
     setup = _expanded_setup(*args)
     assert setup is not None and not len(setup.exact)
-    in64 = _fused_scores_expanded(X, *setup, True)[1]
-    lp = _fused_scores_expanded(X, *setup, False)[0]
+    in64 = _fused_scores_expanded(_read_only(X), *setup, True)[1]
+    lp = _fused_scores_expanded(_read_only(X), *setup, False)[0]
     top2 = np.sort(lp, axis=1)[:, -2:]
     decided = top2[:, 1] - top2[:, 0] > 1e-9  # not tied to float64 rounding
     labels = fused_labels(X, *args)

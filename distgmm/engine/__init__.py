@@ -6,6 +6,7 @@
 | :mod:`~distgmm.engine.placement` | where a fit's data lives: this process, scattered, persisted or streamed |
 | :mod:`~distgmm.engine.init` | starting parameters from passes over the data, and the random streams |
 | :mod:`~distgmm.engine.em` | the EM loop: runs in lockstep, one pass per iteration |
+| :mod:`~distgmm.engine.progress` | progress events, one per pass, for whoever shows progress |
 | :mod:`~distgmm.engine.checkpoint` | the fit's checkpoint file |
 
 Per-block arithmetic lives in the kernels (:mod:`distgmm._kernels`, :mod:`distgmm._fused`)
@@ -16,6 +17,7 @@ from distgmm.engine.checkpoint import FileCheckpoint
 from distgmm.engine.em import EMConfig, EMResult, IterationInfo, fit_em, fit_many, score_many
 from distgmm.engine.init import INIT_METHODS, override, seed_sequence
 from distgmm.engine.passes import ClusterPoints, LocalPoints, Points
+from distgmm.engine.progress import PHASES, PassInfo
 from distgmm.engine.placement import cluster_points, local_points, numpy_chunk_rows, scattered
 
 __all__ = [
@@ -26,6 +28,8 @@ __all__ = [
     "FileCheckpoint",
     "IterationInfo",
     "LocalPoints",
+    "PHASES",
+    "PassInfo",
     "Points",
     "cluster_points",
     "fit_em",

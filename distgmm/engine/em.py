@@ -49,6 +49,7 @@ from distgmm._statistics import (
 from distgmm.engine.checkpoint import FileCheckpoint
 from distgmm.engine.init import initial_statistics, override, seed_sequence
 from distgmm.engine.passes import Points
+from distgmm.engine.progress import OnPass, reported
 
 __all__ = ["EMConfig", "EMResult", "GaussianSteps", "IterationInfo", "VariationalSteps",
            "fit_em", "fit_many", "score_many"]
@@ -295,13 +296,15 @@ def _merge_lists(parts: list[list]) -> list:
 
 
 def _em_step(data: Points, configs: list[EMConfig], runs: list[_Run],
-             errors: str) -> list[IterationInfo]:
+             errors: str, on_pass: OnPass | None = None) -> list[IterationInfo]:
     """One iteration of every run in ``runs``: one pass for all their E-steps and
     statistics, then each run's M-step and lower bound."""
     started = time.perf_counter()
     e_steps = [configs[run.config].steps.e_step(run.params) for run in runs]
-    totals = data.map_reduce(_statistics_of, [params for params, _ in e_steps],
-                             merge=_merge_lists)
+    with reported(on_pass, "em", max(run.iteration for run in runs) + 1,
+                  total=max(configs[run.config].max_iter for run in runs)):
+        totals = data.map_reduce(_statistics_of, [params for params, _ in e_steps],
+                                 merge=_merge_lists)
     seconds = time.perf_counter() - started
     infos = []
     for run, (_, e_step), total in zip(runs, e_steps, totals):
@@ -360,13 +363,15 @@ def _best(runs: list[_Run], seconds: float) -> EMResult:
                     list(best.lower_bounds), histories, seconds)
 
 
-def _drawn_start(data: Points, cfg: EMConfig, root: np.random.SeedSequence, restart: int):
+def _drawn_start(data: Points, cfg: EMConfig, root: np.random.SeedSequence, run: _Run,
+                 on_pass: OnPass | None, samples: dict):
     """A run's start from the engine's initialisation (:mod:`distgmm.engine.init`); no
     pass when a Gaussian mixture's three initial arrays are all given."""
     given = (cfg.weights_init, cfg.means_init, cfg.precisions_init)
     if cfg.priors is None and all(a is not None for a in given):
         return GaussianSteps.start(None, cfg)
-    return cfg.steps.start(initial_statistics(data, cfg, root, restart), cfg)
+    return cfg.steps.start(initial_statistics(data, cfg, root, run.restart, on_pass=on_pass,
+                                              config=run.config, samples=samples), cfg)
 
 
 @single_threaded_blas
@@ -380,6 +385,7 @@ def fit_many(
     checkpoint: FileCheckpoint | None = None,
     errors: str = "raise",
     initial_params: Callable[[int, int], Any] | None = None,
+    on_pass: OnPass | None = None,
 ) -> list[EMResult]:
     """Fit several configurations and all their restarts in lockstep, one pass per iteration.
 
@@ -405,6 +411,9 @@ def fit_many(
         called for the runs in order (configuration, then restart). Default: the
         initialisation ``config.init_params`` names, from random streams derived from
         ``random_state``, the restart and the chunk index (:mod:`distgmm.engine.init`).
+    on_pass : callable, optional
+        Called with a :class:`~distgmm.engine.progress.PassInfo` after every pass over the
+        data, initialisation passes included (see :mod:`distgmm.engine.progress`).
 
     Returns
     -------
@@ -424,6 +433,7 @@ def fit_many(
     save = functools.partial(_save, checkpoint, configs, runs,
                              _fingerprint(configs, data, root.entropy), root.entropy)
 
+    samples: dict = {}  # kmeans samples, shared by the configurations of a restart
     for run in runs:  # initialise the runs a checkpoint did not hold
         if run.done or run.params is not None:
             continue
@@ -434,7 +444,7 @@ def fit_many(
             elif initial_params is not None:
                 run.params = initial_params(run.config, run.restart)
             else:
-                run.params = _drawn_start(data, cfg, root, run.restart)
+                run.params = _drawn_start(data, cfg, root, run, on_pass, samples)
         except CollapsedComponentError as exc:
             run.fail(exc, errors)
             continue
@@ -444,7 +454,7 @@ def fit_many(
         data.ensure_summary()  # validation happens even when no pass is needed
 
     while active := [run for run in runs if not run.done]:
-        infos = _em_step(data, configs, active, errors)
+        infos = _em_step(data, configs, active, errors, on_pass)
         save()
         for info in infos if on_iteration is not None else ():
             on_iteration(info)
@@ -470,8 +480,9 @@ def fit_em(
     on_iteration: Callable[[IterationInfo], None] | None = None,
     checkpoint: FileCheckpoint | None = None,
     initial_params: Callable[[int, int], MixtureParams] | None = None,
+    on_pass: OnPass | None = None,
 ) -> EMResult:
     """Fit one configuration (its ``n_init`` restarts in lockstep); see :func:`fit_many`."""
     return fit_many(data, [cfg], random_state, warm_start=warm_start,
                     on_iteration=on_iteration, checkpoint=checkpoint,
-                    initial_params=initial_params)[0]
+                    initial_params=initial_params, on_pass=on_pass)[0]

@@ -158,6 +158,8 @@ class Points:
     Attributes
     ----------
     n_rows, n_features : int
+    dtype : numpy.dtype
+        Of the points as stored (the passes accumulate in float64 whatever it is).
     row_chunks : tuple of int
         Rows per chunk.
     weighted : bool
@@ -168,6 +170,7 @@ class Points:
 
     n_rows: int
     n_features: int
+    dtype: np.dtype
     row_chunks: tuple[int, ...]
     weighted: bool
     summary: DataSummary | None = None
@@ -268,6 +271,7 @@ class LocalPoints(Points):
         self.points = points
         self.sample_weight = sample_weight
         self.n_rows, self.n_features = points.shape
+        self.dtype = points.dtype
         starts = range(0, self.n_rows, chunk_rows)
         self._blocks = [points[a:a + chunk_rows] for a in starts]
         self._weights = [None if sample_weight is None else sample_weight[a:a + chunk_rows]
@@ -296,7 +300,6 @@ class LocalPoints(Points):
     def take_rows(self, indices: np.ndarray) -> np.ndarray:
         """Rows at the given global indices, as float64."""
         return np.asarray(self.points[np.asarray(indices, dtype=np.int64)], dtype=np.float64)
-
 
 def _chunk_graph(array: da.Array) -> tuple[dict, list]:
     """The graph and the row-chunk keys through which the passes read ``array``.
@@ -365,6 +368,7 @@ class ClusterPoints(Points):
         self.sample_weight = sample_weight
         self.client = client
         self.n_rows, self.n_features = points.shape
+        self.dtype = points.dtype
         self.row_chunks = points.chunks[0]
         self.weighted = sample_weight is not None
         self.summary = None
