@@ -57,7 +57,9 @@ try:  # numba is a dependency; the NumPy path remains the reference and the fall
 except ImportError:  # pragma: no cover - exercised only where numba is missing
     HAVE_NUMBA = False
 
-__all__ = ["use_fused", "fused_statistics", "fused_log_prob", "fused_labels", "fused_row_moments"]
+__all__ = ["use_fused", "fused_statistics", "fused_log_prob", "fused_labels", "fused_row_moments",
+           "KernelCall", "kernel_calls", "fit_kernels", "describe_kernels", "missing_kernels",
+           "compile_kernels"]
 
 #: Rows per block of the loop kernels: (K, 256) log-densities stay in the L1/L2 caches.
 _BLOCK = 256
@@ -771,3 +773,113 @@ def _row_moments(X):
                 d = np.float64(X[i, a]) - mean[a]
                 m2[a] += d * d
     return finite, mean, m2
+
+
+# ------------------------------------------------------------------ compilation
+#
+# numba compiles each kernel for each type of arguments the first time it is called, and
+# caches the machine code on disk (``cache=True``: ``__pycache__`` beside this file, or
+# NUMBA_CACHE_DIR) for this machine's CPU and this file's version. The first run on a
+# machine therefore compiles for seconds per kernel. Before a fit, the engine asks every
+# worker which of the kernels the fit calls (:func:`fit_kernels`) it lacks
+# (:func:`missing_kernels`), says so in one line, and shares their compilation out between
+# the workers of a machine (:func:`compile_kernels`), which then load each other's work
+# from the cache. Other kernels (labels) compile when first called.
+
+
+class KernelCall(NamedTuple):
+    """One compiled specialization: a kernel and arguments of the types the wrappers above
+    give it (tiny arrays), and the seconds it took to compile on one core of the machine
+    the benchmarks ran on (``bench/README.md``), for the estimate the engine logs."""
+
+    name: str
+    dtype: str | None  # of the points; None for kernels that take float64 copies
+    kernel: object
+    arguments: tuple
+    seconds: float
+
+
+def kernel_calls() -> list[KernelCall]:
+    """Every specialization the wrappers compile: the kernels for float32 and float64
+    points (``dtype``), and the loop kernels, which take float64 copies (``dtype`` None).
+    Listed by dtype, so that consecutive calls share the kernels they call."""
+    rng = np.random.default_rng(0)
+    D, n = 2, 8
+    means = rng.normal(size=(16, D))
+    full = _expanded_setup(np.full(2, 0.5), means[:2], np.tile(np.eye(D), (2, 1, 1)), "full")
+    diag = _expanded_setup(np.full(16, 1 / 16), means, np.ones((16, D)), "diag")
+    w = _read_only(np.ones(n))
+    calls = []
+    for dtype, first in (("float32", 0.6), ("float64", 0.0)):
+        X = _read_only(rng.normal(size=(n, D)), dtype)
+        calls += [  # ``first``: numba's own start-up, paid by the first compilation
+            KernelCall("validation", dtype, _row_moments, (X,), 0.4 + first),
+            KernelCall("E-step", dtype, _fused_stats_expanded, (X, w, *full), 3.5),
+            KernelCall("log-densities and labels", dtype, _fused_scores_expanded,
+                       (X, *full, True), 1.0),
+            KernelCall("float32 labels", dtype, _labels_expanded32,
+                       _labels32_arguments(X, diag), 2.0)]
+    xt, _, prec, mc, log_const = _prepare(rng.normal(size=(n, D)), np.full(2, 0.5),
+                                          means[:2], np.ones((2, D)), "diag")
+    calls += [KernelCall("small diag E-step", None, _fused_stats,
+                         (xt, w, prec, mc, log_const), 1.8),
+              KernelCall("small diag log-densities", None, _fused_log_prob,
+                         (xt, prec, mc, log_const), 0.3)]
+    return calls
+
+
+def _is_compiled(call: KernelCall) -> bool:
+    """Whether ``call``'s specialization is loaded in this process or in numba's cache for
+    this machine (read from the cache's index, without loading it). When numba's cache
+    internals cannot be read (another numba version), say yes: the message is a courtesy,
+    and compilation happens anyway when a kernel is first called."""
+    kernel = call.kernel
+    signature = tuple(kernel.typeof_pyval(a) for a in call.arguments)
+    if signature in kernel.overloads:
+        return True
+    try:
+        cache = kernel._cache
+        key = cache._index_key(signature, kernel.targetctx.codegen())
+        return key in cache._cache_file._load_index()
+    except Exception:  # noqa: BLE001 - numba internals; see the docstring
+        return True
+
+
+def fit_kernels(dtype: str, models: list[tuple[str, int, int]]) -> list[int]:
+    """Indices in :func:`kernel_calls` of the specializations a fit of points of ``dtype``
+    calls, for models given as ``(covariance_type, n_components, n_features)``: the
+    validation moments, and the E-step kernels the models take (the expanded kernel, or
+    the loop kernel for diag and spherical models with K * D below _DIAG_GEMM_MIN_WORK)."""
+    wanted = {("validation", dtype)}
+    for covariance_type, n_components, n_features in models:
+        loop = (covariance_type in ("diag", "spherical")
+                and n_components * n_features < _DIAG_GEMM_MIN_WORK)
+        wanted.add(("small diag E-step", None) if loop else ("E-step", dtype))
+    return [i for i, call in enumerate(kernel_calls()) if (call.name, call.dtype) in wanted]
+
+
+def describe_kernels(indices: list[int]) -> str:
+    """What the specializations at ``indices`` are, in a few words (for a log line)."""
+    calls = [kernel_calls()[i] for i in sorted(indices)]
+    names = ", ".join(dict.fromkeys(call.name for call in calls))
+    dtypes = " and ".join(dict.fromkeys(call.dtype for call in calls if call.dtype))
+    return f"{names} for {dtypes} points" if dtypes else names
+
+
+def missing_kernels(indices: list[int] | None = None) -> list[int]:
+    """Those of ``indices`` (default: all) in :func:`kernel_calls` whose specializations
+    this process would compile (none when the compiled kernels are not used)."""
+    if not use_fused():
+        return []
+    calls = kernel_calls()
+    return [i for i in (range(len(calls)) if indices is None else indices)
+            if not _is_compiled(calls[i])]
+
+
+def compile_kernels(indices: list[int]) -> None:
+    """Compile (or load from numba's cache) the specializations at ``indices`` of
+    :func:`kernel_calls`, by calling them on their tiny arguments."""
+    calls = kernel_calls()
+    for i in indices:
+        call = calls[i]
+        call.kernel(*call.arguments)

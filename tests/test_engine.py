@@ -7,11 +7,12 @@ import re
 import dask.array as da
 import numpy as np
 import pytest
-from distributed import LocalCluster
+from distributed import Client, LocalCluster
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from distgmm import GaussianMixture
+from distgmm._fused import fit_kernels, missing_kernels
 from distgmm.cluster import close_embedded_cluster
 
 N = 240
@@ -224,6 +225,41 @@ def test_kmeans_on_the_cluster_with_weights_fits_like_repeated_rows(client):
     order = np.argsort(weighted.means_[:, 0]), np.argsort(repeated.means_[:, 0])
     np.testing.assert_allclose(weighted.means_[order[0]], repeated.means_[order[1]], rtol=1e-6)
     assert weighted.lower_bound_ == pytest.approx(repeated.lower_bound_, rel=1e-7)
+
+
+def test_compilation_is_shared_out_between_the_workers_of_a_machine():
+    """Each machine's missing kernels, in list order, cut into runs of about equal
+    estimated seconds, one per worker of that machine that lacks kernels."""
+    from distgmm._fused import KernelCall
+    from distgmm.engine.passes import _compile_plan
+
+    calls = [KernelCall(str(i), None, None, (), s) for i, s in enumerate([1, 3, 1, 2, 1])]
+    hosts = {"a1": "a", "a2": "a", "b1": "b", "b2": "b"}
+    plan = _compile_plan({"a1": [0, 1, 2, 3, 4], "a2": [0, 1, 2, 3, 4], "b1": [1, 3],
+                          "b2": []}, hosts, calls)
+    assert plan == {"a1": [0, 1], "a2": [2, 3, 4], "b1": [1, 3]}
+    assert _compile_plan({"a1": [], "a2": []}, hosts, calls) == {}
+
+
+def test_a_cluster_without_compiled_kernels_says_so_once(tmp_path, caplog):
+    """Workers whose numba cache is empty compile a fit's kernels before its first pass,
+    after one warning line; the next fit on the same workers says nothing."""
+    from distgmm.engine import ClusterPoints, EMConfig, fit_em
+
+    X = da.from_array(data(), chunks=(60, 3))
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0",
+                      env={"NUMBA_CACHE_DIR": str(tmp_path)}) as cluster, \
+            Client(cluster) as own:
+        with caplog.at_level("WARNING", logger="distgmm"):
+            fit_em(ClusterPoints(X, None, own), EMConfig(2, max_iter=2), 0)
+        lines = [r.getMessage() for r in caplog.records if "compiling kernels" in r.getMessage()]
+        assert len(lines) == 1 and "E-step for float64 points" in lines[0]
+        assert not any(own.run(missing_kernels, fit_kernels("float64", [("full", 2, 3)]))
+                       .values())
+        caplog.clear()
+        with caplog.at_level("WARNING", logger="distgmm"):
+            fit_em(ClusterPoints(X, None, own), EMConfig(2, max_iter=2), 1)
+        assert not [r for r in caplog.records if "compiling" in r.getMessage()]
 
 
 def test_fit_many_records_a_collapsing_candidate(client):

@@ -420,3 +420,68 @@ def test_fused_stays_exact_for_components_far_apart(cov):
     _, _, scatter, _ = fused_statistics(X, None, params.weights, params.means,
                                         params.precisions_cholesky, cov)
     np.testing.assert_allclose(scatter, ref.scatter, rtol=1e-9)
+
+
+def test_kernel_calls_list_every_specialization_the_wrappers_compile():
+    """After the wrappers ran on float32 and float64 points, writable or read-only,
+    weighted or not, under every covariance type and both diag kernels, no kernel has a
+    compiled specialization beyond those :func:`kernel_calls` lists (which the engine
+    compiles ahead of a fit, and whose absence it announces)."""
+    from distgmm._fused import compile_kernels, kernel_calls, missing_kernels
+
+    calls = kernel_calls()
+    compile_kernels(list(range(len(calls))))
+    assert missing_kernels() == []
+    listed: dict = {}
+    for call in calls:
+        listed.setdefault(call.kernel, set()).add(
+            tuple(call.kernel.typeof_pyval(a) for a in call.arguments))
+    rng = np.random.default_rng(12)
+    for dtype in (np.float32, np.float64):
+        for read_only in (False, True):
+            X = rng.normal(size=(300, 3)).astype(dtype)
+            w = rng.uniform(size=300)
+            X.flags.writeable = w.flags.writeable = not read_only
+            chunk_summary(X, w)
+            for cov, K in (("full", 2), ("tied", 3), ("diag", 2), ("diag", 16),
+                           ("spherical", 2), ("spherical", 16)):
+                params = MixtureParams.from_covariances(
+                    np.full(K, 1 / K), rng.normal(size=(K, 3)), random_covariances(rng, cov, K, 3),
+                    cov)
+                for array in (params.weights, params.means, params.precisions_cholesky):
+                    array.flags.writeable = not read_only
+                for weights in (None, w):
+                    chunk_statistics(X, weights, params)
+                params.labels(X)
+                params.weighted_log_prob(X)
+    for kernel, signatures in listed.items():
+        assert set(kernel.signatures) == signatures, kernel.py_func.__name__
+
+
+def test_a_fresh_cache_lacks_the_fit_kernels_until_compiled(tmp_path):
+    """In a process whose numba cache is empty, the kernels a fit needs are missing and a
+    fit in that process says it compiles them; once compiled (and cached), a new process
+    finds them all and says nothing."""
+    import os
+    import subprocess
+    import sys
+
+    script = (
+        "import logging, sys, numpy as np\n"
+        "logging.basicConfig(stream=sys.stdout, format='%(message)s')\n"
+        "from distgmm._fused import compile_kernels, fit_kernels, missing_kernels\n"
+        "from distgmm.engine import local_points\n"
+        "wanted = fit_kernels('float64', [('full', 2, 2)])\n"
+        "missing = missing_kernels(wanted)\n"
+        "print('missing', len(missing), len(wanted))\n"
+        "local_points(np.zeros((10, 2)), None).prepare_kernels(wanted)\n"
+        "compile_kernels(missing)\n")
+    env = {**os.environ, "NUMBA_CACHE_DIR": str(tmp_path)}
+    env.pop("DISTGMM_KERNEL", None)
+    first = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True,
+                           text=True, check=True).stdout
+    assert "missing 2 2" in first
+    assert "compiling kernels (validation, E-step for float64 points; first run" in first
+    second = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True,
+                            text=True, check=True).stdout
+    assert "missing 0 2" in second and "compiling" not in second

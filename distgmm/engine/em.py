@@ -38,6 +38,7 @@ from distgmm._bayesian import (
     variational_estep,
     variational_m_step,
 )
+from distgmm._fused import fit_kernels
 from distgmm._kernels import CollapsedComponentError
 from distgmm._statistics import (
     MixtureParams,
@@ -433,6 +434,8 @@ def fit_many(
     save = functools.partial(_save, checkpoint, configs, runs,
                              _fingerprint(configs, data, root.entropy), root.entropy)
 
+    data.prepare_kernels(fit_kernels(data.dtype.name, [
+        (cfg.covariance_type, cfg.n_components, data.n_features) for cfg in configs]))
     samples: dict = {}  # kmeans samples, shared by the configurations of a restart
     for run in runs:  # initialise the runs a checkpoint did not hold
         if run.done or run.params is not None:

@@ -28,6 +28,14 @@ Two kinds of points run passes, behind the same methods (``map_reduce``, ``map_c
     worker that left sends that pass through the graph, which fetches or recomputes what
     it needs; a chunk lost from every worker sends every later pass there too.
 
+Before a fit's first pass, :meth:`Points.prepare_kernels` makes sure the compiled kernels
+are there (see :func:`distgmm._fused.missing_kernels`): on a cluster every worker says
+which specializations numba's cache lacks, one line (a warning, so that it shows at the
+command line's normal verbosity) says that they are being compiled and about how long it
+takes, and the workers of each machine share the compilation out (numba compiles one
+kernel at a time per process; they then load each other's work from the shared cache).
+In this process, the line only: what a fit needs compiles as it is first called.
+
 The first pass over any points also computes the validation summary
 (:class:`~distgmm._statistics.DataSummary`: non-finite rows, bad weights, per-feature
 moments) in the same sweep, so validating costs no extra read of the data, and a chunk
@@ -41,6 +49,7 @@ import functools
 import logging
 import os
 import uuid
+import weakref
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import fields, is_dataclass
 from typing import Any, Callable
@@ -50,6 +59,7 @@ import dask.array as da
 import numpy as np
 from distributed import as_completed, futures_of
 
+from distgmm._fused import compile_kernels, describe_kernels, kernel_calls, missing_kernels
 from distgmm._statistics import DataSummary, chunk_summary, merge_statistics
 
 __all__ = ["Pass", "Points", "LocalPoints", "ClusterPoints", "merge_tree", "merge_values",
@@ -242,6 +252,11 @@ class Points:
             out[where[c]] = values
         return out
 
+    def prepare_kernels(self, indices: list[int]) -> None:
+        """Say so, and share the work out where possible, when the compiled kernels at
+        ``indices`` of :func:`~distgmm._fused.kernel_calls` are not in numba's cache yet
+        (see the module docstring)."""
+
     def _reduce(self, pass_: Pass) -> Any:  # pragma: no cover - abstract
         raise NotImplementedError
 
@@ -297,9 +312,17 @@ class LocalPoints(Points):
     def _reduce(self, pass_: Pass) -> Any:
         return merge_values(self._map(pass_, list(range(self.n_chunks))), pass_.merge)
 
+    def prepare_kernels(self, indices: list[int]) -> None:
+        calls = kernel_calls()
+        missing = missing_kernels(indices)
+        if missing:
+            logger.warning(_COMPILING, describe_kernels(missing),
+                           sum(calls[i].seconds for i in missing))
+
     def take_rows(self, indices: np.ndarray) -> np.ndarray:
         """Rows at the given global indices, as float64."""
         return np.asarray(self.points[np.asarray(indices, dtype=np.int64)], dtype=np.float64)
+
 
 def _chunk_graph(array: da.Array) -> tuple[dict, list]:
     """The graph and the row-chunk keys through which the passes read ``array``.
@@ -351,6 +374,42 @@ async def _in_place_on_worker(pass_: Pass, plan: dict, dask_worker=None):
         return None
 
 
+def _compile_plan(missing: dict[str, list[int]], hosts: dict[str, str],
+                  calls: list) -> dict[str, list[int]]:
+    """Which worker compiles which of the kernels missing on its machine: each machine's
+    missing kernels in :func:`~distgmm._fused.kernel_calls` order (kernels of one dtype
+    together, as they share callees), cut into consecutive runs of about equal estimated
+    seconds, one per worker of that machine that lacks kernels."""
+    plan: dict[str, list[int]] = {}
+    by_host: dict[str, list[str]] = {}
+    for address in sorted(missing):
+        if missing[address]:
+            by_host.setdefault(hosts.get(address, address), []).append(address)
+    for workers in by_host.values():
+        todo = sorted({i for w in workers for i in missing[w]})
+        total = sum(calls[i].seconds for i in todo)
+        done = 0.0
+        for i in todo:
+            share = min(int(done * len(workers) / total), len(workers) - 1) if total else 0
+            plan.setdefault(workers[share], []).append(i)
+            done += calls[i].seconds
+    return plan
+
+
+async def _compile_on_worker(plan: dict, dask_worker=None) -> None:
+    """Run by ``Client.run``: compile this worker's share of ``plan`` on one of its
+    threads (the event loop keeps answering the scheduler meanwhile)."""
+    indices = plan.get(dask_worker.address)
+    if indices:
+        await asyncio.get_running_loop().run_in_executor(None, compile_kernels, indices)
+
+
+#: (worker, kernel) pairs known to be compiled, per client (a client asks a worker once).
+_prepared: "weakref.WeakKeyDictionary[Any, set[tuple[str, int]]]" = weakref.WeakKeyDictionary()
+#: The line said while kernels compile: which, and the estimated wall time.
+_COMPILING = "compiling kernels (%s; first run on this machine only, about %.0f s)"
+
+
 class ClusterPoints(Points):
     """Points as the row chunks of a dask array on a cluster.
 
@@ -395,6 +454,23 @@ class ClusterPoints(Points):
         self._plan: dict | None = {} if persisted else None
         # Bytes of one chunk's value, per kind of pass, from its last run.
         self._value_bytes: dict[Callable, int] = {}
+
+    def prepare_kernels(self, indices: list[int]) -> None:
+        client = self.client
+        done = _prepared.setdefault(client, set())
+        workers = client.scheduler_info()["workers"]
+        todo = [a for a in workers if any((a, i) not in done for i in indices)]
+        if not todo:
+            return
+        missing = client.run(missing_kernels, indices, workers=todo)
+        calls = kernel_calls()
+        plan = _compile_plan(missing, {a: w.get("host", a) for a, w in workers.items()}, calls)
+        if plan:
+            logger.warning(_COMPILING, describe_kernels(
+                sorted({i for part in plan.values() for i in part})),
+                max(sum(calls[i].seconds for i in part) for part in plan.values()))
+            client.run(_compile_on_worker, plan, workers=list(plan))
+        done.update((a, i) for a in todo for i in indices)
 
     @property
     def in_place(self) -> bool:
