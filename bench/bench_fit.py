@@ -124,7 +124,9 @@ def bench_size(client, n, d, k, seeds, inits, cli_seeds, work) -> dict:
     X = np.asarray(points.compute(scheduler="threads"), dtype=np.float64)
     dX = client.persist(points)
     wait(dX)
-    distgmm.GaussianMixture(k, max_iter=1).fit(dX)  # the workers load the kernels
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        distgmm.GaussianMixture(k, max_iter=1).fit(dX)  # the workers load the kernels
     runs: dict[str, list[dict]] = {"scikit-learn": [], **{init: [] for init in inits},
                                    "cli": []}
     for seed in seeds:
@@ -133,13 +135,39 @@ def bench_size(client, n, d, k, seeds, inits, cli_seeds, work) -> dict:
             runs[init].append(distgmm_fit(dX, k, seed, init))
         if seed in cli_seeds:
             runs["cli"].append(cli_fit(store, k, seed, work))
-        line = "  ".join(f"{name} {r[-1]['total']:.2f} s ({r[-1]['n_iter']} it, "
-                         f"{r[-1]['lower_bound']:.5f})" for name, r in runs.items()
-                         if r and len(r) == len(runs["scikit-learn"]))
+        line = "  ".join(
+            f"{name} {r[-1]['total']:.2f} s" +
+            (f" (init {r[-1]['init']:.2f})" if "init" in r[-1] else "") +
+            f" {r[-1]['n_iter']} it {r[-1]['lower_bound']:.5f}"
+            for name, r in runs.items() if r and len(r) == len(runs["scikit-learn"]))
         print(f"  seed {seed}: {line}", flush=True)
     client.cancel(dX)
     del X
+    print_table([((n, d, k), runs)], header=False)
     return runs
+
+
+def print_table(rows: list, header: bool = True) -> None:
+    """One table row per fit kind and size: totals, ratio, initialisation, iterations and
+    lower bounds over the seeds."""
+    if header:
+        print("\n| N, D, K | fit | total s, median (range) | ratio to scikit-learn | "
+              "initialisation s (share) | EM s | EM iterations | lower bound median | worst |")
+        print("|---|---|---|---|---|---|---|---|---|")
+    for (n, d, k), runs in rows:
+        sk = _summary(runs["scikit-learn"], "total")[0]
+        for name, r in runs.items():
+            if not r:
+                continue
+            total = _summary(r, "total")
+            bounds = [x["lower_bound"] for x in r]
+            init = (f"{_summary(r, 'init')[0]:.2f} ({_summary(r, 'init')[0] / total[0]:.0%})"
+                    if "init" in r[0] else "")
+            em = f"{_summary(r, 'em')[0]:.2f}" if "em" in r[0] else ""
+            iters = sorted({x["n_iter"] for x in r})
+            print(f"| {n:.2g}, {d}, {k} | {name} | {total[0]:.2f} ({total[1]:.2f}-{total[2]:.2f})"
+                  f" | {sk / total[0]:.1f}x | {init} | {em} | {'/'.join(map(str, iters))} | "
+                  f"{np.median(bounds):.5f} | {min(bounds):.5f} |", flush=True)
 
 
 def main() -> None:
@@ -165,23 +193,7 @@ def main() -> None:
                               set(range(args.cli_seeds)), args.work)
             rows.append(((n, d, k), runs))
     print(f"load average at end: {os.getloadavg()}")
-    print("\n| N, D, K | fit | total s, median (range) | ratio to scikit-learn | "
-          "initialisation s (share) | EM s | EM iterations | lower bound median | worst |")
-    print("|---|---|---|---|---|---|---|---|---|")
-    for (n, d, k), runs in rows:
-        sk = _summary(runs["scikit-learn"], "total")[0]
-        for name, r in runs.items():
-            if not r:
-                continue
-            total = _summary(r, "total")
-            bounds = [x["lower_bound"] for x in r]
-            init = (f"{_summary(r, 'init')[0]:.2f} ({_summary(r, 'init')[0] / total[0]:.0%})"
-                    if "init" in r[0] else "")
-            em = f"{_summary(r, 'em')[0]:.2f}" if "em" in r[0] else ""
-            iters = sorted({x["n_iter"] for x in r})
-            print(f"| {n:.2g}, {d}, {k} | {name} | {total[0]:.2f} ({total[1]:.2f}-{total[2]:.2f})"
-                  f" | {sk / total[0]:.1f}x | {init} | {em} | {'/'.join(map(str, iters))} | "
-                  f"{np.median(bounds):.5f} | {min(bounds):.5f} |")
+    print_table(rows)
 
 
 if __name__ == "__main__":

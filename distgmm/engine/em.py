@@ -15,6 +15,10 @@ scikit-learn's rule. What differs between the two mixtures is in their steps
 takes, the M-step, and the lower bound (a Gaussian mixture's is the mean log-likelihood
 under the E-step's parameters; a variational one's is scikit-learn's variational bound,
 a total over the data).
+
+Progress: ``on_iteration`` hears of each run's iterations (lower bounds), ``on_pass`` of
+every pass over the data as it ends, initialisation passes included
+(:mod:`distgmm.engine.progress`).
 """
 
 from __future__ import annotations

@@ -82,19 +82,19 @@ KMEANS_PARALLEL_ROUNDS = 5
 KMEANS_MAX_ITER = 300
 KMEANS_TOL = 1e-4
 
-#: ``kmeans``: rows in the uniform sample (about; all rows when there are fewer). At least
-#: INIT_SAMPLE_ROWS, so that model-selection candidates of up to 16 components share a
-#: restart's sample (one pass for all of them); INIT_SAMPLE_ROWS_PER_COMPONENT per
-#: component beyond, so that a component of a 1/(4K) share of the data still has about 64
-#: rows. On generated data with 8 and 16 components, samples of 4096 and 16384 rows found
-#: every component as often, and started EM as well (the same iterations to converge).
+#: ``kmeans``: rows in the uniform sample (about: the count is binomial; all rows when
+#: there are fewer). At least INIT_SAMPLE_ROWS, so that the candidates of a model selection
+#: (up to 16 components) share each restart's sample and its pass; beyond that,
+#: INIT_SAMPLE_ROWS_PER_COMPONENT per component, so that a component holding 1/(4K) of the
+#: data still gets about 64 rows. Larger samples found no more components and saved no EM
+#: iteration (``bench/README.md``).
 INIT_SAMPLE_ROWS = 4096
 INIT_SAMPLE_ROWS_PER_COMPONENT = 256
-#: ``kmeans``: k-means runs on the sample, the lowest inertia kept (scikit-learn's
-#: ``KMeans(n_init=...)``): one k-means++ seeding on 16 components found every component
-#: about 40% of the time, the best of 10 every time in 30 samples. Fewer runs for large K:
-#: at most INIT_SAMPLE_KMEANS_WORK row-center distances per Lloyd iteration over all runs
-#: (a run costs sample rows x K per iteration), at least one.
+#: ``kmeans``: k-means runs on the sample, the lowest inertia kept (``KMeans(n_init=...)``):
+#: one greedy k-means++ start often merges a small component into a large one, and runs
+#: are cheap on a sample (``bench/README.md``). Fewer for large K: at most
+#: INIT_SAMPLE_KMEANS_WORK row-center distances per Lloyd iteration over all runs (a run
+#: costs sample rows x K), and at least one run.
 INIT_SAMPLE_KMEANS_RUNS = 10
 INIT_SAMPLE_KMEANS_WORK = 10 * 16384 * 64
 
