@@ -28,14 +28,12 @@ from ._base import _BaseMixture, _random_state, sklearn_resp_statistics, \
 from ._bayesian import (
     WEIGHT_CONCENTRATION_PRIOR_TYPES,
     BayesianPriors,
-    DataMoments,
     VariationalParams,
-    chunk_moments,
     resolve_priors,
     variational_estep,
     variational_m_step,
 )
-from ._statistics import MixtureParams
+from ._statistics import DataMoments, MixtureParams, chunk_moments, merge_data_moments
 from .engine import EMConfig
 
 __all__ = ["BayesianGaussianMixture", "kept_components"]
@@ -47,13 +45,6 @@ KEPT_WEIGHT = 1e-2
 
 def _moments_task(block, weights, index, diagonal: bool) -> DataMoments:
     return chunk_moments(block, weights, diagonal)
-
-
-def _merge_moments(parts: list[DataMoments]) -> DataMoments:
-    total = parts[0]
-    for part in parts[1:]:
-        total = total.combine(part)
-    return total
 
 
 def kept_components(weights: np.ndarray, threshold: float = KEPT_WEIGHT) -> int:
@@ -190,7 +181,7 @@ class BayesianGaussianMixture(_BaseMixture):
     def _completed(self, cfg: EMConfig, data) -> EMConfig:
         """The settings with the priors: one pass for the data's moments first."""
         diagonal = self.covariance_type in ("diag", "spherical")
-        moments = data.map_reduce(_moments_task, diagonal, merge=_merge_moments)
+        moments = data.map_reduce(_moments_task, diagonal, merge=merge_data_moments)
         return dataclasses.replace(cfg, priors=self._priors(moments))
 
     # ------------------------------------------------------------------ parameters

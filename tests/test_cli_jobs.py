@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 import distgmm
+from cluster_helpers import cli_env
 from distgmm.store import append, generate, label_state, open_points
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -22,16 +23,9 @@ JOBS = os.path.join(REPO, "jobs")
 KMEANS_TXT = "/work/shared/data/kmeansSamples.txt"
 
 
-def _env(**extra: str) -> dict[str, str]:
-    env = dict(os.environ)
-    env["PYTHONPATH"] = REPO + os.pathsep + env.get("PYTHONPATH", "")
-    env.update(extra)
-    return env
-
-
 def run(*args: str, timeout: float = 180) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "distgmm.cli", *args], capture_output=True,
-                          text=True, env=_env(), timeout=timeout)
+                          text=True, env=cli_env(), timeout=timeout)
 
 
 def run_json(*args: str) -> dict:
@@ -132,7 +126,7 @@ def _kill_when_paused(args: list[str], env: dict[str, str], marker: str) -> None
     """Run the CLI with a pause hook and SIGKILL it while it sleeps at the hook."""
     proc = subprocess.Popen([sys.executable, "-m", "distgmm.cli", *args],
                             stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True,
-                            env=_env(DISTGMM_TEST_PAUSE_SECONDS="60", **env))
+                            env=cli_env(DISTGMM_TEST_PAUSE_SECONDS="60", **env))
     try:
         deadline = time.monotonic() + 120
         for line in proc.stderr:
@@ -498,7 +492,7 @@ def test_relative_paths_are_resolved_by_the_client_not_the_workers(tmp_path, blo
     assert os.getcwd() != str(tmp_path)  # the session cluster's workers run in our cwd
     done = subprocess.run([sys.executable, "-m", "distgmm.cli", "label", "m.npz", "s.zarr",
                            "--name", "rel", "--json", "--scheduler", scheduler_address],
-                          capture_output=True, text=True, env=_env(), cwd=tmp_path, timeout=180)
+                          capture_output=True, text=True, env=cli_env(), cwd=tmp_path, timeout=180)
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout)["chunks_done"] == 10
     store = open_points(str(tmp_path / "s.zarr"))

@@ -14,7 +14,7 @@ from distgmm.jobs import (
     alignment_permutation, checkpoint_path, fit_store, label_block, label_store, load_job,
     parse_components, permute_components, run_job, select_store,
 )
-from distgmm.jobs._label import model_params
+from distgmm.jobs._labeller import model_parameters as model_params
 from distgmm.store import append, generate, label_state, open_points
 
 RNG = np.random.default_rng(1)

@@ -9,9 +9,7 @@ import typer
 from rich.table import Table
 
 from distgmm.cli._options import (
-    ClusterOptions, Json, MemoryLimit, Output, Quiet, Scheduler, StorageOption,
-    ThreadsPerWorker, TlsCaFile, TlsCert, TlsKey, SchedulerTimeout, Verbose, Workers,
-    dask_client, handle_errors, storage_options,
+    ClusterOptions, Output, StorageOption, command, dask_client, handle_errors, storage_options,
 )
 
 __all__ = ["fit", "CovarianceType", "InitMethod", "iteration_printer", "render_fit"]
@@ -71,6 +69,7 @@ def render_fit(output: Output, result: dict[str, Any]) -> None:
     output.out.print(table)
 
 
+@command(cluster=True)
 def fit(
     store: Annotated[str, typer.Argument(help="Point store (path or URL).")],
     components: Annotated[int, typer.Option("--components", "-k", help="Number of mixture components.")],
@@ -89,17 +88,9 @@ def fit(
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing model file.")] = False,
     plot: Annotated[bool, typer.Option("--plot", help="Also write the convergence curve next to the model (<model>.convergence.png).")] = False,
     storage_option: StorageOption = None,
-    scheduler: Scheduler = None,
-    workers: Workers = None,
-    threads_per_worker: ThreadsPerWorker = 1,
-    memory_limit: MemoryLimit = None,
-    tls_ca_file: TlsCaFile = None,
-    tls_cert: TlsCert = None,
-    tls_key: TlsKey = None,
-    scheduler_timeout: SchedulerTimeout = None,
-    verbose: Verbose = 0,
-    quiet: Quiet = False,
-    json: Json = False,
+    *,
+    cluster: ClusterOptions,
+    output: Output,
 ) -> None:
     """Fit a Gaussian mixture with COMPONENTS components to STORE and write it to MODEL.
 
@@ -111,16 +102,12 @@ def fit(
     from distgmm.jobs._fit import check_fit_outputs
     from distgmm.store import open_points, read_model
 
-    output = Output(verbose, quiet, json)
     with handle_errors(output):
         options = storage_options(storage_option)
         open_points(store, options)  # fail on bad input before starting a cluster
         check_fit_outputs(model, overwrite=overwrite, checkpoint_dir=checkpoint, plot=plot)
         if align_to is not None:
             read_model(align_to)
-        cluster = ClusterOptions(scheduler, workers, threads_per_worker, memory_limit,
-                                 tls_ca_file, tls_cert, tls_key,
-                                 scheduler_timeout)
         with dask_client(cluster, output) as client:
             report = fit_store(
                 store, model, n_components=components, covariance_type=covariance_type.value,
@@ -129,7 +116,7 @@ def fit(
                 resume=resume, align_to=align_to, overwrite=overwrite, client=client,
                 storage_options=options, on_iteration=iteration_printer(output), plot=plot)
             result = {**report.to_dict(), "dashboard": client.dashboard_link}
-        if json:
+        if output.json:
             output.emit_json(result)
         else:
             render_fit(output, result)

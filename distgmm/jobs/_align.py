@@ -14,24 +14,17 @@ from typing import Any
 import numpy as np
 from scipy.optimize import linear_sum_assignment
 
+from distgmm._kernels import full_covariances
 from distgmm.errors import DistgmmInputError
 
-__all__ = ["full_covariances", "bhattacharyya_distances", "alignment_permutation",
+__all__ = ["bhattacharyya_distances", "alignment_permutation",
            "permute_components"]
 
 
-def full_covariances(model: Any) -> np.ndarray:
+def _covariances(model: Any) -> np.ndarray:
     """Every component's covariance as a (K, D, D) array, whatever the covariance type."""
     k, d = model.means_.shape
-    cov = np.asarray(model.covariances_)
-    kind = model.covariance_type
-    if kind == "full":
-        return cov
-    if kind == "tied":
-        return np.broadcast_to(cov, (k, d, d)).copy()
-    if kind == "diag":
-        return np.stack([np.diag(c) for c in cov])
-    return cov[:, None, None] * np.eye(d)
+    return full_covariances(model.covariances_, model.covariance_type, k, d)
 
 
 def bhattacharyya_distances(new: Any, old: Any) -> np.ndarray:
@@ -39,7 +32,7 @@ def bhattacharyya_distances(new: Any, old: Any) -> np.ndarray:
 
     ``D_B = 1/8 dm^T S^-1 dm + 1/2 ln(det S / sqrt(det S1 det S2))`` with ``S = (S1 + S2) / 2``.
     """
-    cov_new, cov_old = full_covariances(new), full_covariances(old)
+    cov_new, cov_old = _covariances(new), _covariances(old)
     logdet_new = np.linalg.slogdet(cov_new)[1]
     logdet_old = np.linalg.slogdet(cov_old)[1]
     out = np.empty((cov_new.shape[0], cov_old.shape[0]))

@@ -22,17 +22,14 @@ from sklearn.exceptions import ConvergenceWarning
 
 from distgmm.errors import DistgmmInputError
 from distgmm.jobs._align import alignment_permutation, permute_components
-from distgmm.jobs._common import pause_for_tests, resolve_client
+from distgmm import _progress
+from distgmm.jobs._common import resolve_client
 from distgmm.store import open_points, read_model, save_model
 
 __all__ = ["FitReport", "fit_store", "checkpoint_path", "convergence_plot_path", "fit_points",
-           "check_fit_outputs", "PAUSE_ENV"]
+           "check_fit_outputs"]
 
 logger = logging.getLogger(__name__)
-
-#: Test hook: after this many EM iterations (checkpoint written), sleep so a test can kill us.
-PAUSE_ENV = "DISTGMM_TEST_PAUSE_AFTER_ITERATIONS"
-
 
 @dataclass(frozen=True)
 class FitReport:
@@ -115,7 +112,7 @@ def fit_points(points: Any, *, n_components: int, covariance_type: str = "full",
         iterations += 1
         if on_iteration is not None:
             on_iteration(info)
-        pause_for_tests(PAUSE_ENV, iterations, "EM iterations")
+        _progress.report(_progress.ITERATION, iterations)
 
     with resolve_client(client).as_current(), warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", ConvergenceWarning)

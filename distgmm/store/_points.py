@@ -5,8 +5,6 @@ from __future__ import annotations
 import datetime
 import logging
 import math
-import os
-import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -42,22 +40,6 @@ ROW_ARRAY_FILL = {"weights": 1.0, "truth": -1}
 #: How many append records ``points`` keeps in its ``row_log`` attribute.
 ROW_LOG_LENGTH = 200
 _SUPPORTED_DTYPES = ("float32", "float64")
-#: Test hook: after this many chunk writes (ingest, append, generate), log a line and sleep
-#: for ``$DISTGMM_TEST_PAUSE_SECONDS`` (default 60), so a test can SIGKILL the writer or
-#: start another one at a known point. Never set in production.
-PAUSE_ENV = "DISTGMM_TEST_PAUSE_AFTER_CHUNKS"
-PAUSE_SECONDS_ENV = "DISTGMM_TEST_PAUSE_SECONDS"
-
-
-def maybe_pause(chunks_written: int) -> None:
-    """The :data:`PAUSE_ENV` test hook."""
-    wanted = os.environ.get(PAUSE_ENV)
-    if wanted and int(wanted) == chunks_written:
-        seconds = float(os.environ.get(PAUSE_SECONDS_ENV, "60"))
-        logger.warning("%s: paused after %d chunk writes", PAUSE_ENV, chunks_written)
-        time.sleep(seconds)
-
-
 def default_chunk_rows(n_features: int, dtype: str | np.dtype,
                        chunk_bytes: int = DEFAULT_CHUNK_BYTES) -> int:
     """Rows per chunk so that one chunk of ``points`` holds about ``chunk_bytes`` bytes."""
