@@ -315,6 +315,23 @@ class _BaseMixture(DensityMixin, BaseEstimator):
         "persist": [StrOptions({"auto"}), "boolean"],
     }
 
+    def __init__(self, n_components, covariance_type, tol, reg_covar, max_iter, n_init,
+                 init_params, random_state, warm_start, verbose, verbose_interval, scheduler,
+                 persist):
+        self.n_components = n_components
+        self.covariance_type = covariance_type
+        self.tol = tol
+        self.reg_covar = reg_covar
+        self.max_iter = max_iter
+        self.n_init = n_init
+        self.init_params = init_params
+        self.random_state = random_state
+        self.warm_start = warm_start
+        self.verbose = verbose
+        self.verbose_interval = verbose_interval
+        self.scheduler = scheduler
+        self.persist = persist
+
     # ------------------------------------------------------------------ subclass hooks
     def _config(self, n_features: int) -> EMConfig:  # pragma: no cover - abstract
         raise NotImplementedError

@@ -45,8 +45,8 @@ from typing import Any
 import numpy as np
 from scipy.special import betaln, digamma, gammaln
 
-from ._kernels import log_det_cholesky, precision_cholesky, precisions_from_cholesky
-from ._statistics import DataMoments, MixtureParams, SufficientStatistics
+from ._kernels import log_det_cholesky, precision_cholesky
+from ._statistics import ComponentArrays, DataMoments, MixtureParams, SufficientStatistics
 
 __all__ = [
     "WEIGHT_CONCENTRATION_PRIOR_TYPES",
@@ -267,7 +267,7 @@ def resolve_priors(
 
 
 @dataclass(frozen=True)
-class VariationalParams:
+class VariationalParams(ComponentArrays):
     """The variational posterior of a Bayesian Gaussian mixture (scikit-learn's fitted
     ``BayesianGaussianMixture`` attributes, without the trailing underscores).
 
@@ -299,19 +299,6 @@ class VariationalParams:
     precisions_cholesky: np.ndarray
     covariance_type: str
     weight_concentration_prior_type: str
-
-    @property
-    def n_components(self) -> int:
-        return self.means.shape[0]
-
-    @property
-    def n_features(self) -> int:
-        return self.means.shape[1]
-
-    @property
-    def precisions(self) -> np.ndarray:
-        """The mean precisions ``nu_k W_k`` (scikit-learn's ``precisions_``)."""
-        return precisions_from_cholesky(self.precisions_cholesky, self.covariance_type)
 
     @property
     def weights(self) -> np.ndarray:

@@ -132,25 +132,15 @@ class BayesianGaussianMixture(_BaseMixture):
         scheduler: str | None = None,
         persist: str | bool = "auto",
     ):
-        self.n_components = n_components
-        self.covariance_type = covariance_type
-        self.tol = tol
-        self.reg_covar = reg_covar
-        self.max_iter = max_iter
-        self.n_init = n_init
-        self.init_params = init_params
+        super().__init__(n_components, covariance_type, tol, reg_covar, max_iter, n_init,
+                         init_params, random_state, warm_start, verbose, verbose_interval,
+                         scheduler, persist)
         self.weight_concentration_prior_type = weight_concentration_prior_type
         self.weight_concentration_prior = weight_concentration_prior
         self.mean_precision_prior = mean_precision_prior
         self.mean_prior = mean_prior
         self.degrees_of_freedom_prior = degrees_of_freedom_prior
         self.covariance_prior = covariance_prior
-        self.random_state = random_state
-        self.warm_start = warm_start
-        self.verbose = verbose
-        self.verbose_interval = verbose_interval
-        self.scheduler = scheduler
-        self.persist = persist
 
     # ------------------------------------------------------------------ settings
     def _config(self, n_features: int) -> EMConfig:

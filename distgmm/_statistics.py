@@ -55,8 +55,30 @@ __all__ = [
 
 
 
+class ComponentArrays:
+    """What a mixture's parameters (means and precision Cholesky factors per component)
+    say about its shape; shared by the Gaussian and the variational parameters."""
+
+    means: np.ndarray
+    precisions_cholesky: np.ndarray
+    covariance_type: str
+
+    @property
+    def n_components(self) -> int:
+        return self.means.shape[0]
+
+    @property
+    def n_features(self) -> int:
+        return self.means.shape[1]
+
+    @property
+    def precisions(self) -> np.ndarray:
+        """The precisions (inverse covariances), from their Cholesky factors."""
+        return precisions_from_cholesky(self.precisions_cholesky, self.covariance_type)
+
+
 @dataclass(frozen=True)
-class MixtureParams:
+class MixtureParams(ComponentArrays):
     """Parameters of a Gaussian mixture.
 
     Attributes
@@ -75,18 +97,6 @@ class MixtureParams:
     covariances: np.ndarray
     precisions_cholesky: np.ndarray
     covariance_type: str
-
-    @property
-    def n_components(self) -> int:
-        return self.means.shape[0]
-
-    @property
-    def n_features(self) -> int:
-        return self.means.shape[1]
-
-    @property
-    def precisions(self) -> np.ndarray:
-        return precisions_from_cholesky(self.precisions_cholesky, self.covariance_type)
 
     @classmethod
     def of_model(cls, model: Any) -> "MixtureParams":
