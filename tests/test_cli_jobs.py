@@ -358,6 +358,8 @@ def test_demo(tmp_path, scheduler_address):
                 "blobs convergence", "kmeans clusters", "kmeans convergence"):
         assert os.path.getsize(outputs[key]) > 0, key
     assert result["fits"]["blobs"]["n_components"] == 2
+    assert result["fits"]["blobs-bayesian"]["components_kept"] == 2  # of at most 10
+    assert os.path.getsize(outputs["blobs-bayesian clusters"]) > 0
     assert 1 <= result["fits"]["kmeans"]["n_components"] <= 6
     assert len(label_state(outputs["blobs store"], "demo").chunks_done) == 1
 
@@ -499,3 +501,34 @@ def test_relative_paths_are_resolved_by_the_client_not_the_workers(tmp_path, blo
     np.testing.assert_array_equal(store.group["labels/rel"][:],
                                   distgmm.load_model(blobs_model).predict(
                                       store.points.compute()))
+
+
+def test_bayesian_fit_label_and_job(tmp_path, blobs, scheduler_address):
+    """fit --bayesian: K is an upper bound and the summary says how many components kept
+    their weight; the model file is a Bayesian mixture that label and predict use; a job
+    file's fit step takes the same settings, and --prior needs --bayesian."""
+    from distgmm import BayesianGaussianMixture, load_model
+
+    model = str(tmp_path / "bgm.npz")
+    result = run_json("fit", blobs, "-k", "8", "--bayesian", "--prior",
+                      "dirichlet_distribution", "--max-iter", "500", "--seed", "0",
+                      "--model", model, "--scheduler", scheduler_address)
+    assert result["prior"] == "dirichlet_distribution" and result["n_components"] == 8
+    loaded = load_model(model)
+    assert isinstance(loaded, BayesianGaussianMixture)
+    assert result["components_kept"] == int((loaded.weights_ > 0.01).sum()) < 8
+    labelled = run_json("label", model, blobs, "--name", "bgm", "--scheduler",
+                        scheduler_address)
+    stored = open_points(blobs).group["labels/bgm"][:]
+    np.testing.assert_array_equal(stored, loaded.predict(open_points(blobs).points.compute()))
+    assert labelled["rows_labeled"] == len(stored)
+    line = one_error_line(run("fit", blobs, "-k", "3", "--prior", "dirichlet_process",
+                              "--model", str(tmp_path / "x.npz")))
+    assert "--prior and --weight-concentration apply to a Bayesian mixture" in line
+    assert not os.path.exists(tmp_path / "x.npz")
+    job = tmp_path / "bayes.toml"
+    job.write_text(f'[[step]]\nrun = "fit"\nstore = "{blobs}"\nmodel = "{tmp_path}/j.npz"\n'
+                   'components = 6\nbayesian = true\nprior = "dirichlet_distribution"\n'
+                   'max_iter = 300\nseed = 1\n')
+    run_json("run", str(job), "--allow-outside", "--scheduler", scheduler_address)
+    assert isinstance(load_model(tmp_path / "j.npz"), BayesianGaussianMixture)

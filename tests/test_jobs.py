@@ -249,3 +249,25 @@ def test_select_store_rejects_more_components_than_rows(tmp_path, client):
     with pytest.raises(DistgmmInputError, match="only 3 rows"):
         select_store(str(tmp_path / "t.zarr"), str(tmp_path / "m.npz"), components="4..5",
                      client=client)
+
+
+def test_bayesian_models_align_only_under_a_dirichlet_distribution_prior():
+    """Renumbering a Bayesian mixture permutes its posterior too (the same model, new ids);
+    under a Dirichlet-process prior the order is part of the model, so it is refused."""
+    from sklearn.datasets import load_iris
+
+    from distgmm import BayesianGaussianMixture
+    from distgmm.errors import DistgmmInputError
+    from distgmm.jobs import permute_components
+
+    X = load_iris().data
+    model = BayesianGaussianMixture(4, weight_concentration_prior_type="dirichlet_distribution",
+                                    random_state=0).fit(X)
+    before, scores = model.predict(X), model.score_samples(X)
+    perm = np.array([2, 0, 3, 1])
+    permute_components(model, perm)
+    np.testing.assert_array_equal(perm[model.predict(X)], before)
+    np.testing.assert_allclose(model.score_samples(X), scores, rtol=1e-12)
+    process = BayesianGaussianMixture(4, random_state=0).fit(X)
+    with pytest.raises(DistgmmInputError, match="Dirichlet-process prior"):
+        permute_components(process, perm)

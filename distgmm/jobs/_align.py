@@ -75,12 +75,26 @@ def alignment_permutation(new: Any, old: Any) -> np.ndarray:
 
 
 def permute_components(model: Any, perm: np.ndarray) -> Any:
-    """Reorder a fitted model's components in place (new id ``p`` = old component ``perm[p]``)."""
+    """Reorder a fitted model's components in place (new id ``p`` = old component ``perm[p]``).
+
+    A Bayesian mixture's posterior arrays are reordered too. Under a Dirichlet-process prior
+    the components' order is part of the model (the stick-breaking weights depend on it),
+    so such a model is refused: fit it with ``weight_concentration_prior_type=
+    "dirichlet_distribution"`` to align it.
+    """
     perm = np.asarray(perm)
-    model.weights_ = np.asarray(model.weights_)[perm]
-    model.means_ = np.asarray(model.means_)[perm]
+    per_component = ["weights_", "means_"]
     if model.covariance_type != "tied":
-        model.covariances_ = np.asarray(model.covariances_)[perm]
-        model.precisions_cholesky_ = np.asarray(model.precisions_cholesky_)[perm]
-        model.precisions_ = np.asarray(model.precisions_)[perm]
+        per_component += ["covariances_", "precisions_cholesky_", "precisions_"]
+    if hasattr(model, "weight_concentration_"):
+        if isinstance(model.weight_concentration_, tuple):
+            raise DistgmmInputError(
+                "--align-to cannot renumber a Bayesian mixture with a Dirichlet-process prior "
+                "(its stick-breaking weights depend on the components' order); fit with "
+                "--prior dirichlet_distribution to align it.")
+        per_component += ["weight_concentration_", "mean_precision_"]
+        if model.covariance_type != "tied":
+            per_component.append("degrees_of_freedom_")
+    for name in per_component:
+        setattr(model, name, np.asarray(getattr(model, name))[perm])
     return model
