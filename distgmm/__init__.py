@@ -17,7 +17,7 @@ _LAZY = {
     "GaussianMixture": "distgmm._estimator",
     "CollapsedComponentError": "distgmm._kernels",
     "load_model": "distgmm.store._model",
-    "predict_to_zarr": "distgmm.store._predict",
+    "predict_to_zarr": "distgmm.jobs._labeller",
     "save_model": "distgmm.store._model",
 }
 

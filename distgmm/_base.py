@@ -68,14 +68,13 @@ from .engine import (
     local_points,
 )
 from ._kernels import COVARIANCE_TYPES
-from ._statistics import MixtureParams, SufficientStatistics, chunk_statistics_from_resp
+from ._statistics import BLOCK_ROWS, MixtureParams, SufficientStatistics, \
+    chunk_statistics_from_resp
 
 __all__ = ["as_points", "CLIENT_MIN_BYTES"]
 
 logger = logging.getLogger("distgmm")
 
-#: Rows predicted at a time for in-memory input.
-_PREDICT_BLOCK_ROWS = 65536
 #: In-memory input larger than this goes to the user's default client, when there is one
 #: (see the module docstring); smaller input, or any without a client, fits in this process.
 CLIENT_MIN_BYTES = 256 * 2**20
@@ -316,6 +315,23 @@ class _BaseMixture(DensityMixin, BaseEstimator):
         "persist": [StrOptions({"auto"}), "boolean"],
     }
 
+    def __init__(self, n_components, covariance_type, tol, reg_covar, max_iter, n_init,
+                 init_params, random_state, warm_start, verbose, verbose_interval, scheduler,
+                 persist):
+        self.n_components = n_components
+        self.covariance_type = covariance_type
+        self.tol = tol
+        self.reg_covar = reg_covar
+        self.max_iter = max_iter
+        self.n_init = n_init
+        self.init_params = init_params
+        self.random_state = random_state
+        self.warm_start = warm_start
+        self.verbose = verbose
+        self.verbose_interval = verbose_interval
+        self.scheduler = scheduler
+        self.persist = persist
+
     # ------------------------------------------------------------------ subclass hooks
     def _config(self, n_features: int) -> EMConfig:  # pragma: no cover - abstract
         raise NotImplementedError
@@ -490,8 +506,8 @@ class _BaseMixture(DensityMixin, BaseEstimator):
         params, shift = self._e_step_params()
         if not _is_out_of_core(X):
             X = self._validate_in_memory(X, reset=False)
-            parts = [fn(params, X[s:s + _PREDICT_BLOCK_ROWS], shift)
-                     for s in range(0, X.shape[0], _PREDICT_BLOCK_ROWS)]
+            parts = [fn(params, X[s:s + BLOCK_ROWS], shift)
+                     for s in range(0, X.shape[0], BLOCK_ROWS)]
             out = np.concatenate(parts)
             return out.astype(X.dtype, copy=False) if out.dtype.kind == "f" else out
         X, _ = as_points(X)

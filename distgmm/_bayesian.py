@@ -33,7 +33,7 @@ statistics instead of the per-row responsibilities (:func:`responsibility_entrop
 
 Per-point weights ``w_i`` mean repeated rows: a point of integer weight ``w`` counts as
 ``w`` copies of it, in the statistics (already weighted), in the data moments that give
-the default priors (:class:`DataMoments`) and in the lower bound's data term.
+the default priors (:class:`~distgmm._statistics.DataMoments`) and in the lower bound's data term.
 """
 
 from __future__ import annotations
@@ -45,13 +45,11 @@ from typing import Any
 import numpy as np
 from scipy.special import betaln, digamma, gammaln
 
-from ._kernels import log_det_cholesky, precision_cholesky, precisions_from_cholesky
-from ._statistics import MixtureParams, SufficientStatistics, merged_moments
+from ._kernels import log_det_cholesky, precision_cholesky
+from ._statistics import ComponentArrays, DataMoments, MixtureParams, SufficientStatistics
 
 __all__ = [
     "WEIGHT_CONCENTRATION_PRIOR_TYPES",
-    "DataMoments",
-    "chunk_moments",
     "BayesianPriors",
     "resolve_priors",
     "VariationalParams",
@@ -77,69 +75,6 @@ _LOG_2PI = math.log(2.0 * math.pi)
 
 
 # --------------------------------------------------------------------------- data moments
-
-
-@dataclass(frozen=True)
-class DataMoments:
-    """Weighted mean and centered scatter of the data: what the default priors need.
-
-    A mergeable value, computed per chunk by :func:`chunk_moments` and merged with
-    :meth:`combine` (Chan, Golub and LeVeque's pairwise correction), in the engine's first
-    pass over the data.
-
-    Attributes
-    ----------
-    weight_sum : float
-        ``W = sum_i w_i`` (the number of rows when unweighted).
-    mean : ndarray of shape (D,)
-        ``sum_i w_i x_i / W``.
-    scatter : ndarray of shape (D, D), or (D,) for its diagonal alone
-        ``sum_i w_i (x_i - mean)(x_i - mean)^T``. The diagonal suffices for the diag and
-        spherical covariance types.
-    """
-
-    weight_sum: float
-    mean: np.ndarray
-    scatter: np.ndarray
-
-    def combine(self, other: "DataMoments") -> "DataMoments":
-        """Moments of the union of both row sets, exactly (pairwise update)."""
-        total, mean, scatter = merged_moments(self.weight_sum, self.mean, self.scatter,
-                                              other.weight_sum, other.mean, other.scatter)
-        return DataMoments(float(total), mean, scatter)
-
-    @property
-    def covariance(self) -> np.ndarray:
-        """``scatter / (W - 1)``: ``np.cov``'s (ddof=1) over rows repeated ``w_i`` times, shape
-        of ``scatter``."""
-        return self.scatter / (self.weight_sum - 1.0)
-
-
-def chunk_moments(
-    X: np.ndarray, sample_weight: np.ndarray | None, diagonal: bool = False
-) -> DataMoments:
-    """:class:`DataMoments` of one block, accumulated in float64.
-
-    Parameters
-    ----------
-    X : ndarray of shape (n, D)
-    sample_weight : ndarray of shape (n,) or None
-    diagonal : bool
-        Keep only the scatter's diagonal (enough for diag and spherical priors; saves the
-        ``n D^2`` product).
-    """
-    X = np.asarray(X, dtype=np.float64)
-    w = np.ones(X.shape[0]) if sample_weight is None else \
-        np.asarray(sample_weight, dtype=np.float64)
-    weight_sum = float(w.sum())
-    n_features = X.shape[1]
-    if weight_sum == 0:
-        shape = (n_features,) if diagonal else (n_features, n_features)
-        return DataMoments(0.0, np.zeros(n_features), np.zeros(shape))
-    mean = (w @ X) / weight_sum
-    diff = X - mean
-    scatter = w @ (diff * diff) if diagonal else (diff * w[:, None]).T @ diff
-    return DataMoments(weight_sum, mean, scatter)
 
 
 # --------------------------------------------------------------------------------- priors
@@ -271,7 +206,7 @@ def resolve_priors(
 
     So the engine's first pass must give the weighted mean (D,), the weighted centered
     scatter (D, D) (its diagonal (D,) for diag and spherical) and the weight sum ``W``
-    (the covariance is the scatter over ``W - 1``): :func:`chunk_moments` merged over the
+    (the covariance is the scatter over ``W - 1``): :func:`~distgmm._statistics.chunk_moments` merged over the
     chunks. With sample weights these are the moments of the rows repeated ``w_i`` times.
 
     The range checks of scikit-learn's ``_parameter_constraints`` (positive
@@ -332,7 +267,7 @@ def resolve_priors(
 
 
 @dataclass(frozen=True)
-class VariationalParams:
+class VariationalParams(ComponentArrays):
     """The variational posterior of a Bayesian Gaussian mixture (scikit-learn's fitted
     ``BayesianGaussianMixture`` attributes, without the trailing underscores).
 
@@ -364,19 +299,6 @@ class VariationalParams:
     precisions_cholesky: np.ndarray
     covariance_type: str
     weight_concentration_prior_type: str
-
-    @property
-    def n_components(self) -> int:
-        return self.means.shape[0]
-
-    @property
-    def n_features(self) -> int:
-        return self.means.shape[1]
-
-    @property
-    def precisions(self) -> np.ndarray:
-        """The mean precisions ``nu_k W_k`` (scikit-learn's ``precisions_``)."""
-        return precisions_from_cholesky(self.precisions_cholesky, self.covariance_type)
 
     @property
     def weights(self) -> np.ndarray:

@@ -28,14 +28,12 @@ from ._base import _BaseMixture, _random_state, sklearn_resp_statistics, \
 from ._bayesian import (
     WEIGHT_CONCENTRATION_PRIOR_TYPES,
     BayesianPriors,
-    DataMoments,
     VariationalParams,
-    chunk_moments,
     resolve_priors,
     variational_estep,
     variational_m_step,
 )
-from ._statistics import MixtureParams
+from ._statistics import DataMoments, MixtureParams, chunk_moments, merge_data_moments
 from .engine import EMConfig
 
 __all__ = ["BayesianGaussianMixture", "kept_components"]
@@ -47,13 +45,6 @@ KEPT_WEIGHT = 1e-2
 
 def _moments_task(block, weights, index, diagonal: bool) -> DataMoments:
     return chunk_moments(block, weights, diagonal)
-
-
-def _merge_moments(parts: list[DataMoments]) -> DataMoments:
-    total = parts[0]
-    for part in parts[1:]:
-        total = total.combine(part)
-    return total
 
 
 def kept_components(weights: np.ndarray, threshold: float = KEPT_WEIGHT) -> int:
@@ -141,25 +132,15 @@ class BayesianGaussianMixture(_BaseMixture):
         scheduler: str | None = None,
         persist: str | bool = "auto",
     ):
-        self.n_components = n_components
-        self.covariance_type = covariance_type
-        self.tol = tol
-        self.reg_covar = reg_covar
-        self.max_iter = max_iter
-        self.n_init = n_init
-        self.init_params = init_params
+        super().__init__(n_components, covariance_type, tol, reg_covar, max_iter, n_init,
+                         init_params, random_state, warm_start, verbose, verbose_interval,
+                         scheduler, persist)
         self.weight_concentration_prior_type = weight_concentration_prior_type
         self.weight_concentration_prior = weight_concentration_prior
         self.mean_precision_prior = mean_precision_prior
         self.mean_prior = mean_prior
         self.degrees_of_freedom_prior = degrees_of_freedom_prior
         self.covariance_prior = covariance_prior
-        self.random_state = random_state
-        self.warm_start = warm_start
-        self.verbose = verbose
-        self.verbose_interval = verbose_interval
-        self.scheduler = scheduler
-        self.persist = persist
 
     # ------------------------------------------------------------------ settings
     def _config(self, n_features: int) -> EMConfig:
@@ -190,7 +171,7 @@ class BayesianGaussianMixture(_BaseMixture):
     def _completed(self, cfg: EMConfig, data) -> EMConfig:
         """The settings with the priors: one pass for the data's moments first."""
         diagonal = self.covariance_type in ("diag", "spherical")
-        moments = data.map_reduce(_moments_task, diagonal, merge=_merge_moments)
+        moments = data.map_reduce(_moments_task, diagonal, merge=merge_data_moments)
         return dataclasses.replace(cfg, priors=self._priors(moments))
 
     # ------------------------------------------------------------------ parameters

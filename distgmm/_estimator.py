@@ -134,22 +134,12 @@ class GaussianMixture(_BaseMixture):
         scheduler: str | None = None,
         persist: str | bool = "auto",
     ):
-        self.n_components = n_components
-        self.covariance_type = covariance_type
-        self.tol = tol
-        self.reg_covar = reg_covar
-        self.max_iter = max_iter
-        self.n_init = n_init
-        self.init_params = init_params
+        super().__init__(n_components, covariance_type, tol, reg_covar, max_iter, n_init,
+                         init_params, random_state, warm_start, verbose, verbose_interval,
+                         scheduler, persist)
         self.weights_init = weights_init
         self.means_init = means_init
         self.precisions_init = precisions_init
-        self.random_state = random_state
-        self.warm_start = warm_start
-        self.verbose = verbose
-        self.verbose_interval = verbose_interval
-        self.scheduler = scheduler
-        self.persist = persist
 
     # ------------------------------------------------------------------ validation
     def _config(self, n_features: int) -> EMConfig:

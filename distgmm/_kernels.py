@@ -24,6 +24,7 @@ import numpy as np
 from scipy.special import logsumexp
 
 __all__ = [
+    "BLOCK_ROWS",
     "COVARIANCE_TYPES",
     "CollapsedComponentError",
     "precision_cholesky",
@@ -44,9 +45,15 @@ __all__ = [
     "sample_rows",
     "distinct_rows",
     "kmeans_labels",
+    "plane_histograms",
 ]
 
 COVARIANCE_TYPES = ("full", "tied", "diag", "spherical")
+
+#: Rows evaluated at a time where a per-row (rows, K) array is made (predictions, labels
+#: with probabilities, the NumPy label path, plot reductions), so that its temporaries stay
+#: a few MB whatever the chunk size.
+BLOCK_ROWS = 65536
 
 _LOG_2PI = np.log(2.0 * np.pi)
 
@@ -488,3 +495,45 @@ def _thread_pools():
     from threadpoolctl import ThreadpoolController
 
     return ThreadpoolController()
+
+
+# ---------------------------------------------------------------------------- plot histograms
+def plane_histograms(X: np.ndarray, labels: np.ndarray, n_components: int,
+                     directions: np.ndarray, offsets: np.ndarray, lows: np.ndarray,
+                     widths: np.ndarray, bins: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per-label 2-D histograms of a block of points in several planes.
+
+    Parameters
+    ----------
+    X : ndarray of shape (n, D), float64
+    labels : ndarray of shape (n,), int
+        Points with a label outside ``[0, K)`` are not counted.
+    n_components : int
+        K.
+    directions : ndarray of shape (P, D, 2)
+    offsets, lows, widths : ndarray of shape (P, 2)
+        Plane coordinates are ``X @ directions[p] - offsets[p]``; bin ``i`` of axis ``a``
+        covers ``[lows[p, a] + i * widths[p, a], lows[p, a] + (i + 1) * widths[p, a])``.
+    bins : int
+
+    Returns
+    -------
+    counts : ndarray of shape (P, K, bins, bins), int64
+        Points outside a plane's extent are not counted.
+    label_totals : ndarray of shape (K,), int64
+        Points per label, inside the extents or not.
+    """
+    n_planes = len(directions)
+    counts = np.zeros((n_planes, n_components * bins * bins), dtype=np.int64)
+    labels = np.asarray(labels).astype(np.intp, copy=False)
+    known = (labels >= 0) & (labels < n_components)
+    totals = np.bincount(labels[known], minlength=n_components).astype(np.int64)
+    for p in range(n_planes):
+        # einsum without optimize stays out of BLAS: no nested thread pools in a task.
+        coords = np.einsum("nd,dk->nk", X, directions[p]) - (offsets[p] + lows[p])
+        index = np.floor(coords / widths[p], out=coords)
+        inside = known & np.all((index >= 0) & (index < bins), axis=1)
+        cell = index[inside].astype(np.intp)
+        flat = (labels[inside] * bins + cell[:, 0]) * bins + cell[:, 1]
+        counts[p] += np.bincount(flat, minlength=n_components * bins * bins)
+    return counts.reshape(n_planes, n_components, bins, bins), totals

@@ -23,6 +23,7 @@ import numpy as np
 
 from ._fused import fused_labels, fused_log_prob, fused_row_moments, fused_statistics, use_fused
 from ._kernels import (
+    BLOCK_ROWS,
     covariances_from_precision_cholesky,
     log_gaussian_prob,
     log_responsibilities,
@@ -33,6 +34,11 @@ from ._kernels import (
 )
 
 __all__ = [
+    "BLOCK_ROWS",
+    "DataMoments",
+    "chunk_moments",
+    "merge_data_moments",
+    "label_block",
     "merged_moments",
     "MixtureParams",
     "SufficientStatistics",
@@ -47,12 +53,33 @@ __all__ = [
     "m_step",
 ]
 
-#: Rows scored at a time by the NumPy path of :meth:`MixtureParams.labels`.
-_LABEL_BLOCK_ROWS = 65536
+
+
+
+class ComponentArrays:
+    """What a mixture's parameters (means and precision Cholesky factors per component)
+    say about its shape; shared by the Gaussian and the variational parameters."""
+
+    means: np.ndarray
+    precisions_cholesky: np.ndarray
+    covariance_type: str
+
+    @property
+    def n_components(self) -> int:
+        return self.means.shape[0]
+
+    @property
+    def n_features(self) -> int:
+        return self.means.shape[1]
+
+    @property
+    def precisions(self) -> np.ndarray:
+        """The precisions (inverse covariances), from their Cholesky factors."""
+        return precisions_from_cholesky(self.precisions_cholesky, self.covariance_type)
 
 
 @dataclass(frozen=True)
-class MixtureParams:
+class MixtureParams(ComponentArrays):
     """Parameters of a Gaussian mixture.
 
     Attributes
@@ -71,18 +98,6 @@ class MixtureParams:
     covariances: np.ndarray
     precisions_cholesky: np.ndarray
     covariance_type: str
-
-    @property
-    def n_components(self) -> int:
-        return self.means.shape[0]
-
-    @property
-    def n_features(self) -> int:
-        return self.means.shape[1]
-
-    @property
-    def precisions(self) -> np.ndarray:
-        return precisions_from_cholesky(self.precisions_cholesky, self.covariance_type)
 
     @classmethod
     def of_model(cls, model: Any) -> "MixtureParams":
@@ -126,15 +141,15 @@ class MixtureParams:
     def labels(self, X: np.ndarray) -> np.ndarray:
         """Most likely component of each row of ``X``, shape (n,), as int64.
 
-        The NumPy path works on blocks of ``_LABEL_BLOCK_ROWS`` rows, so the (rows, K)
+        The NumPy path works on blocks of ``BLOCK_ROWS`` rows, so the (rows, K)
         scores stay small; the compiled one works in cache-sized blocks of its own.
         """
         if use_fused():
             return fused_labels(X, self.weights, self.means, self.precisions_cholesky,
                                 self.covariance_type)
         return np.concatenate([
-            self.weighted_log_prob(X[s:s + _LABEL_BLOCK_ROWS]).argmax(axis=1)
-            for s in range(0, X.shape[0], _LABEL_BLOCK_ROWS)] or [np.empty(0, np.int64)])
+            self.weighted_log_prob(X[s:s + BLOCK_ROWS]).argmax(axis=1)
+            for s in range(0, X.shape[0], BLOCK_ROWS)] or [np.empty(0, np.int64)])
 
     def weighted_log_prob(self, X: np.ndarray) -> np.ndarray:
         """``log w_k + log N(x_i | k)`` for a block ``X``, shape (n, K)."""
@@ -175,6 +190,26 @@ def merged_moments(n_a, mean_a, scatter_a, n_b, mean_b, scatter_b) -> tuple:
     else:
         correction = cross[..., None] * delta**2
     return n, mean, scatter_a + scatter_b + correction
+
+
+def label_block(params: MixtureParams, X: np.ndarray, proba: bool = False
+                ) -> tuple[np.ndarray, np.ndarray | None]:
+    """Labels (int32) and optionally probabilities (float32) of a block ``X`` of shape (n, D).
+
+    Labels alone skip the normalisation (``argmax`` of the weighted log-densities is the
+    ``argmax`` of the responsibilities: :meth:`MixtureParams.labels`); probabilities are
+    computed :data:`BLOCK_ROWS` rows at a time.
+    """
+    if not proba:
+        return params.labels(X).astype(np.int32), None
+    n = X.shape[0]
+    labels = np.empty(n, dtype=np.int32)
+    probs = np.empty((n, params.n_components), dtype=np.float32)
+    for start in range(0, n, BLOCK_ROWS):
+        log_resp = params.log_responsibilities(X[start:start + BLOCK_ROWS])[1]
+        labels[start:start + log_resp.shape[0]] = log_resp.argmax(axis=1)
+        probs[start:start + log_resp.shape[0]] = np.exp(log_resp)
+    return labels, probs
 
 
 @dataclass(frozen=True)
@@ -458,6 +493,77 @@ _COVARIANCES = {
     "diag": lambda scatter, nk, reg: scatter / nk[:, None] + reg,
     "spherical": lambda scatter, nk, reg: (scatter / nk[:, None] + reg).mean(axis=1),
 }
+
+
+@dataclass(frozen=True)
+class DataMoments:
+    """Weighted mean and centered scatter of the data: what the default priors need.
+
+    A mergeable value, computed per chunk by :func:`chunk_moments` and merged with
+    :meth:`combine` (:func:`merged_moments`) or :func:`merge_data_moments` over a pass's
+    chunks: the default priors of a variational mixture, and the principal axes of a plot.
+
+    Attributes
+    ----------
+    weight_sum : float
+        ``W = sum_i w_i`` (the number of rows when unweighted).
+    mean : ndarray of shape (D,)
+        ``sum_i w_i x_i / W``.
+    scatter : ndarray of shape (D, D), or (D,) for its diagonal alone
+        ``sum_i w_i (x_i - mean)(x_i - mean)^T``. The diagonal suffices for the diag and
+        spherical covariance types.
+    """
+
+    weight_sum: float
+    mean: np.ndarray
+    scatter: np.ndarray
+
+    def combine(self, other: "DataMoments") -> "DataMoments":
+        """Moments of the union of both row sets, exactly (pairwise update)."""
+        total, mean, scatter = merged_moments(self.weight_sum, self.mean, self.scatter,
+                                              other.weight_sum, other.mean, other.scatter)
+        return DataMoments(float(total), mean, scatter)
+
+    @property
+    def covariance(self) -> np.ndarray:
+        """``scatter / (W - 1)``: ``np.cov``'s (ddof=1) over rows repeated ``w_i`` times, shape
+        of ``scatter``."""
+        return self.scatter / (self.weight_sum - 1.0)
+
+
+def chunk_moments(
+    X: np.ndarray, sample_weight: np.ndarray | None, diagonal: bool = False
+) -> DataMoments:
+    """:class:`DataMoments` of one block, accumulated in float64.
+
+    Parameters
+    ----------
+    X : ndarray of shape (n, D)
+    sample_weight : ndarray of shape (n,) or None
+    diagonal : bool
+        Keep only the scatter's diagonal (enough for diag and spherical priors; saves the
+        ``n D^2`` product).
+    """
+    X = np.asarray(X, dtype=np.float64)
+    w = np.ones(X.shape[0]) if sample_weight is None else \
+        np.asarray(sample_weight, dtype=np.float64)
+    weight_sum = float(w.sum())
+    n_features = X.shape[1]
+    if weight_sum == 0:
+        shape = (n_features,) if diagonal else (n_features, n_features)
+        return DataMoments(0.0, np.zeros(n_features), np.zeros(shape))
+    mean = (w @ X) / weight_sum
+    diff = X - mean
+    scatter = w @ (diff * diff) if diagonal else (diff * w[:, None]).T @ diff
+    return DataMoments(weight_sum, mean, scatter)
+
+
+def merge_data_moments(parts: list[DataMoments]) -> DataMoments:
+    """Merge moments left to right, in the order given (chunk-index order)."""
+    total = parts[0]
+    for part in parts[1:]:
+        total = total.combine(part)
+    return total
 
 
 def m_step(

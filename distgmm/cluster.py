@@ -1,25 +1,31 @@
-"""Connection to a Dask cluster: an explicit scheduler, the current client, or an embedded LocalCluster.
+"""Connection to a Dask cluster: an explicit scheduler, the current client, or an embedded local cluster.
 
-Resolution order used by every job and by :class:`distgmm.GaussianMixture`:
+Resolution order used by every job and by the estimators (for fits that run on a cluster):
 
 1. an explicit scheduler address (``tcp://host:8786`` or ``tls://host:8786``, with a
    :class:`distributed.security.Security` for TLS);
 2. the current client (``distributed.default_client()``), if the caller created one;
-3. an embedded :class:`distributed.LocalCluster` of worker *processes* sized to the machine
-   (one single-threaded worker per core, the machine's memory split between them). It is
-   created once per process, reused by later fits and closed at interpreter exit.
+3. an embedded local cluster sized to the machine (one single-threaded worker per core,
+   the machine's memory split between them), created once per process, reused by later
+   fits and closed at interpreter exit (:func:`local_cluster_client`). Its scheduler runs in
+   this process; each worker is a new interpreter (``python -m dask spec``), so the user's
+   ``__main__`` is never run again in a worker, and a worker ends when this process dies
+   (:mod:`distgmm._worker_preload`).
 
-Its worker processes start with ``GLIBC_TUNABLES=glibc.malloc.hugetlb=1`` (see
-:data:`WORKER_ENVIRONMENT`). Dask starts workers with ``MALLOC_TRIM_THRESHOLD_=65536`` so
+Connecting is bounded: a scheduler that does not answer a Dask handshake, or stops
+answering while a job runs, ends the job with :class:`ClusterUnavailableError` after
+:func:`scheduler_timeout` seconds.
+
+The embedded workers start with ``GLIBC_TUNABLES=glibc.malloc.hugetlb=1``
+(:data:`WORKER_ENVIRONMENT`). Dask starts workers with ``MALLOC_TRIM_THRESHOLD_=65536`` so
 that freed memory goes back to the system; with it, glibc maps every allocation above
-128 KiB afresh and the first touch of each 4 KiB page faults. Reading a 16 MiB chunk from
-Zarr allocates three such buffers (file bytes, decompressed bytes, the array), and the
-faults doubled its time (15 to 31 ms, measured). The tunable asks for transparent huge
-pages on those mappings (one fault per 2 MiB), which brought it back to 18 ms while memory
-is still returned. glibc before 2.35, other C libraries and kernels with transparent huge
-pages off ignore it. A ``GLIBC_TUNABLES`` already in the environment wins (as Dask lets
-the environment override its own pre-spawn settings); workers started with ``dask worker``
-get it from their environment (``docker-compose.yml`` sets it).
+128 KiB afresh and the first touch of each 4 KiB page faults, which made reading a chunk
+from Zarr (three chunk-sized buffers) about twice as slow. The tunable asks for transparent
+huge pages on those mappings (one fault per 2 MiB) while memory is still returned
+(``bench/README.md`` has the figures). glibc before 2.35, other C libraries and kernels
+with transparent huge pages off ignore it. A ``GLIBC_TUNABLES`` already in the environment
+wins; workers started with ``dask worker`` get it from their environment
+(``docker-compose.yml`` sets it).
 """
 
 from __future__ import annotations
@@ -332,7 +338,16 @@ def close_embedded_cluster() -> None:
         _close_embedded()
 
 
-atexit.register(close_embedded_cluster)
+def _close_at_exit() -> None:
+    # SpecCluster.close restores the log level it found (Dask's default: INFO) before its
+    # comms have finished closing, so the scheduler in this process would print a worker's
+    # closed connection, with a traceback, as the user's script ends. Nothing a user can
+    # act on happens during this close; keep Dask's loggers at WARNING for it.
+    logging.getLogger("distributed").setLevel(logging.WARNING)
+    close_embedded_cluster()
+
+
+atexit.register(_close_at_exit)
 
 
 def current_client() -> Client | None:

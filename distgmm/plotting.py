@@ -1,4 +1,9 @@
-"""Matplotlib figures of fitted mixtures, their points, fit histories and model selection."""
+"""Matplotlib figures of fitted mixtures, their points, fit histories and model selection.
+
+Drawing only: the reductions of the points a figure needs (principal axes, a marker
+sample, per-label histograms) come from the engine's passes (:mod:`distgmm.engine.views`),
+on a cluster for dask input and in this process for in-memory input.
+"""
 
 from __future__ import annotations
 
@@ -9,11 +14,11 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
-import dask
-import dask.array as da
 import numpy as np
 
 from distgmm._atomic import atomic_write
+from distgmm._kernels import COVARIANCE_TYPES, full_covariances
+from distgmm.engine import views
 
 if TYPE_CHECKING:  # matplotlib is imported lazily, inside the functions that draw.
     from matplotlib.axes import Axes
@@ -24,7 +29,6 @@ __all__ = [
     "GaussianMixtureLike",
     "component_covariances",
     "ellipse_geometry",
-    "pca_axes",
     "plot_clusters",
     "plot_convergence",
     "plot_selection",
@@ -70,31 +74,6 @@ class GaussianMixtureLike(Protocol):
 # Geometry: covariances, projections, ellipses
 # --------------------------------------------------------------------------------------------
 
-def _full_from_full(cov: np.ndarray, n_components: int, n_features: int) -> np.ndarray:
-    return np.asarray(cov, dtype=np.float64)
-
-
-def _full_from_tied(cov: np.ndarray, n_components: int, n_features: int) -> np.ndarray:
-    return np.broadcast_to(np.asarray(cov, dtype=np.float64),
-                           (n_components, n_features, n_features)).copy()
-
-
-def _full_from_diag(cov: np.ndarray, n_components: int, n_features: int) -> np.ndarray:
-    return np.asarray(cov, dtype=np.float64)[:, :, None] * np.eye(n_features)
-
-
-def _full_from_spherical(cov: np.ndarray, n_components: int, n_features: int) -> np.ndarray:
-    return np.asarray(cov, dtype=np.float64)[:, None, None] * np.eye(n_features)
-
-
-_TO_FULL = {
-    "full": _full_from_full,
-    "tied": _full_from_tied,
-    "diag": _full_from_diag,
-    "spherical": _full_from_spherical,
-}
-
-
 def component_covariances(model: GaussianMixtureLike) -> np.ndarray:
     """Every component's full covariance matrix, whatever the model's covariance type.
 
@@ -110,11 +89,11 @@ def component_covariances(model: GaussianMixtureLike) -> np.ndarray:
     """
     kind = model.covariance_type
     n_components, n_features = np.shape(model.means_)
-    if kind not in _TO_FULL:
+    if kind not in COVARIANCE_TYPES:
         raise ValueError(
             f"covariance_type must be one of 'full', 'tied', 'diag', 'spherical'; got {kind!r}"
         )
-    return _TO_FULL[kind](model.covariances_, n_components, n_features)
+    return full_covariances(model.covariances_, kind, n_components, n_features)
 
 
 def ellipse_geometry(cov: np.ndarray, n_sigma: float = 1.0) -> tuple[float, float, float]:
@@ -148,224 +127,6 @@ class _Axis:
     direction: np.ndarray  # (D,)
     offset: float
     label: str
-
-
-#: Rows processed at a time inside a chunk task, so temporaries stay a few MB whatever the
-#: chunk size.
-_SLICE_ROWS = 65_536
-
-
-def _slices(n_rows: int) -> range:
-    return range(0, n_rows, _SLICE_ROWS)
-
-
-def _slice_moments(x: np.ndarray) -> tuple[int, np.ndarray, np.ndarray]:
-    mean = x.mean(axis=0)
-    centered = x - mean
-    return x.shape[0], mean, centered.T @ centered
-
-
-def _chunk_moments(block: np.ndarray) -> tuple[int, np.ndarray, np.ndarray]:
-    """Count, mean and centered scatter matrix of one chunk, in float64.
-
-    Parameters
-    ----------
-    block : numpy.ndarray of shape (n, D)
-
-    Returns
-    -------
-    n : int
-    mean : numpy.ndarray of shape (D,)
-    scatter : numpy.ndarray of shape (D, D)
-        ``sum((x - mean)(x - mean)^T)`` over the chunk.
-    """
-    n_features = block.shape[1]
-    total: tuple[int, np.ndarray, np.ndarray] = (
-        0, np.zeros(n_features), np.zeros((n_features, n_features)))
-    for start in _slices(block.shape[0]):
-        x = np.asarray(block[start:start + _SLICE_ROWS], dtype=np.float64)
-        total = _merge_moments(total, _slice_moments(x))
-    return total
-
-
-def _merge_moments(a: tuple, b: tuple) -> tuple[int, np.ndarray, np.ndarray]:
-    """Merge two ``(n, mean, scatter)`` partials with the pairwise (Chan) correction."""
-    n_a, mean_a, m2_a = a
-    n_b, mean_b, m2_b = b
-    if n_a == 0 or n_b == 0:
-        return a if n_b == 0 else b
-    n = n_a + n_b
-    delta = mean_b - mean_a
-    return n, mean_a + delta * (n_b / n), m2_a + m2_b + np.outer(delta, delta) * (n_a * n_b / n)
-
-
-def _tree_merge(parts: list, merge: Any) -> Any:
-    """Merge delayed partials pairwise, always in chunk-index order, to one delayed value."""
-    while len(parts) > 1:
-        merged = [dask.delayed(merge, pure=True)(parts[i], parts[i + 1])
-                  for i in range(0, len(parts) - 1, 2)]
-        if len(parts) % 2:
-            merged.append(parts[-1])
-        parts = merged
-    return parts[0]
-
-
-def pca_axes(points: da.Array) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Principal axes of a point set, from one pass over its chunks.
-
-    Each chunk contributes its count, mean and centered scatter matrix; partials are merged
-    as a tree in chunk order with the pairwise correction, so no raw sums of squares are
-    formed. The ``D x D`` eigendecomposition runs on the client.
-
-    Parameters
-    ----------
-    points : dask.array.Array of shape (N, D)
-
-    Returns
-    -------
-    mean : numpy.ndarray of shape (D,)
-    components : numpy.ndarray of shape (D, D)
-        Unit principal directions as columns, by decreasing variance; each is signed so that
-        its largest-magnitude coordinate is positive.
-    explained_variance_ratio : numpy.ndarray of shape (D,)
-    """
-    points = _as_dask(points)
-    blocks = points.to_delayed().ravel()
-    total = _tree_merge([dask.delayed(_chunk_moments, pure=True)(b) for b in blocks],
-                        _merge_moments)
-    n, mean, scatter = dask.compute(total)[0]
-    if n < 2:
-        raise ValueError(f"PCA needs at least 2 points; got {n}")
-    values, vectors = np.linalg.eigh(scatter / (n - 1))
-    order = np.argsort(values)[::-1]
-    values, vectors = np.clip(values[order], 0.0, None), vectors[:, order]
-    signs = np.sign(vectors[np.argmax(np.abs(vectors), axis=0), np.arange(vectors.shape[1])])
-    vectors = vectors * np.where(signs == 0, 1.0, signs)
-    ratio = values / values.sum() if values.sum() > 0 else np.zeros_like(values)
-    return mean, vectors, ratio
-
-
-# --------------------------------------------------------------------------------------------
-# Data access on Dask: deterministic samples and chunked 2-D histograms
-# --------------------------------------------------------------------------------------------
-
-def _as_dask(points: Any) -> da.Array:
-    if isinstance(points, da.Array):
-        return points.rechunk({1: -1}) if points.ndim == 2 and points.numblocks[1] > 1 else points
-    array = np.asarray(points)
-    return da.from_array(array, chunks=(262_144,) + array.shape[1:])
-
-
-def _checked_labels(points: da.Array, labels: Any) -> da.Array:
-    """Caller's labels as a dask array chunked like the rows of ``points``."""
-    labels = labels if isinstance(labels, da.Array) else da.from_array(np.asarray(labels))
-    if labels.shape != points.shape[:1]:
-        raise ValueError(
-            f"labels must have one entry per point, shape ({points.shape[0]},); "
-            f"got shape {labels.shape}"
-        )
-    return labels.rechunk((points.chunks[0],))
-
-
-def _chunk_histograms(
-    block: np.ndarray, labels: np.ndarray | None, model: GaussianMixtureLike, *,
-    directions: np.ndarray, offsets: np.ndarray, lows: np.ndarray, widths: np.ndarray,
-    bins: int,
-) -> tuple[np.ndarray, np.ndarray]:
-    """Per-label 2-D histograms of one chunk in several planes.
-
-    The chunk is processed in slices of rows; when no labels are given each slice is
-    labelled with ``model.predict``, so no label array is ever materialised.
-
-    Parameters
-    ----------
-    block : numpy.ndarray of shape (n, D)
-    labels : numpy.ndarray of shape (n,), or None
-    model : GaussianMixtureLike
-        Predicts labels when ``labels`` is None; gives ``K = model.n_components``.
-    directions : numpy.ndarray of shape (P, D, 2)
-    offsets, lows, widths : numpy.ndarray of shape (P, 2)
-        Plane coordinates are ``block @ directions[p] - offsets[p]``; bin ``i`` of axis ``a``
-        covers ``[lows[p, a] + i * widths[p, a], lows[p, a] + (i + 1) * widths[p, a])``.
-    bins : int
-
-    Returns
-    -------
-    counts : numpy.ndarray of shape (P, K, bins, bins), int64
-        Points outside a plane's extent, or with a label outside ``[0, K)``, are not counted.
-    label_totals : numpy.ndarray of shape (K,), int64
-        Points per label, inside the extent or not.
-    """
-    n_components = int(model.n_components)
-    n_planes = len(directions)
-    counts = np.zeros((n_planes, n_components * bins * bins), dtype=np.int64)
-    totals = np.zeros(n_components, dtype=np.int64)
-    for start in _slices(block.shape[0]):
-        x = np.asarray(block[start:start + _SLICE_ROWS], dtype=np.float64)
-        label = model.predict(x) if labels is None else labels[start:start + _SLICE_ROWS]
-        label = np.asarray(label).astype(np.intp, copy=False)
-        known = (label >= 0) & (label < n_components)
-        totals += np.bincount(label[known], minlength=n_components)
-        for p in range(n_planes):
-            # einsum without optimize stays out of BLAS: no nested thread pools in a task.
-            coords = np.einsum("nd,dk->nk", x, directions[p]) - (offsets[p] + lows[p])
-            index = np.floor(coords / widths[p], out=coords)
-            inside = known & np.all((index >= 0) & (index < bins), axis=1)
-            cell = index[inside].astype(np.intp)
-            flat = (label[inside] * bins + cell[:, 0]) * bins + cell[:, 1]
-            counts[p] += np.bincount(flat, minlength=n_components * bins * bins)
-    return counts.reshape(n_planes, n_components, bins, bins), totals
-
-
-def _add_histograms(a: tuple, b: tuple) -> tuple[np.ndarray, np.ndarray]:
-    return a[0] + b[0], a[1] + b[1]
-
-
-def _density_histograms(
-    model: GaussianMixtureLike, points: da.Array, labels: da.Array | None,
-    planes: list[tuple[_Axis, _Axis]], extents: list[tuple[float, float, float, float]],
-    bins: int,
-) -> tuple[np.ndarray, np.ndarray]:
-    """Per-label histograms of every plane: one task per chunk, partials summed as a tree.
-
-    Parameters
-    ----------
-    model : GaussianMixtureLike
-    points : dask.array.Array of shape (N, D)
-        One chunk along the columns.
-    labels : dask.array.Array of shape (N,), optional
-        Chunked like the rows of ``points``; predicted per chunk when None.
-    planes : list of (x axis, y axis)
-    extents : list of (xmin, xmax, ymin, ymax), one per plane
-    bins : int
-
-    Returns
-    -------
-    counts : numpy.ndarray of shape (P, K, bins, bins)
-        ``counts[p, k, i, j]``: points of label ``k`` in x-bin ``i`` and y-bin ``j`` of plane ``p``.
-    label_totals : numpy.ndarray of shape (K,)
-    """
-    options = {
-        "directions": np.stack([np.stack([a.direction, b.direction], axis=1) for a, b in planes]),
-        "offsets": np.array([[a.offset, b.offset] for a, b in planes]),
-        "lows": np.array([[e[0], e[2]] for e in extents]),
-        "widths": np.array([[(e[1] - e[0]) / bins, (e[3] - e[2]) / bins] for e in extents]),
-        "bins": bins,
-    }
-    point_blocks = points.to_delayed().ravel()
-    label_blocks = ([None] * len(point_blocks) if labels is None
-                    else list(labels.to_delayed().ravel()))
-    shared_model = dask.delayed(model, pure=True, traverse=False)
-    parts = [dask.delayed(_chunk_histograms, pure=True)(block, lab, shared_model, **options)
-             for block, lab in zip(point_blocks, label_blocks, strict=True)]
-    return dask.compute(_tree_merge(parts, _add_histograms))[0]
-
-
-def _sample_rows(n_rows: int, size: int, seed: int) -> np.ndarray | None:
-    """Sorted row indices of a deterministic sample, or ``None`` to take every row."""
-    if n_rows <= size:
-        return None
-    return np.sort(np.random.default_rng(seed).choice(n_rows, size=size, replace=False))
 
 
 # --------------------------------------------------------------------------------------------
@@ -564,14 +325,19 @@ def plot_clusters(
     -------
     matplotlib.figure.Figure
     """
-    points = _as_dask(points)
-    if points.ndim != 2 or points.shape[1] < 2:
+    shape = np.shape(points)
+    if len(shape) != 2 or shape[1] < 2:
         raise ValueError(
-            f"points must be a 2-D array of shape (N, D) with D >= 2; got shape {points.shape}"
+            f"points must be a 2-D array of shape (N, D) with D >= 2; got shape {shape}"
         )
-    n_points, n_features = points.shape
+    n_points, n_features = shape
     if math.isnan(n_points):
         raise ValueError("points has unknown chunk sizes; call points.compute_chunk_sizes() first")
+    if labels is not None and np.shape(labels) != (n_points,):
+        raise ValueError(
+            f"labels must have one entry per point, shape ({n_points},); "
+            f"got shape {np.shape(labels)}"
+        )
     means = np.asarray(model.means_, dtype=np.float64)
     if means.shape[1] != n_features:
         raise ValueError(
@@ -583,8 +349,9 @@ def plot_clusters(
         raise ValueError(f"feature_names must name all {n_features} features; got {len(names)}")
     covs = component_covariances(model)
     n_components = means.shape[0]
+    data = views.view_points(points, labels)
 
-    axes_1d, projection_text = _choose_axes(points, features, projection, names)
+    axes_1d, projection_text = _choose_axes(data, n_features, features, projection, names)
     pair_grid = len(axes_1d) > 2 or projection == "pairs"
     if pair_grid and ax is not None:
         raise ValueError("a pair grid needs its own figure; pass ax=None or choose two features")
@@ -601,20 +368,16 @@ def plot_clusters(
     if bins is None:
         bins = 96 if pair_grid else 256
 
-    # The data, reduced on Dask to what the client draws: a sample or histograms.
+    # The data, reduced by the engine to what is drawn: a sample or histograms.
     shown: np.ndarray | None = None
     shown_labels: np.ndarray | None = None
     label_totals: np.ndarray | None = None
     if not use_density:
-        rows = _sample_rows(n_points, max_markers, random_state)
-        sample = points if rows is None else points[rows]
-        if labels is None:
-            shown = np.asarray(sample.compute(), dtype=np.float64)
-            shown_labels = np.asarray(model.predict(shown))
-        else:
-            lab = _checked_labels(points, labels)
-            shown, shown_labels = dask.compute(sample, lab if rows is None else lab[rows])
-            shown = np.asarray(shown, dtype=np.float64)
+        rows = views.sampled_rows(n_points, max_markers, random_state)
+        taken = data.take_rows(np.arange(n_points) if rows is None else rows)
+        shown = taken[:, :n_features]
+        shown_labels = (taken[:, n_features] if labels is not None
+                        else np.asarray(model.predict(shown)))
         shown_labels = np.asarray(shown_labels).astype(np.intp)
         label_totals = np.bincount(shown_labels[(shown_labels >= 0)
                                                 & (shown_labels < n_components)],
@@ -634,9 +397,15 @@ def plot_clusters(
     plane_extents = [(*limits[j], *limits[i]) for i, j in pairs]
     counts = None
     if use_density:
-        lab = None if labels is None else _checked_labels(points, labels)
-        counts, label_totals = _density_histograms(
-            model, points, lab, planes, plane_extents, bins)
+        counts, label_totals = views.label_histograms(
+            data, model, n_features, labels is not None,
+            directions=np.stack([np.stack([a.direction, b.direction], axis=1)
+                                 for a, b in planes]),
+            offsets=np.array([[a.offset, b.offset] for a, b in planes]),
+            lows=np.array([[e[0], e[2]] for e in plane_extents]),
+            widths=np.array([[(e[1] - e[0]) / bins, (e[3] - e[2]) / bins]
+                             for e in plane_extents]),
+            bins=bins)
         logger.info("density of %d points in %d plane(s), %d bins per axis",
                     n_points, len(planes), bins)
 
@@ -715,10 +484,9 @@ def plot_clusters(
     return fig
 
 
-def _choose_axes(points: da.Array, features: Sequence[int] | None, projection: str,
-                 names: list[str]) -> tuple[list[_Axis], str]:
+def _choose_axes(data: views.Points, n_features: int, features: Sequence[int] | None,
+                 projection: str, names: list[str]) -> tuple[list[_Axis], str]:
     """The 1-D views to show and a sentence saying what they are."""
-    n_features = points.shape[1]
     if projection not in ("auto", "pca", "features", "pairs"):
         raise ValueError(
             f"projection must be 'auto', 'pca', 'features' or 'pairs'; got {projection!r}")
@@ -736,7 +504,7 @@ def _choose_axes(points: da.Array, features: Sequence[int] | None, projection: s
     if projection == "pca":
         if features is not None:
             raise ValueError("features cannot be combined with projection='pca'")
-        mean, components, ratio = pca_axes(points)
+        mean, components, ratio = views.principal_axes(data, n_features)
         axes = [_Axis(components[:, i], float(mean @ components[:, i]),
                       f"PC{i + 1} ({100 * ratio[i]:.1f}% of variance)") for i in range(2)]
         return axes, f"first two principal components of {n_features} features " \

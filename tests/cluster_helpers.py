@@ -42,10 +42,15 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+#: Test-only pause points for the CLI subprocesses (``hooks/sitecustomize.py``).
+HOOKS = Path(__file__).resolve().parent / "hooks"
+
+
 def cli_env(**extra: str) -> dict[str, str]:
-    """The environment for CLI subprocesses: this checkout first on the path, no inherited scheduler."""
+    """The environment for CLI subprocesses: this checkout first on the path, the tests'
+    pause hooks (active only with ``DISTGMM_TEST_PAUSE_*``), no inherited scheduler."""
     env = dict(os.environ)
-    env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO), str(HOOKS), env.get("PYTHONPATH", "")])
     for name in ("DISTGMM_SCHEDULER", "DISTGMM_TLS_CA_FILE", "DISTGMM_TLS_CERT", "DISTGMM_TLS_KEY"):
         env.pop(name, None)
     env.update(extra)

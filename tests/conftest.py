@@ -9,6 +9,7 @@ where no client exists unless the code makes one.
 from __future__ import annotations
 
 import os
+import socket
 
 import pytest
 from distributed import Client, LocalCluster
@@ -49,3 +50,25 @@ def client(cluster):
 def scheduler_address(cluster):
     """Address of the session cluster, for CLI subprocesses (``--scheduler``)."""
     return cluster.scheduler_address
+
+
+@pytest.fixture(scope="module")
+def s3_options():
+    """fsspec ``storage_options`` for a fresh moto S3 server on loopback holding the bucket
+    ``distgmm-test``, one per test module."""
+    from moto.server import ThreadedMotoServer
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    options = {"key": "testing", "secret": "testing",
+               "client_kwargs": {"endpoint_url": f"http://127.0.0.1:{port}"}}
+    import s3fs
+
+    fs = s3fs.S3FileSystem(**options)
+    if not fs.exists("distgmm-test"):  # moto's state is per process, shared by its servers
+        fs.mkdir("distgmm-test")
+    yield options
+    server.stop()

@@ -22,9 +22,7 @@ from sklearn.mixture import BayesianGaussianMixture
 
 from distgmm._bayesian import (
     BayesianPriors,
-    DataMoments,
     VariationalParams,
-    chunk_moments,
     expected_log_weights,
     lower_bound,
     lower_bound_converged,
@@ -35,10 +33,11 @@ from distgmm._bayesian import (
     variational_m_step,
 )
 from distgmm._statistics import (
+    DataMoments,
     MixtureParams,
+    chunk_moments,
     chunk_statistics,
     chunk_statistics_from_resp,
-    chunk_statistics_reference,
     merge_statistics,
 )
 

@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 import distgmm
+from cluster_helpers import cli_env
 from distgmm.store import append, generate, label_state, open_points
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -22,16 +23,9 @@ JOBS = os.path.join(REPO, "jobs")
 KMEANS_TXT = "/work/shared/data/kmeansSamples.txt"
 
 
-def _env(**extra: str) -> dict[str, str]:
-    env = dict(os.environ)
-    env["PYTHONPATH"] = REPO + os.pathsep + env.get("PYTHONPATH", "")
-    env.update(extra)
-    return env
-
-
 def run(*args: str, timeout: float = 180) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "distgmm.cli", *args], capture_output=True,
-                          text=True, env=_env(), timeout=timeout)
+                          text=True, env=cli_env(), timeout=timeout)
 
 
 def run_json(*args: str) -> dict:
@@ -132,7 +126,7 @@ def _kill_when_paused(args: list[str], env: dict[str, str], marker: str) -> None
     """Run the CLI with a pause hook and SIGKILL it while it sleeps at the hook."""
     proc = subprocess.Popen([sys.executable, "-m", "distgmm.cli", *args],
                             stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True,
-                            env=_env(DISTGMM_TEST_PAUSE_SECONDS="60", **env))
+                            env=cli_env(DISTGMM_TEST_PAUSE_SECONDS="60", **env))
     try:
         deadline = time.monotonic() + 120
         for line in proc.stderr:
@@ -364,6 +358,8 @@ def test_demo(tmp_path, scheduler_address):
                 "blobs convergence", "kmeans clusters", "kmeans convergence"):
         assert os.path.getsize(outputs[key]) > 0, key
     assert result["fits"]["blobs"]["n_components"] == 2
+    assert result["fits"]["blobs-bayesian"]["components_kept"] == 2  # of at most 10
+    assert os.path.getsize(outputs["blobs-bayesian clusters"]) > 0
     assert 1 <= result["fits"]["kmeans"]["n_components"] <= 6
     assert len(label_state(outputs["blobs store"], "demo").chunks_done) == 1
 
@@ -498,10 +494,41 @@ def test_relative_paths_are_resolved_by_the_client_not_the_workers(tmp_path, blo
     assert os.getcwd() != str(tmp_path)  # the session cluster's workers run in our cwd
     done = subprocess.run([sys.executable, "-m", "distgmm.cli", "label", "m.npz", "s.zarr",
                            "--name", "rel", "--json", "--scheduler", scheduler_address],
-                          capture_output=True, text=True, env=_env(), cwd=tmp_path, timeout=180)
+                          capture_output=True, text=True, env=cli_env(), cwd=tmp_path, timeout=180)
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout)["chunks_done"] == 10
     store = open_points(str(tmp_path / "s.zarr"))
     np.testing.assert_array_equal(store.group["labels/rel"][:],
                                   distgmm.load_model(blobs_model).predict(
                                       store.points.compute()))
+
+
+def test_bayesian_fit_label_and_job(tmp_path, blobs, scheduler_address):
+    """fit --bayesian: K is an upper bound and the summary says how many components kept
+    their weight; the model file is a Bayesian mixture that label and predict use; a job
+    file's fit step takes the same settings, and --prior needs --bayesian."""
+    from distgmm import BayesianGaussianMixture, load_model
+
+    model = str(tmp_path / "bgm.npz")
+    result = run_json("fit", blobs, "-k", "8", "--bayesian", "--prior",
+                      "dirichlet_distribution", "--max-iter", "500", "--seed", "0",
+                      "--model", model, "--scheduler", scheduler_address)
+    assert result["prior"] == "dirichlet_distribution" and result["n_components"] == 8
+    loaded = load_model(model)
+    assert isinstance(loaded, BayesianGaussianMixture)
+    assert result["components_kept"] == int((loaded.weights_ > 0.01).sum()) < 8
+    labelled = run_json("label", model, blobs, "--name", "bgm", "--scheduler",
+                        scheduler_address)
+    stored = open_points(blobs).group["labels/bgm"][:]
+    np.testing.assert_array_equal(stored, loaded.predict(open_points(blobs).points.compute()))
+    assert labelled["rows_labeled"] == len(stored)
+    line = one_error_line(run("fit", blobs, "-k", "3", "--prior", "dirichlet_process",
+                              "--model", str(tmp_path / "x.npz")))
+    assert "--prior and --weight-concentration apply to a Bayesian mixture" in line
+    assert not os.path.exists(tmp_path / "x.npz")
+    job = tmp_path / "bayes.toml"
+    job.write_text(f'[[step]]\nrun = "fit"\nstore = "{blobs}"\nmodel = "{tmp_path}/j.npz"\n'
+                   'components = 6\nbayesian = true\nprior = "dirichlet_distribution"\n'
+                   'max_iter = 300\nseed = 1\n')
+    run_json("run", str(job), "--allow-outside", "--scheduler", scheduler_address)
+    assert isinstance(load_model(tmp_path / "j.npz"), BayesianGaussianMixture)

@@ -10,15 +10,15 @@ import sys
 import numpy as np
 import pytest
 
+from cluster_helpers import cli_env
 from distgmm.store import generate
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def run(*args: str, scheduler: str) -> subprocess.CompletedProcess:
-    env = dict(os.environ, PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""))
     return subprocess.run([sys.executable, "-m", "distgmm.cli", *args, "--scheduler", scheduler],
-                          capture_output=True, text=True, env=env, timeout=180)
+                          capture_output=True, text=True, env=cli_env(), timeout=180)
 
 
 def png_pixels(path: str) -> np.ndarray:

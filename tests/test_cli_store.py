@@ -12,22 +12,16 @@ import time
 import numpy as np
 import pytest
 
+from cluster_helpers import cli_env
 from distgmm.store import open_points
 
 KMEANS = "/work/shared/data/kmeansSamples.txt"
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def _env(**extra: str) -> dict[str, str]:
-    env = dict(os.environ)
-    env["PYTHONPATH"] = REPO + os.pathsep + env.get("PYTHONPATH", "")
-    env.update(extra)
-    return env
-
-
 def run(*args: str, **env: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "distgmm.cli", *args], capture_output=True,
-                          text=True, env=_env(**env), timeout=120)
+                          text=True, env=cli_env(**env), timeout=120)
 
 
 def test_ingest_then_info_json(tmp_path, scheduler_address):
@@ -102,7 +96,7 @@ def _kill_when_paused(args: list[str], pause_after: int) -> None:
     """Run the CLI with the pause hook and SIGKILL it while it sleeps after ``pause_after`` chunks."""
     proc = subprocess.Popen(
         [sys.executable, "-m", "distgmm.cli", *args], stderr=subprocess.PIPE, text=True,
-        env=_env(DISTGMM_TEST_PAUSE_AFTER_CHUNKS=str(pause_after),
+        env=cli_env(DISTGMM_TEST_PAUSE_AFTER_CHUNKS=str(pause_after),
                  DISTGMM_TEST_PAUSE_SECONDS="60"))
     try:
         deadline = time.monotonic() + 60

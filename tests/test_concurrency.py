@@ -23,7 +23,6 @@ from cluster_helpers import Watched, distgmm as cli
 from distgmm.store import append, generate, ingest, label_state, open_points
 from distgmm.store._lock import StoreBusyError, StoreLock, lock_url
 from distgmm.store._location import StoreLocation
-from fixtures_s3 import s3_options  # noqa: F401 (a fixture)
 
 KMEANS = "/work/shared/data/kmeansSamples.txt"
 PAUSED_CHUNKS = "DISTGMM_TEST_PAUSE_AFTER_CHUNKS: paused"

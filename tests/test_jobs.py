@@ -14,7 +14,7 @@ from distgmm.jobs import (
     alignment_permutation, checkpoint_path, fit_store, label_block, label_store, load_job,
     parse_components, permute_components, run_job, select_store,
 )
-from distgmm.jobs._label import model_params
+from distgmm.jobs._labeller import model_parameters as model_params
 from distgmm.store import append, generate, label_state, open_points
 
 RNG = np.random.default_rng(1)
@@ -168,7 +168,7 @@ def write_job(tmp_path, text: str) -> str:
 
 @pytest.mark.parametrize("text, expected", [
     ("[[step]]\nrun = 'fit'\nstore = 'a'\nmodel = 'b'\ncomponents = 2\ncomponets = 3\n",
-     "step 1 (fit): unknown key 'componets'; allowed: align_to, checkpoint, components"),
+     "step 1 (fit): unknown key 'componets'; allowed: align_to, bayesian, checkpoint, components"),
     ("[[step]]\nrun = 'shell'\n", "step 1: unknown step 'shell' (key 'run'); allowed: generate"),
     ("[[step]]\nrun = 'label'\nmodel = 'm'\n", "missing required key(s) store"),
     ("[[step]]\nrun = 'fit'\nstore = 'a'\nmodel = 'b'\ncomponents = 'two'\n",
@@ -249,3 +249,25 @@ def test_select_store_rejects_more_components_than_rows(tmp_path, client):
     with pytest.raises(DistgmmInputError, match="only 3 rows"):
         select_store(str(tmp_path / "t.zarr"), str(tmp_path / "m.npz"), components="4..5",
                      client=client)
+
+
+def test_bayesian_models_align_only_under_a_dirichlet_distribution_prior():
+    """Renumbering a Bayesian mixture permutes its posterior too (the same model, new ids);
+    under a Dirichlet-process prior the order is part of the model, so it is refused."""
+    from sklearn.datasets import load_iris
+
+    from distgmm import BayesianGaussianMixture
+    from distgmm.errors import DistgmmInputError
+    from distgmm.jobs import permute_components
+
+    X = load_iris().data
+    model = BayesianGaussianMixture(4, weight_concentration_prior_type="dirichlet_distribution",
+                                    random_state=0).fit(X)
+    before, scores = model.predict(X), model.score_samples(X)
+    perm = np.array([2, 0, 3, 1])
+    permute_components(model, perm)
+    np.testing.assert_array_equal(perm[model.predict(X)], before)
+    np.testing.assert_allclose(model.score_samples(X), scores, rtol=1e-12)
+    process = BayesianGaussianMixture(4, random_state=0).fit(X)
+    with pytest.raises(DistgmmInputError, match="Dirichlet-process prior"):
+        permute_components(process, perm)

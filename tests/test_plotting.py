@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import subprocess
 import sys
 import textwrap
@@ -16,11 +15,11 @@ import pytest
 from PIL import Image
 from sklearn.mixture import GaussianMixture
 
-from distgmm import plotting
+from cluster_helpers import cli_env
+from distgmm.engine import views
 from distgmm.plotting import (
     PALETTE,
     ellipse_geometry,
-    pca_axes,
     plot_clusters,
     plot_convergence,
     plot_selection,
@@ -128,8 +127,7 @@ def check_png(path: Path, size: tuple[int, int], n_components: int = 0) -> np.nd
 def test_module_import_does_not_import_pyplot():
     code = ("import sys, distgmm.plotting; "
             "assert 'matplotlib.pyplot' not in sys.modules, 'pyplot imported'")
-    env = {**os.environ, "PYTHONPATH": f"{REPO}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
-    subprocess.run([sys.executable, "-c", code], check=True, env=env, cwd=REPO)
+    subprocess.run([sys.executable, "-c", code], check=True, env=cli_env(), cwd=REPO)
 
 
 def test_ellipse_geometry_of_known_covariance():
@@ -166,10 +164,12 @@ def numpy_pca(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return x.mean(axis=0), vectors * signs
 
 
-@pytest.mark.parametrize("chunks", [37, 300, 900])
-def test_pca_axes_match_numpy_whatever_the_chunking(four_features, chunks):
+@pytest.mark.parametrize("chunks", [37, 300, 900, None])
+def test_pca_axes_match_numpy_whatever_the_chunking(client, four_features, chunks):
     shifted = four_features + 1e6  # far from the origin: only centered moments stay exact
-    mean, components, ratio = pca_axes(da.from_array(shifted, chunks=(chunks, 4)))
+    data = views.view_points(shifted if chunks is None  # in this process, or on the cluster
+                             else da.from_array(shifted, chunks=(chunks, 4)))
+    mean, components, ratio = views.principal_axes(data, 4)
     ref_mean, ref_components = numpy_pca(shifted)
     np.testing.assert_allclose(mean, ref_mean, rtol=1e-12)
     np.testing.assert_allclose(components, ref_components, atol=1e-8)
@@ -279,19 +279,20 @@ def test_given_labels_are_used(blobs, blobs_model):
 
 
 @pytest.mark.parametrize("given_labels", [True, False])
-def test_density_histograms_match_numpy(anisotropic, given_labels):
+def test_density_histograms_match_numpy(client, anisotropic, given_labels):
     model = GaussianMixture(3, random_state=0).fit(anisotropic)
     labels = (np.random.default_rng(3).integers(0, 3, len(anisotropic)) if given_labels
               else model.predict(anisotropic))
-    axis_x = plotting._Axis(np.array([1.0, 0.0]), 0.0, "x")
-    axis_y = plotting._Axis(np.array([0.0, 1.0]), 0.0, "y")
-    extent = (-4.0, 10.0, -3.0, 9.0)
+    plane = dict(directions=np.eye(2)[None], offsets=np.zeros((1, 2)),
+                 lows=np.array([[-4.0, -3.0]]), widths=np.array([[14 / 32, 12 / 32]]), bins=32)
     edges_x, edges_y = np.linspace(-4, 10, 33), np.linspace(-3, 9, 33)
-    for chunks in (97, 1200):
-        points = da.from_array(anisotropic, chunks=(chunks, 2))
-        lazy = da.from_array(labels, chunks=chunks) if given_labels else None
-        counts, totals = plotting._density_histograms(
-            model, points, lazy, [(axis_x, axis_y)], [extent], 32)
+    for chunks in (97, 1200, None):
+        points = anisotropic if chunks is None else da.from_array(anisotropic,
+                                                                   chunks=(chunks, 2))
+        lazy = None if not given_labels else (
+            labels if chunks is None else da.from_array(labels, chunks=chunks))
+        counts, totals = views.label_histograms(views.view_points(points, lazy), model, 2,
+                                                given_labels, **plane)
         for k in range(3):
             ref, _, _ = np.histogram2d(*anisotropic[labels == k].T, bins=[edges_x, edges_y])
             np.testing.assert_array_equal(counts[0, k], ref)
@@ -458,8 +459,7 @@ def test_density_memory_stays_within_budget_on_a_large_store(tmp_path):
     write_big_store(store)
     data_mb = BIG_ROWS * 2 * 8 / 2**20
     assert data_mb > 2 * BUDGET_MB
-    env = {**os.environ, "PYTHONPATH": f"{REPO}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
-           "MPLBACKEND": "Agg",
+    env = {**cli_env(), "MPLBACKEND": "Agg",
            # as on Dask workers: one BLAS thread per task thread, so BLAS thread pools and
            # their buffers do not multiply inside the measurement
            "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}

@@ -11,7 +11,6 @@ from distributed import Client, LocalCluster
 
 from distgmm.errors import DistgmmInputError
 from distgmm.store import StoreIntegrityError
-from fixtures_s3 import s3_options  # noqa: F401 (a fixture)
 from distgmm.store import (
     append,
     generate,

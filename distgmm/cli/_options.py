@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import contextlib
+import inspect
 import json
 import logging
 import os
 import sys
 import traceback
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from enum import Enum
 from typing import Annotated, Any
@@ -22,7 +23,7 @@ from distgmm.errors import DistgmmInputError, DistgmmRunError
 __all__ = [
     "Scheduler", "Workers", "ThreadsPerWorker", "MemoryLimit", "TlsCaFile", "TlsCert", "TlsKey",
     "Verbose", "Quiet", "Json", "StorageOption", "DType", "LockWait", "SchedulerTimeout",
-    "ClusterOptions", "Output", "dask_client", "handle_errors", "storage_options",
+    "ClusterOptions", "Output", "command", "dask_client", "handle_errors", "storage_options",
     "EXIT_BAD_INPUT", "EXIT_FAILURE",
 ]
 
@@ -148,6 +149,50 @@ class ClusterOptions:
     tls_cert: str | None = None
     tls_key: str | None = None
     scheduler_timeout: float | None = None
+
+
+#: The cluster options every computing command takes, in :class:`ClusterOptions`'s order.
+_CLUSTER_OPTIONS = (("scheduler", Scheduler, None), ("workers", Workers, None),
+                    ("threads_per_worker", ThreadsPerWorker, 1),
+                    ("memory_limit", MemoryLimit, None), ("tls_ca_file", TlsCaFile, None),
+                    ("tls_cert", TlsCert, None), ("tls_key", TlsKey, None),
+                    ("scheduler_timeout", SchedulerTimeout, None))
+#: The output options every command takes.
+_OUTPUT_OPTIONS = (("verbose", Verbose, 0), ("quiet", Quiet, False), ("json", Json, False))
+
+
+def command(*, cluster: bool = False) -> Callable[[Callable], Callable]:
+    """Give a command the shared options, written once here instead of in every command.
+
+    The decorated function takes ``output: Output`` (from ``-v``, ``-q``, ``--json``) and,
+    with ``cluster=True``, ``cluster: ClusterOptions`` (from ``--scheduler``, ``--workers``,
+    ...); the command line gets those options after the function's own. Typer reads the
+    command's parameters from its signature, which is rewritten accordingly.
+    """
+    shared = (_CLUSTER_OPTIONS if cluster else ()) + _OUTPUT_OPTIONS
+
+    def decorate(fn: Callable) -> Callable:
+        signature = inspect.signature(fn, eval_str=True)
+        own = [p for p in signature.parameters.values() if p.name not in ("output", "cluster")]
+        added = [inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=default,
+                                   annotation=annotation)
+                 for name, annotation, default in shared]
+
+        def wrapper(**kwargs: Any) -> Any:
+            extra = {"output": Output(*(kwargs.pop(name) for name, _, _ in _OUTPUT_OPTIONS))}
+            if cluster:
+                extra["cluster"] = ClusterOptions(*(kwargs.pop(name)
+                                                    for name, _, _ in _CLUSTER_OPTIONS))
+            return fn(**kwargs, **extra)
+
+        parameters = [p.replace(kind=inspect.Parameter.KEYWORD_ONLY) for p in own] + added
+        wrapper.__signature__ = signature.replace(parameters=parameters)
+        wrapper.__annotations__ = {p.name: p.annotation for p in parameters}
+        for attribute in ("__name__", "__qualname__", "__doc__", "__module__"):
+            setattr(wrapper, attribute, getattr(fn, attribute))
+        return wrapper
+
+    return decorate
 
 
 @contextlib.contextmanager

@@ -7,27 +7,17 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from distgmm.cli._options import (
-    ClusterOptions, Json, MemoryLimit, Output, Quiet, Scheduler, ThreadsPerWorker, TlsCaFile,
-    TlsCert, TlsKey, SchedulerTimeout, Verbose, Workers, dask_client, handle_errors,
-)
+from distgmm.cli._options import ClusterOptions, Output, command, dask_client, handle_errors
 
 __all__ = ["demo"]
 
 
+@command(cluster=True)
 def demo(
     directory: Annotated[str, typer.Argument(metavar="[DIR]", help="Output directory (created; earlier demo outputs in it are replaced).")] = "distgmm-demo",
-    scheduler: Scheduler = None,
-    workers: Workers = None,
-    threads_per_worker: ThreadsPerWorker = 1,
-    memory_limit: MemoryLimit = None,
-    tls_ca_file: TlsCaFile = None,
-    tls_cert: TlsCert = None,
-    tls_key: TlsKey = None,
-    scheduler_timeout: SchedulerTimeout = None,
-    verbose: Verbose = 0,
-    quiet: Quiet = False,
-    json: Json = False,
+    *,
+    cluster: ClusterOptions,
+    output: Output,
 ) -> None:
     """Write two small data sets into stores, fit, select K, label, and plot, into DIR.
 
@@ -38,16 +28,12 @@ def demo(
     from distgmm.jobs import run_demo
     from distgmm.jobs._demo import check_demo_directory
 
-    output = Output(verbose, quiet, json)
     with handle_errors(output):
         check_demo_directory(directory)
-        cluster = ClusterOptions(scheduler, workers, threads_per_worker, memory_limit,
-                                 tls_ca_file, tls_cert, tls_key,
-                                 scheduler_timeout)
         with dask_client(cluster, output) as client:
             report = run_demo(directory, client=client, on_step=output.message)
             result = {**report.to_dict(), "dashboard": client.dashboard_link}
-        if json:
+        if output.json:
             output.emit_json(result)
             return
         table = Table(title=f"distgmm demo: outputs in {result['directory']}")

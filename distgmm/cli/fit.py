@@ -8,13 +8,14 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
+from distgmm.errors import DistgmmInputError
+
 from distgmm.cli._options import (
-    ClusterOptions, Json, MemoryLimit, Output, Quiet, Scheduler, StorageOption,
-    ThreadsPerWorker, TlsCaFile, TlsCert, TlsKey, SchedulerTimeout, Verbose, Workers,
-    dask_client, handle_errors, storage_options,
+    ClusterOptions, Output, StorageOption, command, dask_client, handle_errors, storage_options,
 )
 
-__all__ = ["fit", "CovarianceType", "InitMethod", "iteration_printer", "render_fit"]
+__all__ = ["fit", "CovarianceType", "InitMethod", "WeightPrior", "iteration_printer",
+           "render_fit"]
 
 
 class CovarianceType(str, Enum):
@@ -24,6 +25,13 @@ class CovarianceType(str, Enum):
     tied = "tied"
     diag = "diag"
     spherical = "spherical"
+
+
+class WeightPrior(str, Enum):
+    """Weight priors of a Bayesian mixture."""
+
+    dirichlet_process = "dirichlet_process"
+    dirichlet_distribution = "dirichlet_distribution"
 
 
 class InitMethod(str, Enum):
@@ -53,8 +61,14 @@ def render_fit(output: Output, result: dict[str, Any]) -> None:
     table.add_column()
     table.add_row("store", f"{result['store']} ({result['n_rows']:,} rows x "
                   f"{result['n_features']} features{', weighted' if result['weighted'] else ''})")
-    table.add_row("model", f"{result['n_components']} components, {result['covariance_type']} "
-                  "covariance")
+    if result.get("prior"):
+        table.add_row("model", f"Bayesian, at most {result['n_components']} components "
+                      f"({result['prior']} prior), {result['covariance_type']} covariance")
+        table.add_row("components kept", f"{result['components_kept']} of "
+                      f"{result['n_components']} (posterior weight above 1%)")
+    else:
+        table.add_row("model", f"{result['n_components']} components, "
+                      f"{result['covariance_type']} covariance")
     table.add_row("iterations", f"{result['n_iter']} (n_init {result['n_init']})")
     table.add_row("converged", "yes" if result["converged"] else "NO")
     table.add_row("lower bound", f"{result['lower_bound']:.6f}")
@@ -71,6 +85,7 @@ def render_fit(output: Output, result: dict[str, Any]) -> None:
     output.out.print(table)
 
 
+@command(cluster=True)
 def fit(
     store: Annotated[str, typer.Argument(help="Point store (path or URL).")],
     components: Annotated[int, typer.Option("--components", "-k", help="Number of mixture components.")],
@@ -88,20 +103,16 @@ def fit(
     align_to: Annotated[str | None, typer.Option("--align-to", metavar="OLD_MODEL", help="Renumber components to match this model's label ids.")] = None,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing model file.")] = False,
     plot: Annotated[bool, typer.Option("--plot", help="Also write the convergence curve next to the model (<model>.convergence.png).")] = False,
+    bayesian: Annotated[bool, typer.Option("--bayesian", help="Fit a Bayesian (variational) mixture: --components is an upper bound, and the weight prior switches off the components the data do not need.")] = False,
+    prior: Annotated[WeightPrior | None, typer.Option("--prior", help="With --bayesian: the weight prior (default: dirichlet_process).")] = None,
+    weight_concentration: Annotated[float | None, typer.Option("--weight-concentration", metavar="X", help="With --bayesian: the weight concentration prior (default 1/K; smaller keeps fewer components).")] = None,
     storage_option: StorageOption = None,
-    scheduler: Scheduler = None,
-    workers: Workers = None,
-    threads_per_worker: ThreadsPerWorker = 1,
-    memory_limit: MemoryLimit = None,
-    tls_ca_file: TlsCaFile = None,
-    tls_cert: TlsCert = None,
-    tls_key: TlsKey = None,
-    scheduler_timeout: SchedulerTimeout = None,
-    verbose: Verbose = 0,
-    quiet: Quiet = False,
-    json: Json = False,
+    *,
+    cluster: ClusterOptions,
+    output: Output,
 ) -> None:
-    """Fit a Gaussian mixture with COMPONENTS components to STORE and write it to MODEL.
+    """Fit a Gaussian mixture with COMPONENTS components to STORE and write it to MODEL
+    (with --bayesian, a variational mixture of at most COMPONENTS components).
 
     With --checkpoint DIR every completed iteration is saved atomically; after a crash or a
     kill, the same command with --resume continues and writes exactly the model an
@@ -111,25 +122,29 @@ def fit(
     from distgmm.jobs._fit import check_fit_outputs
     from distgmm.store import open_points, read_model
 
-    output = Output(verbose, quiet, json)
     with handle_errors(output):
         options = storage_options(storage_option)
+        if not bayesian and (prior is not None or weight_concentration is not None):
+            raise DistgmmInputError("--prior and --weight-concentration apply to a Bayesian "
+                                    "mixture; add --bayesian, or drop them.")
+        if weight_concentration is not None and not weight_concentration > 0:
+            raise DistgmmInputError(f"--weight-concentration must be positive, got "
+                                    f"{weight_concentration}.")
         open_points(store, options)  # fail on bad input before starting a cluster
         check_fit_outputs(model, overwrite=overwrite, checkpoint_dir=checkpoint, plot=plot)
         if align_to is not None:
             read_model(align_to)
-        cluster = ClusterOptions(scheduler, workers, threads_per_worker, memory_limit,
-                                 tls_ca_file, tls_cert, tls_key,
-                                 scheduler_timeout)
         with dask_client(cluster, output) as client:
             report = fit_store(
                 store, model, n_components=components, covariance_type=covariance_type.value,
                 tol=tol, max_iter=max_iter, n_init=n_init, init_params=init.value,
                 reg_covar=reg_covar, seed=seed, weights=weights, checkpoint_dir=checkpoint,
                 resume=resume, align_to=align_to, overwrite=overwrite, client=client,
-                storage_options=options, on_iteration=iteration_printer(output), plot=plot)
+                storage_options=options, on_iteration=iteration_printer(output), plot=plot,
+                prior=(prior or WeightPrior.dirichlet_process).value if bayesian else None,
+                weight_concentration=weight_concentration)
             result = {**report.to_dict(), "dashboard": client.dashboard_link}
-        if json:
+        if output.json:
             output.emit_json(result)
         else:
             render_fit(output, result)

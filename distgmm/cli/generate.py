@@ -7,16 +7,15 @@ from typing import Annotated
 import typer
 
 from distgmm.cli._options import (
-    LockWait,
-    ClusterOptions, DType, Json, MemoryLimit, Output, Quiet, Scheduler, StorageOption,
-    ThreadsPerWorker, TlsCaFile, TlsCert, TlsKey, SchedulerTimeout, Verbose, Workers,
-    dask_client, handle_errors, storage_options,
+    ClusterOptions, DType, LockWait, Output, StorageOption, command, dask_client, handle_errors,
+    storage_options,
 )
 from distgmm.errors import DistgmmInputError
 
 __all__ = ["generate"]
 
 
+@command(cluster=True)
 def generate(
     store: Annotated[str, typer.Argument(help="Destination store (path or URL).")],
     points: Annotated[int | None, typer.Option("--points", help="Rows [default: 10000000].")] = None,
@@ -29,23 +28,14 @@ def generate(
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing point store.")] = False,
     lock_wait: LockWait = None,
     storage_option: StorageOption = None,
-    scheduler: Scheduler = None,
-    workers: Workers = None,
-    threads_per_worker: ThreadsPerWorker = 1,
-    memory_limit: MemoryLimit = None,
-    tls_ca_file: TlsCaFile = None,
-    tls_cert: TlsCert = None,
-    tls_key: TlsKey = None,
-    scheduler_timeout: SchedulerTimeout = None,
-    verbose: Verbose = 0,
-    quiet: Quiet = False,
-    json: Json = False,
+    *,
+    cluster: ClusterOptions,
+    output: Output,
 ) -> None:
     """Generate synthetic Gaussian-mixture data into STORE, chunk by chunk in parallel."""
     from distgmm.store import generate as generate_store
     from distgmm.store._generate import check_generate
 
-    output = Output(verbose, quiet, json)
     with handle_errors(output):
         if preset is not None and any(v is not None for v in (points, features, components)):
             raise DistgmmInputError(
@@ -57,9 +47,7 @@ def generate(
         check_generate(store, **sizes, dtype=dtype.value, chunk_rows=chunk_rows,
                        preset=preset, overwrite=overwrite,
                        storage_options=storage_options(storage_option))
-        options = ClusterOptions(scheduler, workers, threads_per_worker, memory_limit,
-                                 tls_ca_file, tls_cert, tls_key,
-                                 scheduler_timeout)
+        options = cluster
         with dask_client(options, output) as client:
             report = generate_store(
                 store, **sizes, seed=seed, dtype=dtype.value,
@@ -67,7 +55,7 @@ def generate(
                 storage_options=storage_options(storage_option), client=client,
                 lock_wait=lock_wait)
         result = report.to_dict()
-        if json:
+        if output.json:
             output.emit_json(result)
         else:
             output.out.print(

@@ -8,9 +8,7 @@ import typer
 from rich.table import Table
 
 from distgmm.cli._options import (
-    ClusterOptions, Json, MemoryLimit, Output, Quiet, Scheduler, StorageOption,
-    ThreadsPerWorker, TlsCaFile, TlsCert, TlsKey, SchedulerTimeout, Verbose, Workers,
-    dask_client, handle_errors, storage_options,
+    ClusterOptions, Output, StorageOption, command, dask_client, handle_errors, storage_options,
 )
 
 __all__ = ["info"]
@@ -57,38 +55,27 @@ def _render(output: Output, result: dict) -> None:
         output.out.print(features)
 
 
+@command(cluster=True)
 def info(
     store: Annotated[str, typer.Argument(help="Point store (path or URL).")],
     stats: Annotated[bool, typer.Option("--stats/--no-stats", help="Compute per-feature min/max/mean on Dask (one pass).")] = True,
     storage_option: StorageOption = None,
-    scheduler: Scheduler = None,
-    workers: Workers = None,
-    threads_per_worker: ThreadsPerWorker = 1,
-    memory_limit: MemoryLimit = None,
-    tls_ca_file: TlsCaFile = None,
-    tls_cert: TlsCert = None,
-    tls_key: TlsKey = None,
-    scheduler_timeout: SchedulerTimeout = None,
-    verbose: Verbose = 0,
-    quiet: Quiet = False,
-    json: Json = False,
+    *,
+    cluster: ClusterOptions,
+    output: Output,
 ) -> None:
     """Describe the point store STORE: rows, features, dtype, chunking, codec, size, arrays, labels."""
     from distgmm.store import open_points, store_info
 
-    output = Output(verbose, quiet, json)
     with handle_errors(output):
         options = storage_options(storage_option)
         open_points(store, options)  # fail on a bad store before starting a cluster
         if stats:
-            cluster = ClusterOptions(scheduler, workers, threads_per_worker, memory_limit,
-                                     tls_ca_file, tls_cert, tls_key,
-                                     scheduler_timeout)
             with dask_client(cluster, output) as client:
                 result = store_info(store, storage_options=options, client=client)
         else:
             result = store_info(store, storage_options=options, stats=False)
-        if json:
+        if output.json:
             output.emit_json(result)
         else:
             _render(output, result)

@@ -6,11 +6,14 @@ from typing import Annotated
 
 import typer
 
-from distgmm.cli._options import LockWait, DType, Json, Output, Quiet, StorageOption, Verbose, handle_errors, storage_options
+from distgmm.cli._options import (
+    DType, LockWait, Output, StorageOption, command, handle_errors, storage_options,
+)
 
 __all__ = ["ingest"]
 
 
+@command(cluster=False)
 def ingest(
     source: Annotated[str, typer.Argument(help="Text (as numpy.loadtxt reads it), .csv, .npy or .parquet file.")],
     store: Annotated[str, typer.Argument(help="Destination store (path or URL).")],
@@ -24,9 +27,8 @@ def ingest(
     drop_nonfinite: Annotated[bool, typer.Option("--drop-nonfinite", help="Skip rows holding NaN/inf (and report how many) instead of failing.")] = False,
     lock_wait: LockWait = None,
     storage_option: StorageOption = None,
-    verbose: Verbose = 0,
-    quiet: Quiet = False,
-    json: Json = False,
+    *,
+    output: Output,
 ) -> None:
     """Stream SOURCE into the point store STORE (new, or --append to an existing one).
 
@@ -34,7 +36,6 @@ def ingest(
     """
     from distgmm.store import ingest as ingest_store
 
-    output = Output(verbose, quiet, json)
     with handle_errors(output):
         report = ingest_store(
             source, store, format=format, columns=columns, header=header,
@@ -42,7 +43,7 @@ def ingest(
             overwrite=overwrite, drop_nonfinite=drop_nonfinite,
             storage_options=storage_options(storage_option), lock_wait=lock_wait)
         result = report.to_dict()
-        if json:
+        if output.json:
             output.emit_json(result)
             return
         verb = "appended" if append else "ingested"

@@ -7,10 +7,8 @@ from typing import Annotated, Any
 import typer
 
 from distgmm.cli._options import (
-    LockWait,
-    ClusterOptions, Json, MemoryLimit, Output, Quiet, Scheduler, StorageOption,
-    ThreadsPerWorker, TlsCaFile, TlsCert, TlsKey, SchedulerTimeout, Verbose, Workers,
-    dask_client, handle_errors, storage_options,
+    ClusterOptions, LockWait, Output, StorageOption, command, dask_client, handle_errors,
+    storage_options,
 )
 
 __all__ = ["label", "progress_printer", "render_label"]
@@ -34,6 +32,7 @@ def render_label(output: Output, result: dict[str, Any]) -> None:
         f"{' (replaced the previous model)' if result['replaced'] else ''}", highlight=False)
 
 
+@command(cluster=True)
 def label(
     model: Annotated[str, typer.Argument(help="Model file (from distgmm fit/select).")],
     store: Annotated[str, typer.Argument(help="Point store (path or URL).")],
@@ -42,17 +41,9 @@ def label(
     replace: Annotated[bool, typer.Option("--replace", help="Relabel everything if NAME was written by another model.")] = False,
     lock_wait: LockWait = None,
     storage_option: StorageOption = None,
-    scheduler: Scheduler = None,
-    workers: Workers = None,
-    threads_per_worker: ThreadsPerWorker = 1,
-    memory_limit: MemoryLimit = None,
-    tls_ca_file: TlsCaFile = None,
-    tls_cert: TlsCert = None,
-    tls_key: TlsKey = None,
-    scheduler_timeout: SchedulerTimeout = None,
-    verbose: Verbose = 0,
-    quiet: Quiet = False,
-    json: Json = False,
+    *,
+    cluster: ClusterOptions,
+    output: Output,
 ) -> None:
     """Label the rows of STORE with MODEL into labels/NAME, chunk by chunk.
 
@@ -63,20 +54,16 @@ def label(
     from distgmm.jobs._label import check_label_store
     from distgmm.store import open_points, read_model
 
-    output = Output(verbose, quiet, json)
     with handle_errors(output):
         options = storage_options(storage_option)
         loaded = read_model(model)  # fail on bad input before starting a cluster
         check_label_store(open_points(store, options))
-        cluster = ClusterOptions(scheduler, workers, threads_per_worker, memory_limit,
-                                 tls_ca_file, tls_cert, tls_key,
-                                 scheduler_timeout)
         with dask_client(cluster, output) as client:
             report = label_store(loaded, store, name=name, proba=proba, replace=replace,
                                  client=client, storage_options=options,
                                  on_progress=progress_printer(output), lock_wait=lock_wait)
             result = {**report.to_dict(), "dashboard": client.dashboard_link}
-        if json:
+        if output.json:
             output.emit_json(result)
         else:
             render_label(output, result)

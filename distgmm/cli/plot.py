@@ -7,14 +7,13 @@ from typing import Annotated
 import typer
 
 from distgmm.cli._options import (
-    ClusterOptions, Json, MemoryLimit, Output, Quiet, Scheduler, StorageOption,
-    ThreadsPerWorker, TlsCaFile, TlsCert, TlsKey, SchedulerTimeout, Verbose, Workers,
-    dask_client, handle_errors, storage_options,
+    ClusterOptions, Output, StorageOption, command, dask_client, handle_errors, storage_options,
 )
 
 __all__ = ["plot"]
 
 
+@command(cluster=True)
 def plot(
     model: Annotated[str, typer.Argument(help="Model file (from distgmm fit/select).")],
     store: Annotated[str, typer.Argument(help="Point store (path or URL).")],
@@ -26,17 +25,9 @@ def plot(
     width: Annotated[int, typer.Option("--width", help="Image width in pixels.")] = 1000,
     height: Annotated[int, typer.Option("--height", help="Image height in pixels.")] = 800,
     storage_option: StorageOption = None,
-    scheduler: Scheduler = None,
-    workers: Workers = None,
-    threads_per_worker: ThreadsPerWorker = 1,
-    memory_limit: MemoryLimit = None,
-    tls_ca_file: TlsCaFile = None,
-    tls_cert: TlsCert = None,
-    tls_key: TlsKey = None,
-    scheduler_timeout: SchedulerTimeout = None,
-    verbose: Verbose = 0,
-    quiet: Quiet = False,
-    json: Json = False,
+    *,
+    cluster: ClusterOptions,
+    output: Output,
 ) -> None:
     """Draw MODEL over the points of STORE: labels, means, 1/2/3-sigma ellipses, boundary.
 
@@ -47,21 +38,17 @@ def plot(
     from distgmm.jobs._plot import plot_store
     from distgmm.store import open_points, read_model
 
-    output = Output(verbose, quiet, json)
     with handle_errors(output):
         options = storage_options(storage_option)
         read_model(model)  # fail on bad input before starting a cluster
         open_points(store, options)
         check_output_file(out, what="--out", kind="png")
-        cluster = ClusterOptions(scheduler, workers, threads_per_worker, memory_limit,
-                                 tls_ca_file, tls_cert, tls_key,
-                                 scheduler_timeout)
         with dask_client(cluster, output) as client:
             report = plot_store(model, store, out, labels=labels, features=features,
                                 projection=projection, density=density, width=width,
                                 height=height, client=client, storage_options=options)
         result = report.to_dict()
-        if json:
+        if output.json:
             output.emit_json(result)
         else:
             output.out.print(f"wrote {result['out']} ({result['width']}x{result['height']}, "

@@ -7,11 +7,12 @@ from typing import Annotated
 
 import typer
 
-from distgmm.cli._options import Json, Output, Quiet, Verbose, handle_errors
+from distgmm.cli._options import Output, command, handle_errors
 
 __all__ = ["predict"]
 
 
+@command(cluster=False)
 def predict(
     model: Annotated[str, typer.Argument(help="Model file (from distgmm fit/select).")],
     file: Annotated[str, typer.Argument(help="Text (as numpy.loadtxt reads it), .csv or .npy file of points.")],
@@ -20,9 +21,8 @@ def predict(
     format: Annotated[str | None, typer.Option("--format", help="text, csv or npy (default: from the extension).")] = None,
     columns: Annotated[str | None, typer.Option("--columns", help="Columns to read, by name or 0-based index.")] = None,
     header: Annotated[bool | None, typer.Option("--header/--no-header", help="Whether a text/CSV file has a header line.", show_default=False)] = None,
-    verbose: Verbose = 0,
-    quiet: Quiet = False,
-    json: Json = False,
+    *,
+    output: Output,
 ) -> None:
     """Print (or --out) the label of every row of FILE under MODEL; --proba adds probabilities.
 
@@ -33,7 +33,6 @@ def predict(
         check_prediction_out, predict_file, write_prediction, write_text,
     )
 
-    output = Output(verbose, quiet, json)
     with handle_errors(output):
         if out is not None:
             check_prediction_out(out)
@@ -41,7 +40,7 @@ def predict(
                                   header=header)
         if out is not None:
             write_prediction(prediction, out)
-        if json:
+        if output.json:
             result = {"model": prediction.model, "fingerprint": prediction.fingerprint,
                       "file": file, "n_rows": prediction.n_rows, "out": out}
             if out is None:

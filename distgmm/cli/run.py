@@ -7,9 +7,7 @@ from typing import Annotated
 import typer
 
 from distgmm.cli._options import (
-    LockWait,
-    ClusterOptions, Json, MemoryLimit, Output, Quiet, Scheduler, ThreadsPerWorker, TlsCaFile,
-    TlsCert, TlsKey, SchedulerTimeout, Verbose, Workers, dask_client, handle_errors,
+    ClusterOptions, LockWait, Output, command, dask_client, handle_errors,
 )
 from distgmm.cli.fit import iteration_printer, render_fit
 from distgmm.cli.label import progress_printer, render_label
@@ -32,22 +30,15 @@ def _render_step(output: Output, kind: str, result: dict) -> None:
                          f"({result['seconds']:.2f} s)", highlight=False)
 
 
+@command(cluster=True)
 def run(
     job_file: Annotated[str, typer.Argument(metavar="JOB.toml", help="Job file (see jobs/ for documented examples).")],
     set_: Annotated[list[str] | None, typer.Option("--set", metavar="NAME=VALUE", help="Override a [vars] entry of the job, repeatable (also: env DISTGMM_VAR_<NAME>).")] = None,
     lock_wait: LockWait = None,
     allow_outside: Annotated[bool, typer.Option("--allow-outside", help="Let the job use paths outside its own directory and the --set values (only for job files you trust).")] = False,
-    scheduler: Scheduler = None,
-    workers: Workers = None,
-    threads_per_worker: ThreadsPerWorker = 1,
-    memory_limit: MemoryLimit = None,
-    tls_ca_file: TlsCaFile = None,
-    tls_cert: TlsCert = None,
-    tls_key: TlsKey = None,
-    scheduler_timeout: SchedulerTimeout = None,
-    verbose: Verbose = 0,
-    quiet: Quiet = False,
-    json: Json = False,
+    *,
+    cluster: ClusterOptions,
+    output: Output,
 ) -> None:
     """Validate JOB.toml completely, then run its steps in order on one cluster.
 
@@ -58,24 +49,20 @@ def run(
     """
     from distgmm.jobs import JobHooks, load_job, parse_sets, run_job
 
-    output = Output(verbose, quiet, json)
     with handle_errors(output):
         job = load_job(job_file, parse_sets(set_), allow_outside=allow_outside)
         output.message(f"job {job_file}: {len(job.steps)} steps"
                        + (f" ({job.description})" if job.description else ""))
         hooks = JobHooks(
             step_started=lambda s: output.message(f"step {s.index}/{len(job.steps)}: {s.kind}"),
-            step_finished=None if json else
+            step_finished=None if output.json else
             lambda s, r: _render_step(output, s.kind, r.to_dict()),
             on_iteration=iteration_printer(output), on_label_progress=progress_printer(output),
             on_candidate=candidate_printer(output))
-        cluster = ClusterOptions(scheduler, workers, threads_per_worker, memory_limit,
-                                 tls_ca_file, tls_cert, tls_key,
-                                 scheduler_timeout)
         with dask_client(cluster, output) as client:
             report = run_job(job, client=client, hooks=hooks, lock_wait=lock_wait)
             result = {**report.to_dict(), "dashboard": client.dashboard_link}
-        if json:
+        if output.json:
             output.emit_json(result)
         else:
             output.message(f"job done: {len(report.results)} steps in {report.seconds:.2f} s")

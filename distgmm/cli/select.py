@@ -8,9 +8,7 @@ import typer
 from rich.table import Table
 
 from distgmm.cli._options import (
-    ClusterOptions, Json, MemoryLimit, Output, Quiet, Scheduler, StorageOption,
-    ThreadsPerWorker, TlsCaFile, TlsCert, TlsKey, SchedulerTimeout, Verbose, Workers,
-    dask_client, handle_errors, storage_options,
+    ClusterOptions, Output, StorageOption, command, dask_client, handle_errors, storage_options,
 )
 from distgmm.cli.fit import InitMethod
 
@@ -53,6 +51,7 @@ def render_select(output: Output, result: dict[str, Any]) -> None:
                      + f"; {result['seconds']:.2f} s", highlight=False)
 
 
+@command(cluster=True)
 def select(
     store: Annotated[str, typer.Argument(help="Point store (path or URL).")],
     model: Annotated[str, typer.Option("--model", "-o", help="Where to write the chosen model (.npz); the curve goes next to it as <model>.selection.png.")],
@@ -68,33 +67,21 @@ def select(
     plot: Annotated[bool, typer.Option("--plot/--no-plot", help="Write the BIC/AIC curve as PNG next to the model.")] = True,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing model file.")] = False,
     storage_option: StorageOption = None,
-    scheduler: Scheduler = None,
-    workers: Workers = None,
-    threads_per_worker: ThreadsPerWorker = 1,
-    memory_limit: MemoryLimit = None,
-    tls_ca_file: TlsCaFile = None,
-    tls_cert: TlsCert = None,
-    tls_key: TlsKey = None,
-    scheduler_timeout: SchedulerTimeout = None,
-    verbose: Verbose = 0,
-    quiet: Quiet = False,
-    json: Json = False,
+    *,
+    cluster: ClusterOptions,
+    output: Output,
 ) -> None:
     """Fit each candidate number of components on STORE, print BIC/AIC, save the best model."""
     from distgmm.jobs import parse_components, parse_covariance_types, select_store
     from distgmm.jobs._select import check_select_outputs
     from distgmm.store import open_points
 
-    output = Output(verbose, quiet, json)
     with handle_errors(output):
         options = storage_options(storage_option)
         parse_components(components)  # fail on bad input before starting a cluster
         parse_covariance_types(covariance_type)
         open_points(store, options)
         check_select_outputs(model, overwrite=overwrite, plot=plot)
-        cluster = ClusterOptions(scheduler, workers, threads_per_worker, memory_limit,
-                                 tls_ca_file, tls_cert, tls_key,
-                                 scheduler_timeout)
         with dask_client(cluster, output) as client:
             report = select_store(
                 store, model, components=components, covariance_types=covariance_type,
@@ -103,7 +90,7 @@ def select(
                 plot=plot, client=client, storage_options=options,
                 on_candidate=candidate_printer(output))
             result = {**report.to_dict(), "dashboard": client.dashboard_link}
-        if json:
+        if output.json:
             output.emit_json(result)
         else:
             render_select(output, result)

@@ -363,15 +363,20 @@ async def _in_place_on_worker(pass_: Pass, plan: dict, dask_worker=None):
     this worker, read from its own memory (spilled chunks are read back as for a task),
     on its task threads (one chunk per thread at a time, as tasks would run); ``None``
     when one of them is not there (moved, released or recomputed elsewhere since the
-    client asked where the chunks are)."""
+    client asked where the chunks are). A chunk whose function fails is reported only once
+    every chunk of this worker has finished, so that nothing of the pass still runs (and
+    writes) when the caller learns of the failure."""
     loop = asyncio.get_running_loop()
     executor = dask_worker.executors["default"]
-    try:
-        return await asyncio.gather(*[
-            loop.run_in_executor(executor, _chunk_from, dask_worker.data, pass_, item)
-            for item in plan[dask_worker.address]])
-    except KeyError:
+    values = await asyncio.gather(*[
+        loop.run_in_executor(executor, _chunk_from, dask_worker.data, pass_, item)
+        for item in plan[dask_worker.address]], return_exceptions=True)
+    if any(isinstance(v, KeyError) for v in values):
         return None
+    for value in values:
+        if isinstance(value, BaseException):
+            raise value
+    return values
 
 
 def _compile_plan(missing: dict[str, list[int]], hosts: dict[str, str],
@@ -423,6 +428,9 @@ class ClusterPoints(Points):
     """
 
     def __init__(self, points: da.Array, sample_weight: da.Array | None, client):
+        if points.ndim != 2 or points.numblocks[1] != 1:
+            raise ValueError(f"points must be 2-D and chunked by rows only; got chunks "
+                             f"{points.chunks}: rechunk with X.rechunk({{1: -1}}).")
         self.points = points
         self.sample_weight = sample_weight
         self.client = client
@@ -478,17 +486,24 @@ class ClusterPoints(Points):
         return bool(self._plan)
 
     def _reduce(self, pass_: Pass) -> Any:
+        everything = list(range(self.n_chunks))
         if self._in_place_possible(pass_):
-            values = self._in_place(pass_)
+            values = self._in_place(pass_, everything)
             if values is not None:
                 return self._weighed(pass_, merge_values(values, pass_.merge))
         layer: dict = {}
-        tops = merge_tree(self._chunk_tasks(layer, pass_, range(self.n_chunks)),
+        tops = merge_tree(self._chunk_tasks(layer, pass_, everything),
                           functools.partial(self._merge_task, layer, pass_))
         return self._weighed(pass_, merge_values(self._compute(layer, tops), pass_.merge))
 
     def _map(self, pass_: Pass, chunks: list[int],
              on_value: Callable[[int, Any], None] | None = None) -> list:
+        if self._in_place_possible(pass_):
+            values = self._in_place(pass_, chunks)
+            if values is not None:
+                for i, value in zip(chunks, values) if on_value is not None else ():
+                    on_value(i, value)
+                return values
         layer: dict = {}
         keys = self._chunk_tasks(layer, pass_, chunks)
         futures = self.client.get({**self._graph, **layer}, keys, sync=False)
@@ -541,28 +556,32 @@ class ClusterPoints(Points):
         self._plan = plan
         return True
 
-    def _in_place(self, pass_: Pass) -> list | None:
-        """The per-chunk values from one ``Client.run`` call that each worker answers with
-        the values of the chunks it holds; None when a chunk has moved, a chunk's points and
-        weights are apart, or a worker or the scheduler cannot be reached (the caller then
-        runs the graph). Every call first asks the scheduler where the chunks are (one
-        small round trip), so chunks moved by a retiring worker or a rebalance are read
-        where they now are. Exceptions raised by the pass's function propagate as from a
-        graph."""
+    def _in_place(self, pass_: Pass, chunks: list[int]) -> list | None:
+        """The values of ``chunks`` from one ``Client.run`` call that each worker answers
+        with the values of the chunks it holds; None when a chunk has moved, a chunk's
+        points and weights are apart, or a worker or the scheduler cannot be reached (the
+        caller then runs the graph). Every call first asks the scheduler where the chunks
+        are (one small round trip), so chunks moved by a retiring worker or a rebalance are
+        read where they now are. Exceptions raised by the pass's function propagate as
+        from a graph."""
         try:
             placed = self._place()
             if not placed:
                 if placed is None:
                     self._plan = None
                 return None
-            answers = self.client.run(_in_place_on_worker, pass_, self._plan,
-                                      workers=list(self._plan), on_error="return")
+            wanted = set(chunks)
+            plan = {worker: [item for item in items if item[2] in wanted]
+                    for worker, items in self._plan.items()}
+            plan = {worker: items for worker, items in plan.items() if items}
+            answers = self.client.run(_in_place_on_worker, pass_, plan, workers=list(plan),
+                                      on_error="return")
         except OSError:
             # The scheduler did not answer. The graph waits for it to come back, or for the
             # client to give up on it, and fails as any job does when its scheduler is lost.
             return None
-        values: list = [None] * self.n_chunks
-        for address, items in self._plan.items():
+        values: dict[int, Any] = {}
+        for address, items in plan.items():
             part = answers.get(address)
             if isinstance(part, Exception) and not isinstance(part, OSError):
                 raise part
@@ -572,7 +591,7 @@ class ClusterPoints(Points):
                 return None
             for (_, _, i), value in zip(items, part):
                 values[i] = value
-        return values
+        return [values[i] for i in chunks]
 
     # ------------------------------------------------------------------ graph
     def _chunk_tasks(self, layer: dict, pass_: Pass, chunks) -> list:

@@ -16,20 +16,20 @@ import dask.array as da
 import numpy as np
 from distributed import wait
 
+from distgmm._layout import default_chunk_rows
 from distgmm.engine.passes import ClusterPoints, LocalPoints
 
 __all__ = ["local_points", "cluster_points", "scattered", "numpy_chunk_rows"]
 
-#: Bytes of one row chunk of an in-memory array, as float64 (the size of a store's chunks).
-CHUNK_BYTES = 16 * 2**20
 #: In-memory arrays are cut into at least 16 chunks (parallelism) of at least this many
 #: rows (per-chunk overhead): a fit's chunking, and so its bits, depend on the shape only.
 MIN_CHUNK_ROWS = 4096
 
 
 def numpy_chunk_rows(n_rows: int, n_features: int) -> int:
-    """Rows per chunk of an in-memory array: a function of its shape only."""
-    by_bytes = max(1, CHUNK_BYTES // (8 * max(n_features, 1)))
+    """Rows per chunk of an in-memory array: a function of its shape only (a store's chunk
+    size as float64, but at least 16 chunks of :data:`MIN_CHUNK_ROWS` rows)."""
+    by_bytes = default_chunk_rows(n_features, np.float64)
     return int(max(1, min(by_bytes, max(MIN_CHUNK_ROWS, math.ceil(n_rows / 16)))))
 
 

@@ -14,24 +14,17 @@ from typing import Any
 import numpy as np
 from scipy.optimize import linear_sum_assignment
 
+from distgmm._kernels import full_covariances
 from distgmm.errors import DistgmmInputError
 
-__all__ = ["full_covariances", "bhattacharyya_distances", "alignment_permutation",
+__all__ = ["bhattacharyya_distances", "alignment_permutation",
            "permute_components"]
 
 
-def full_covariances(model: Any) -> np.ndarray:
+def _covariances(model: Any) -> np.ndarray:
     """Every component's covariance as a (K, D, D) array, whatever the covariance type."""
     k, d = model.means_.shape
-    cov = np.asarray(model.covariances_)
-    kind = model.covariance_type
-    if kind == "full":
-        return cov
-    if kind == "tied":
-        return np.broadcast_to(cov, (k, d, d)).copy()
-    if kind == "diag":
-        return np.stack([np.diag(c) for c in cov])
-    return cov[:, None, None] * np.eye(d)
+    return full_covariances(model.covariances_, model.covariance_type, k, d)
 
 
 def bhattacharyya_distances(new: Any, old: Any) -> np.ndarray:
@@ -39,7 +32,7 @@ def bhattacharyya_distances(new: Any, old: Any) -> np.ndarray:
 
     ``D_B = 1/8 dm^T S^-1 dm + 1/2 ln(det S / sqrt(det S1 det S2))`` with ``S = (S1 + S2) / 2``.
     """
-    cov_new, cov_old = full_covariances(new), full_covariances(old)
+    cov_new, cov_old = _covariances(new), _covariances(old)
     logdet_new = np.linalg.slogdet(cov_new)[1]
     logdet_old = np.linalg.slogdet(cov_old)[1]
     out = np.empty((cov_new.shape[0], cov_old.shape[0]))
@@ -82,12 +75,26 @@ def alignment_permutation(new: Any, old: Any) -> np.ndarray:
 
 
 def permute_components(model: Any, perm: np.ndarray) -> Any:
-    """Reorder a fitted model's components in place (new id ``p`` = old component ``perm[p]``)."""
+    """Reorder a fitted model's components in place (new id ``p`` = old component ``perm[p]``).
+
+    A Bayesian mixture's posterior arrays are reordered too. Under a Dirichlet-process prior
+    the components' order is part of the model (the stick-breaking weights depend on it),
+    so such a model is refused: fit it with ``weight_concentration_prior_type=
+    "dirichlet_distribution"`` to align it.
+    """
     perm = np.asarray(perm)
-    model.weights_ = np.asarray(model.weights_)[perm]
-    model.means_ = np.asarray(model.means_)[perm]
+    per_component = ["weights_", "means_"]
     if model.covariance_type != "tied":
-        model.covariances_ = np.asarray(model.covariances_)[perm]
-        model.precisions_cholesky_ = np.asarray(model.precisions_cholesky_)[perm]
-        model.precisions_ = np.asarray(model.precisions_)[perm]
+        per_component += ["covariances_", "precisions_cholesky_", "precisions_"]
+    if hasattr(model, "weight_concentration_"):
+        if isinstance(model.weight_concentration_, tuple):
+            raise DistgmmInputError(
+                "--align-to cannot renumber a Bayesian mixture with a Dirichlet-process prior "
+                "(its stick-breaking weights depend on the components' order); fit with "
+                "--prior dirichlet_distribution to align it.")
+        per_component += ["weight_concentration_", "mean_precision_"]
+        if model.covariance_type != "tied":
+            per_component.append("degrees_of_freedom_")
+    for name in per_component:
+        setattr(model, name, np.asarray(getattr(model, name))[perm])
     return model

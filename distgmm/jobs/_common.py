@@ -1,22 +1,17 @@
-"""Helpers shared by the jobs: component ranges, names, client resolution and the test pause hook."""
+"""Helpers shared by the jobs: component ranges, names and client resolution."""
 
 from __future__ import annotations
 
 import logging
-import os
 import re
-import time
 from typing import Any
 
 from distgmm.errors import DistgmmInputError
 
-__all__ = ["parse_components", "parse_covariance_types", "check_name", "resolve_client",
-           "pause_for_tests", "PAUSE_SECONDS_ENV"]
+__all__ = ["parse_components", "parse_covariance_types", "check_name", "resolve_client"]
 
 logger = logging.getLogger("distgmm.jobs")
 
-#: How long a test pause hook sleeps (seconds); shared with the store's ingest hook.
-PAUSE_SECONDS_ENV = "DISTGMM_TEST_PAUSE_SECONDS"
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 _MAX_COMPONENTS = 1000
 
@@ -92,15 +87,3 @@ def resolve_client(client: Any = None) -> Any:
     from distgmm.cluster import get_client
 
     return get_client()
-
-
-def pause_for_tests(env: str, count: int, what: str) -> None:
-    """Test hook: if ``$env == count``, log and sleep so a test can ``kill -9`` us right here.
-
-    Sleeps ``$DISTGMM_TEST_PAUSE_SECONDS`` (default 60). Never set in production.
-    """
-    wanted = os.environ.get(env)
-    if wanted and int(wanted) == count:
-        seconds = float(os.environ.get(PAUSE_SECONDS_ENV, "60"))
-        logger.warning("%s: paused after %d %s", env, count, what)
-        time.sleep(seconds)

@@ -70,9 +70,10 @@ def run_demo(directory: str | os.PathLike = "distgmm-demo", *, client: Any = Non
 
     1. ``blobs.zarr``: the ``seed-blobs`` preset (900 points, 2 overlapping blobs);
        ``kmeans.zarr``: the packaged ``kmeansSamples.txt``.
-    2. Fit K=2 on the blobs; choose K and the covariance type for kmeansSamples by BIC over
-       1..4 components and the four types, 2 restarts each (``select``: 16 candidates
-       fitted in lockstep).
+    2. Fit K=2 on the blobs, and a Bayesian mixture of at most 10 components (a
+       Dirichlet-distribution weight prior switches off the eight the data do not need);
+       choose K and the covariance type for kmeansSamples by BIC over 1..4 components and
+       the four types, 2 restarts each (``select``: 16 candidates fitted in lockstep).
     3. Label both stores, write cluster, convergence and selection plots.
     """
     from distgmm.jobs._fit import fit_store
@@ -106,21 +107,31 @@ def run_demo(directory: str | os.PathLike = "distgmm-demo", *, client: Any = Non
                     client=client)
     step(f"fitted K=2 on the blobs: {fit.n_iter} iterations, lower bound "
          f"{fit.lower_bound:.4f}, converged={fit.converged}")
+    bayesian = fit_store(blobs, path("blobs-bayesian-model.npz"), n_components=10,
+                         prior="dirichlet_distribution", max_iter=1000, seed=0,
+                         overwrite=True, client=client)
+    step(f"fitted a Bayesian mixture of at most 10 components on the blobs: "
+         f"{bayesian.components_kept} kept their weight, {bayesian.n_iter} iterations")
     selected = select_store(kmeans, path("kmeans-model.npz"), components="1..4",
                             covariance_types="full,tied,diag,spherical", n_init=2, seed=0,
                             overwrite=True, client=client)
     step(f"selected K={selected.n_components} ({selected.covariance_type}) for kmeansSamples "
          "by BIC over 1..4 components and the four covariance types")
-    report.fits = {"blobs": fit.to_dict(), "kmeans": selected.to_dict()}
+    report.fits = {"blobs": fit.to_dict(), "blobs-bayesian": bayesian.to_dict(),
+                   "kmeans": selected.to_dict()}
     report.outputs.update({"blobs store": blobs, "kmeans store": kmeans,
-                           "blobs model": fit.model, "kmeans model": selected.model,
-                           "kmeans selection": selected.plot})
+                           "blobs model": fit.model, "blobs Bayesian model": bayesian.model,
+                           "kmeans model": selected.model, "kmeans selection": selected.plot})
 
-    for name, store, model in (("blobs", blobs, fit.model), ("kmeans", kmeans, selected.model)):
-        labelled = label_store(model, store, name="demo", replace=True, client=client)
-        step(f"labelled {labelled.n_rows} rows of {name} into labels/demo "
+    for name, store, model in (("blobs", blobs, fit.model),
+                               ("blobs-bayesian", blobs, bayesian.model),
+                               ("kmeans", kmeans, selected.model)):
+        label_name = "demo-bayesian" if name == "blobs-bayesian" else "demo"
+        labelled = label_store(model, store, name=label_name, replace=True, client=client)
+        step(f"labelled {labelled.n_rows} rows of {name} into labels/{label_name} "
              f"({labelled.chunks_done} chunks)")
-        report.outputs.update(_plots(read_model(model).model, store, "demo", path(name), client))
+        report.outputs.update(_plots(read_model(model).model, store, label_name, path(name),
+                                     client))
     step("wrote the cluster, convergence and selection plots")
     report.seconds = time.perf_counter() - t0
     return report

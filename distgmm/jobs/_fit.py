@@ -20,19 +20,17 @@ from typing import Any, Callable
 
 from sklearn.exceptions import ConvergenceWarning
 
+from distgmm import _progress
+from distgmm._bayesian_estimator import kept_components
 from distgmm.errors import DistgmmInputError
 from distgmm.jobs._align import alignment_permutation, permute_components
-from distgmm.jobs._common import pause_for_tests, resolve_client
+from distgmm.jobs._common import resolve_client
 from distgmm.store import open_points, read_model, save_model
 
 __all__ = ["FitReport", "fit_store", "checkpoint_path", "convergence_plot_path", "fit_points",
-           "check_fit_outputs", "PAUSE_ENV"]
+           "check_fit_outputs"]
 
 logger = logging.getLogger(__name__)
-
-#: Test hook: after this many EM iterations (checkpoint written), sleep so a test can kill us.
-PAUSE_ENV = "DISTGMM_TEST_PAUSE_AFTER_ITERATIONS"
-
 
 @dataclass(frozen=True)
 class FitReport:
@@ -59,6 +57,10 @@ class FitReport:
     seconds: float
     lower_bounds: list[float] = field(default_factory=list)
     plot: str | None = None
+    #: A Bayesian mixture: its weight prior, and how many components kept non-negligible
+    #: weight (``n_components`` is then an upper bound).
+    prior: str | None = None
+    components_kept: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dictionary."""
@@ -101,13 +103,22 @@ def fit_points(points: Any, *, n_components: int, covariance_type: str = "full",
                tol: float = 1e-3, max_iter: int = 100, n_init: int = 1,
                init_params: str = "kmeans", reg_covar: float = 1e-6, seed: int | None = None,
                sample_weight: Any = None, checkpoint: str | None = None, client: Any = None,
-               on_iteration: Callable | None = None) -> Any:
-    """Fit a ``GaussianMixture`` on the current cluster; convergence warnings go to the log."""
-    from distgmm._estimator import GaussianMixture
+               on_iteration: Callable | None = None, prior: str | None = None,
+               weight_concentration: float | None = None) -> Any:
+    """Fit a ``GaussianMixture`` on the current cluster (a ``BayesianGaussianMixture`` with
+    the weight ``prior`` when given); convergence warnings go to the log."""
+    common = dict(covariance_type=covariance_type, tol=tol, reg_covar=reg_covar,
+                  max_iter=max_iter, n_init=n_init, init_params=init_params, random_state=seed)
+    if prior is None:
+        from distgmm._estimator import GaussianMixture
 
-    model = GaussianMixture(n_components, covariance_type=covariance_type, tol=tol,
-                            reg_covar=reg_covar, max_iter=max_iter, n_init=n_init,
-                            init_params=init_params, random_state=seed)
+        model = GaussianMixture(n_components, **common)
+    else:
+        from distgmm._bayesian_estimator import BayesianGaussianMixture
+
+        model = BayesianGaussianMixture(n_components, weight_concentration_prior_type=prior,
+                                        weight_concentration_prior=weight_concentration,
+                                        **common)
     iterations = 0
 
     def report(info):
@@ -115,7 +126,7 @@ def fit_points(points: Any, *, n_components: int, covariance_type: str = "full",
         iterations += 1
         if on_iteration is not None:
             on_iteration(info)
-        pause_for_tests(PAUSE_ENV, iterations, "EM iterations")
+        _progress.report(_progress.ITERATION, iterations)
 
     with resolve_client(client).as_current(), warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", ConvergenceWarning)
@@ -148,8 +159,10 @@ def fit_store(
     storage_options: dict[str, Any] | None = None,
     on_iteration: Callable | None = None,
     plot: bool = False,
+    prior: str | None = None,
+    weight_concentration: float | None = None,
 ) -> FitReport:
-    """Fit a Gaussian mixture to a point store and write the model file.
+    """Fit a Gaussian mixture (or a Bayesian one) to a point store and write the model file.
 
     Parameters
     ----------
@@ -178,6 +191,11 @@ def fit_store(
     plot : bool
         Also write the convergence curve (one line per restart) to
         :func:`convergence_plot_path`.
+    prior : {"dirichlet_process", "dirichlet_distribution"}, optional
+        Fit a :class:`distgmm.BayesianGaussianMixture` with this weight prior;
+        ``n_components`` is then an upper bound.
+    weight_concentration : float, optional
+        Its ``weight_concentration_prior`` (default ``1 / n_components``).
 
     Returns
     -------
@@ -221,7 +239,8 @@ def fit_store(
                        covariance_type=covariance_type, tol=tol, max_iter=max_iter,
                        n_init=n_init, init_params=init_params, reg_covar=reg_covar, seed=seed,
                        sample_weight=sample_weight, checkpoint=checkpoint, client=client,
-                       on_iteration=on_iteration)
+                       on_iteration=on_iteration, prior=prior,
+                       weight_concentration=weight_concentration)
     permutation = None
     if reference is not None:
         permutation = [int(p) for p in alignment_permutation(model, reference.model)]
@@ -245,4 +264,5 @@ def fit_store(
         seed=seed, weighted=weights, checkpoint=checkpoint, resumed=resumed,
         aligned_to=reference.path if reference else None, permutation=permutation,
         fit_seconds=float(getattr(model, "fit_seconds_", 0.0)), seconds=time.perf_counter() - t0,
-        lower_bounds=[float(v) for v in model.lower_bounds_], plot=plot_path)
+        lower_bounds=[float(v) for v in model.lower_bounds_], plot=plot_path, prior=prior,
+        components_kept=None if prior is None else kept_components(model.weights_))

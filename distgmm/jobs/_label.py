@@ -1,12 +1,12 @@
-"""The label job: write ``labels/<name>`` (and ``proba/<name>``) chunk by chunk on Dask, incrementally.
+"""The label job: write ``labels/<name>`` (and ``proba/<name>``) of a store's rows, incrementally.
 
-Each pending row chunk of ``points`` is one task that reads its rows from Zarr on the worker,
-computes the labels with the model's kernels (vectorised over sub-blocks) and writes its own
-region of ``labels/<name>`` (and ``proba/<name>``) straight to Zarr. Regions are the store's
-row chunks, so no two tasks write the same Zarr chunk. The client records finished chunks
-in batches (:func:`distgmm.store.record_chunks_done`) as tasks complete, so an interrupted
-run keeps its progress and a rerun only does what is left: chunks never labelled by this
-model, chunks whose record was lost, and chunks that grew or appeared with appended rows.
+The labeller (:mod:`distgmm.jobs._labeller`) labels each pending row chunk of ``points``
+on the worker that reads it and writes its region of ``labels/<name>`` (and
+``proba/<name>``) straight to Zarr; regions are the store's row chunks, so no two workers
+write the same Zarr chunk. This process records finished chunks in batches
+(:func:`distgmm.store.record_chunks_done`) as they complete, so an interrupted run keeps
+its progress and a rerun only does what is left: chunks never labelled by this model,
+chunks whose record was lost, and chunks that grew or appeared with appended rows.
 
 Rules:
 
@@ -24,30 +24,26 @@ import time
 from dataclasses import asdict, dataclass
 from typing import Any, Callable
 
-import numpy as np
-import zarr
-
-from distgmm._statistics import MixtureParams
+from distgmm import _progress
+from distgmm.engine import ClusterPoints
 from distgmm.errors import DistgmmInputError
-from distgmm.jobs._common import check_name, pause_for_tests, resolve_client
+from distgmm.jobs._common import check_name, resolve_client
+from distgmm.jobs._labeller import LabelTarget, model_parameters, write_labels
 from distgmm.store import LABELS_ATTR, ModelFile, PointStore, open_points, prepare_labels, \
-    read_model, record_chunks_done
-from distgmm.store._integrity import check_finite_rows, read_rows
+    prepare_proba, read_model, record_chunks_done
 from distgmm.store._location import StoreLocation
 from distgmm.store._lock import StoreLock, labels_lock
-from distgmm.store._points import _compressors, open_group_checked
+from distgmm.store._points import open_group_checked
 
-__all__ = ["LabelReport", "label_store", "label_block", "model_params", "check_label_store",
-           "PAUSE_ENV"]
+__all__ = ["LabelReport", "label_store", "check_label_store"]
 
 logger = logging.getLogger(__name__)
 
-#: Test hook: pause (for ``kill -9``, or to start another run) once this many chunks are
-#: recorded as done; at 0, once the label set is prepared, before any chunk is labelled.
-PAUSE_ENV = "DISTGMM_TEST_PAUSE_AFTER_LABEL_CHUNKS"
-_SUB_BLOCK_ROWS = 65536
-_RECORD_SECONDS = 2.0
+#: Finished chunks are recorded in about this many batches per run, and at least every
+#: _RECORD_SECONDS: a killed run loses at most one batch of records (those chunks are
+#: labelled again), while each record is one metadata write.
 _RECORD_BATCHES = 20
+_RECORD_SECONDS = 2.0
 
 
 @dataclass(frozen=True)
@@ -71,67 +67,6 @@ class LabelReport:
         """JSON-ready dictionary (adds ``rows_per_second`` of this run's work)."""
         rate = self.rows_labeled / self.seconds if self.seconds and self.rows_labeled else None
         return {**asdict(self), "rows_per_second": rate}
-
-
-def model_params(model: Any) -> MixtureParams:
-    """The :class:`MixtureParams` of a fitted ``GaussianMixture`` (small; shipped to tasks)."""
-    return MixtureParams.of_model(model)
-
-
-def label_block(params: MixtureParams, X: np.ndarray, proba: bool = False
-                ) -> tuple[np.ndarray, np.ndarray | None]:
-    """Labels (int32) and optionally probabilities (float32) of a block ``X`` of shape (n, D).
-
-    Labels alone skip the normalisation (``argmax`` of the weighted log-densities is the
-    ``argmax`` of the responsibilities: :meth:`MixtureParams.labels`); probabilities are
-    computed in sub-blocks of rows to stay in cache.
-    """
-    if not proba:
-        return params.labels(X).astype(np.int32), None
-    n = X.shape[0]
-    labels = np.empty(n, dtype=np.int32)
-    probs = np.empty((n, params.n_components), dtype=np.float32)
-    for start in range(0, n, _SUB_BLOCK_ROWS):
-        log_resp = params.log_responsibilities(X[start:start + _SUB_BLOCK_ROWS])[1]
-        labels[start:start + log_resp.shape[0]] = log_resp.argmax(axis=1)
-        probs[start:start + log_resp.shape[0]] = np.exp(log_resp)
-    return labels, probs
-
-
-def _label_chunk(index: int, *, location: StoreLocation, name: str, chunk_rows: int,
-                 n_rows: int, params: MixtureParams, proba: bool) -> int:
-    """Task: label row chunk ``index`` and write its regions; returns the chunk index.
-
-    The rows are read through the checked store (a missing or damaged chunk is an error
-    naming it) and must be finite: a NaN row would otherwise get label 0.
-    """
-    start = index * chunk_rows
-    stop = min(start + chunk_rows, n_rows)
-    X = read_rows(zarr.open_array(location.zarr_store(read_only=True), path="points",
-                                  mode="r"), start, stop)
-    check_finite_rows(X, location.url, "points", start, chunk_rows)
-    store = location.zarr_store(read_only=False)
-    labels, probs = label_block(params, X, proba)
-    if proba:
-        zarr.open_array(store, path=f"proba/{name}", mode="r+")[start:stop] = probs
-    zarr.open_array(store, path=f"labels/{name}", mode="r+")[start:stop] = labels
-    return index
-
-
-def _prepare_proba(group: zarr.Group, name: str, n_rows: int, chunk_rows: int, k: int,
-                   fresh: bool) -> None:
-    path = f"proba/{name}"
-    if not fresh and path in group and group[path].shape[1] == k:
-        group[path].resize((n_rows, k))
-        return
-    group.require_group("proba").create_array(
-        name, shape=(n_rows, k), chunks=(chunk_rows, k), dtype="float32", fill_value=np.nan,
-        compressors=_compressors(), dimension_names=("row", "component"), overwrite=True)
-
-
-def _pause_threshold() -> int | None:
-    value = os.environ.get(PAUSE_ENV)
-    return int(value) if value else None
 
 
 def check_label_store(points: PointStore) -> None:
@@ -229,15 +164,19 @@ def _label_locked(loaded: ModelFile, store: str, location: StoreLocation, name: 
         state = prepare_labels(group, name, loaded.fingerprint, k, reset=reset,
                                extra={"proba": with_proba}, n_rows=n_rows)
         if with_proba:
-            _prepare_proba(group, name, n_rows, chunk_rows, k, fresh=not had_proba)
+            prepare_proba(group, name, n_rows, chunk_rows, k, fresh=not had_proba)
         elif f"proba/{name}" in group:
             del group[f"proba/{name}"]  # written by another model: stale
         pending = state.chunks_pending
         skipped = len(state.chunks_done)
         logger.info("labels/%s: %d chunks to label, %d already done", name, len(pending),
                     skipped)
-        _run_chunks(pending, location, name, chunk_rows, n_rows, model_params(loaded.model),
-                    with_proba, client, group, on_progress, lock, finished)
+        _progress.report(_progress.LABEL_CHUNKS_RECORDED, 0)
+        target = LabelTarget(location, f"labels/{name}",
+                             f"proba/{name}" if with_proba else None, refuse_nonfinite=True)
+        rows = ClusterPoints(open_points(location).points[:n_rows], None, client)
+        _label_chunks(rows, model_parameters(loaded.model), target, pending, group, name,
+                      on_progress, lock, finished)
     except BaseException:
         if not finished:  # nothing to keep: leave the store as it was
             for created_path in created:  # arrays, then their groups
@@ -252,23 +191,13 @@ def _label_locked(loaded: ModelFile, store: str, location: StoreLocation, name: 
         seconds=time.perf_counter() - t0)
 
 
-def _run_chunks(pending: list[int], location: StoreLocation, name: str, chunk_rows: int,
-                n_rows: int, params: MixtureParams, proba: bool, client: Any, group: zarr.Group,
-                on_progress: Callable[[int, int], None] | None, lock: StoreLock,
-                finished: list[int]) -> None:
-    """Submit one task per pending chunk and record them, in batches, as they finish
-    (into the store and into ``finished``), while ``lock`` is still ours."""
+def _label_chunks(points: ClusterPoints, params, target: LabelTarget, pending: list[int],
+                  group, name: str, on_progress: Callable[[int, int], None] | None,
+                  lock: StoreLock, finished: list[int]) -> None:
+    """Label the pending chunks and record them, in batches, as they finish (into the
+    store and into ``finished``), while ``lock`` is still ours."""
     if not pending:
         return
-    from distributed import as_completed
-
-    threshold = _pause_threshold()
-    if threshold == 0:  # the test hook at 0: after preparing, before any chunk is labelled
-        pause_for_tests(PAUSE_ENV, 0, "recorded label chunks")
-        threshold = None
-    futures = client.map(_label_chunk, pending, location=location, name=name,
-                         chunk_rows=chunk_rows, n_rows=n_rows, params=params, proba=proba,
-                         pure=False)
     batch_size = max(1, len(pending) // _RECORD_BATCHES)
     batch: list[int] = []
     last = time.monotonic()
@@ -280,18 +209,17 @@ def _run_chunks(pending: list[int], location: StoreLocation, name: str, chunk_ro
             record_chunks_done(group, name, batch)
             finished.extend(batch)
             batch, last = [], time.monotonic()
+            _progress.report(_progress.LABEL_CHUNKS_RECORDED, len(finished))
             if on_progress is not None:
                 on_progress(len(finished), len(pending))
 
+    def done(index: int, rows: int) -> None:
+        batch.append(index)
+        if len(batch) >= batch_size or time.monotonic() - last > _RECORD_SECONDS:
+            flush()
+
     try:
-        for future in as_completed(futures, loop=client.loop):
-            batch.append(future.result())
-            if len(batch) >= batch_size or time.monotonic() - last > _RECORD_SECONDS:
-                flush()
-                if threshold is not None and len(finished) >= threshold:
-                    pause_for_tests(PAUSE_ENV, threshold, "recorded label chunks")
-                    threshold = None
+        write_labels(points, params, target, chunks=pending, on_chunk=done)
     finally:
         flush()
-        client.cancel([f for f in futures if not f.done()])
     finished.sort()

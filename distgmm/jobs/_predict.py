@@ -11,7 +11,8 @@ import numpy as np
 
 from distgmm._atomic import atomic_write, check_output_file
 from distgmm.errors import DistgmmInputError
-from distgmm.jobs._label import label_block, model_params
+from distgmm._statistics import label_block
+from distgmm.jobs._labeller import model_parameters
 from distgmm.store import ModelFile, read_model
 from distgmm.store._sources import open_source
 
@@ -51,7 +52,7 @@ def predict_file(model: str | os.PathLike | ModelFile, path: str, *, proba: bool
         raise DistgmmInputError(
             f"{path} has {source.n_features} columns but model {loaded.path} was fitted on {d} "
             "features; select the right columns with --columns.")
-    params = model_params(loaded.model)
+    params = model_parameters(loaded.model)
     labels, probs = [], []
     for block in source.blocks():
         lab, pro = label_block(params, block, proba)

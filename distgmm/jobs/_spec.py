@@ -78,7 +78,8 @@ STEP_KEYS: dict[str, dict[str, str]] = {
                "header": _BOOL, "dtype": _STR, "chunk_rows": _INT, "append": _BOOL,
                "overwrite": _BOOL, "drop_nonfinite": _BOOL},
     "fit": {"store": _PATH, "model": _PATH, "components": _INT, **_FIT_OPTIONS,
-            "weights": _BOOL, "checkpoint": _PATH, "resume": _BOOL, "align_to": _PATH},
+            "weights": _BOOL, "checkpoint": _PATH, "resume": _BOOL, "align_to": _PATH,
+            "bayesian": _BOOL, "prior": _STR, "weight_concentration": _FLOAT},
     "label": {"model": _PATH, "store": _PATH, "name": _STR, "proba": _BOOL, "replace": _BOOL},
     "select": {"store": _PATH, "model": _PATH, "components": _RANGE, **_FIT_OPTIONS,
                "covariance_type": _KINDS, "criterion": _STR, "plot": _BOOL},
@@ -310,6 +311,11 @@ def load_job(path: str | os.PathLike, sets: dict[str, str] | None = None,
                     f"{path}: step {index} ({kind}): unknown key {key!r}; allowed: "
                     f"{', '.join(sorted(allowed))}.")
             options[key] = resolver.value(kind, index, key, allowed[key], value)
+        if kind == "fit":
+            try:
+                _fit_prior(options)
+            except DistgmmInputError as exc:
+                raise DistgmmInputError(f"{path}: step {index} (fit): {exc}") from None
         missing = [k for k in _REQUIRED[kind] if k not in options]
         if missing:
             raise DistgmmInputError(f"{path}: step {index} ({kind}): missing required key(s) "
@@ -399,6 +405,21 @@ def _ingest_done(o: dict[str, Any]) -> str | None:
     return None
 
 
+def _fit_prior(options: dict) -> str | None:
+    """The weight prior of a fit step: None for a Gaussian mixture; for ``bayesian = true``,
+    ``prior`` (default ``dirichlet_process``)."""
+    if not options.get("bayesian", False):
+        if "prior" in options or "weight_concentration" in options:
+            raise DistgmmInputError("a fit step's prior and weight_concentration apply to a "
+                                    "Bayesian mixture; add bayesian = true, or drop them.")
+        return None
+    prior = options.get("prior", "dirichlet_process")
+    if prior not in ("dirichlet_process", "dirichlet_distribution"):
+        raise DistgmmInputError(f"a fit step's prior {prior!r} is not dirichlet_process or "
+                                "dirichlet_distribution.")
+    return prior
+
+
 def _model_done(o: dict[str, Any], kind: str) -> str | None:
     from distgmm.store import read_model
     from distgmm.store._model import is_model_file
@@ -421,9 +442,11 @@ def _model_done(o: dict[str, Any], kind: str) -> str | None:
             and all(getattr(fitted, k) == o.get(k, v) for k, v in settings.items())
             and fitted.init_params == o.get("init", "kmeans"))
     if kind == "fit":
+        prior = _fit_prior(o)
         same = same and fitted.n_components == o["components"] and \
             fitted.covariance_type == o.get("covariance_type", "full") and \
-            provenance.get("weighted") == o.get("weights", False)
+            provenance.get("weighted") == o.get("weights", False) and \
+            getattr(fitted, "weight_concentration_prior_type", None) == prior
     else:
         from distgmm.jobs._common import parse_components, parse_covariance_types
 
@@ -471,6 +494,8 @@ def _run_step(step: JobStep, client: Any, hooks: JobHooks, lock_wait: float | No
     if step.kind == "fit":
         from distgmm.jobs._fit import fit_store
 
+        o["prior"] = _fit_prior(o)
+        o.pop("bayesian", None)
         return fit_store(o.pop("store"), o.pop("model"), n_components=o.pop("components"),
                          init_params=o.pop("init", "kmeans"), checkpoint_dir=o.pop("checkpoint", None),
                          client=client, on_iteration=hooks.on_iteration, **o)

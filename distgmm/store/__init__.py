@@ -7,9 +7,11 @@ from distgmm.store._ingest import IngestReport, append, ingest
 from distgmm.store._labels import (
     LABELS_ATTR,
     LabelState,
+    create_label_array,
     label_names,
     label_state,
     prepare_labels,
+    prepare_proba,
     record_chunks_done,
 )
 from distgmm.store._location import StoreLocation
@@ -39,6 +41,7 @@ __all__ = [
     "StoreIntegrityError",
     "StoreLocation",
     "append",
+    "create_label_array",
     "default_chunk_rows",
     "feature_stats",
     "generate",
@@ -49,6 +52,7 @@ __all__ = [
     "mixture_parameters",
     "open_points",
     "prepare_labels",
+    "prepare_proba",
     "read_model",
     "record_chunks_done",
     "save_model",

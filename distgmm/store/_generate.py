@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 import zarr
 
+from distgmm._progress import CHUNK_WRITTEN, report
 from distgmm.errors import DistgmmInputError
 from distgmm.store._integrity import writable_rows
 from distgmm.store._location import StoreLocation, building_store, check_store_destination
@@ -22,7 +23,6 @@ from distgmm.store._points import (
     create_layout,
     default_chunk_rows,
     mark_complete,
-    maybe_pause,
     now_iso,
 )
 
@@ -154,15 +154,15 @@ def _generate_chunk(index: int, *, location: StoreLocation, n_rows: int, chunk_r
 
 
 def _gather_counting(client, futures) -> int:
-    """Rows written by the chunk tasks, counted as they finish (the test pause hook counts
-    chunks); the first failure cancels the rest."""
+    """Rows written by the chunk tasks, counted as they finish (each reported as a progress
+    event); the first failure cancels the rest."""
     from distributed import as_completed
 
     written = 0
     try:
         for done, future in enumerate(as_completed(futures, loop=client.loop), start=1):
             written += future.result()
-            maybe_pause(done)
+            report(CHUNK_WRITTEN, done)
     finally:
         client.cancel([f for f in futures if not f.done()])
     return written

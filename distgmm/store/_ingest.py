@@ -36,6 +36,7 @@ from typing import Any
 import numpy as np
 import zarr
 
+from distgmm._progress import CHUNK_WRITTEN, report
 from distgmm.errors import DistgmmInputError
 from distgmm.store._integrity import read_rows
 from distgmm.store._location import StoreLocation, building_store, check_store_destination
@@ -47,7 +48,6 @@ from distgmm.store._points import (
     create_layout,
     default_chunk_rows,
     mark_complete,
-    maybe_pause,
     now_iso,
     open_group_checked,
     staged_view,
@@ -147,7 +147,7 @@ class _RowWriter:
             staged_view(array, stop)[self.start:stop] = values
         self.start = stop
         self.chunks_written += 1
-        maybe_pause(self.chunks_written)
+        report(CHUNK_WRITTEN, self.chunks_written)
 
 
 def value_limit(dtype: np.dtype) -> float:

@@ -30,16 +30,17 @@ from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from typing import Any
 
+import numpy as np
 import zarr
 from zarr.core.metadata.io import save_metadata
 from zarr.core.sync import sync
 
 from distgmm.errors import DistgmmInputError
 from distgmm.store._location import StoreLocation
-from distgmm.store._points import _label_compressors, open_group_checked
+from distgmm.store._points import _compressors, _label_compressors, open_group_checked
 
 __all__ = ["LABELS_ATTR", "LabelState", "label_state", "label_names", "prepare_labels",
-           "record_chunks_done"]
+           "prepare_proba", "record_chunks_done", "create_label_array"]
 
 LABELS_ATTR = "distgmm_labels"
 LABELS_SCHEMA_VERSION = 1
@@ -192,3 +193,25 @@ def record_chunks_done(store: str | StoreLocation | zarr.Group, name: str,
     _save(labels, labels.shape[0], record)
     points = group["points"]
     return _state_from(name, labels, points.shape[0], points.chunks[0])
+
+
+def prepare_proba(group: zarr.Group, name: str, n_rows: int, chunk_rows: int, n_components: int,
+                  fresh: bool) -> None:
+    """Create ``proba/<name>`` (N, K) float32 (NaN until written), or, unless ``fresh``,
+    resize an existing one of K columns to the current rows."""
+    path = f"proba/{name}"
+    if not fresh and path in group and group[path].shape[1] == n_components:
+        group[path].resize((n_rows, n_components))
+        return
+    group.require_group("proba").create_array(
+        name, shape=(n_rows, n_components), chunks=(chunk_rows, n_components), dtype="float32",
+        fill_value=np.nan, compressors=_compressors(), dimension_names=("row", "component"),
+        overwrite=True)
+
+
+def create_label_array(location: StoreLocation, n_rows: int, chunk_rows: int) -> zarr.Array:
+    """A new standalone labels array at ``location``: (N,) int32, fill value -1 (unlabelled),
+    chunks of ``chunk_rows`` rows, the label sets' codecs."""
+    return zarr.create_array(location.zarr_store(read_only=False), shape=(n_rows,),
+                             chunks=(chunk_rows,), dtype="int32", fill_value=-1,
+                             compressors=_label_compressors(), dimension_names=("row",))

@@ -1,18 +1,26 @@
 """Model files: a fitted mixture as a versioned, checksummed ``.npz`` (no pickle) and its fingerprint.
 
-Format (``kind = "distgmm-model"``, ``format_version = 1``), written with
+Format (``kind = "distgmm-model"``, ``format_version = 2``), written with
 :func:`distgmm._serialize.save_arrays` (atomic rename, SHA-256 over arrays and metadata)::
 
     arrays   weights (K,), means (K, D), covariances, precisions_cholesky   (float64)
              covariances / precisions_cholesky: (K, D, D) full, (D, D) tied,
              (K, D) diag, (K,) spherical
-    meta     {"kind", "format_version", "distgmm_version", "covariance_type",
-              "n_components", "n_features",
+             a Bayesian mixture also: mean_precision (K,), degrees_of_freedom (K,) or ()
+             for tied, weight_concentration (K,) or weight_concentration_a/_b (K,) for a
+             Dirichlet process, mean_prior (D,), covariance_prior (its covariance shape)
+    meta     {"kind", "format_version", "distgmm_version", "mixture" ("gaussian" or
+              "bayesian"), "covariance_type", "n_components", "n_features",
               "estimator": {"tol", "reg_covar", "max_iter", "n_init", "init_params",
-                            "random_state"},
+                            "random_state"; a Bayesian mixture also
+                            "weight_concentration_prior_type", "weight_concentration_prior",
+                            "mean_precision_prior", "degrees_of_freedom_prior"},
               "fit": {"converged", "n_iter", "lower_bound", "lower_bounds",
                       "lower_bounds_per_init"},
               "provenance": {...free-form JSON: store, rows, alignment...}}
+
+Version 1 files (Gaussian mixtures written before Bayesian ones existed) are read as
+Gaussian mixtures.
 
 The file's SHA-256 digest is the model **fingerprint** recorded by label jobs. Nothing time-
 or host-dependent is stored, so the same fit (including one resumed from a checkpoint) gives
@@ -40,9 +48,13 @@ __all__ = ["MODEL_KIND", "MODEL_FORMAT_VERSION", "ModelFile", "save_model", "loa
 logger = logging.getLogger(__name__)
 
 MODEL_KIND = "distgmm-model"
-MODEL_FORMAT_VERSION = 1
+MODEL_FORMAT_VERSION = 2
 _ARRAYS = ("weights", "means", "covariances", "precisions_cholesky")
 _ESTIMATOR_KEYS = ("tol", "reg_covar", "max_iter", "n_init", "init_params", "random_state")
+#: A Bayesian mixture's variational arrays and priors, besides the Gaussian ones.
+_BAYESIAN_ARRAYS = ("mean_precision", "degrees_of_freedom", "mean_prior", "covariance_prior")
+_BAYESIAN_ESTIMATOR_KEYS = ("weight_concentration_prior_type", "weight_concentration_prior",
+                            "mean_precision_prior", "degrees_of_freedom_prior")
 _META_KEYS = {"kind", "format_version", "distgmm_version", "covariance_type", "n_components",
               "n_features", "estimator", "fit", "provenance"}
 
@@ -53,7 +65,7 @@ class ModelFile:
 
     Attributes
     ----------
-    model : distgmm.GaussianMixture
+    model : distgmm.GaussianMixture or distgmm.BayesianGaussianMixture
         The fitted estimator.
     fingerprint : str
         SHA-256 digest of the file's content (what label state records).
@@ -81,11 +93,11 @@ def _plain(value: Any) -> Any:
 
 def save_model(model: Any, path: str | os.PathLike, *,
                provenance: dict[str, Any] | None = None) -> str:
-    """Write a fitted :class:`distgmm.GaussianMixture` to ``path`` atomically.
+    """Write a fitted distgmm mixture to ``path`` atomically.
 
     Parameters
     ----------
-    model : distgmm.GaussianMixture
+    model : distgmm.GaussianMixture or distgmm.BayesianGaussianMixture
         Fitted (``means_`` etc. set).
     path : path-like
         Destination ``.npz`` file; replaced atomically if it exists.
@@ -103,15 +115,30 @@ def save_model(model: Any, path: str | os.PathLike, *,
     check_is_fitted(model, "precisions_cholesky_")
     arrays = {name: np.asarray(getattr(model, f"{name}_"), dtype=np.float64) for name in _ARRAYS}
     k, d = arrays["means"].shape
+    bayesian = hasattr(model, "weight_concentration_")
+    estimator = {key: (_plain(model.random_state) if key == "random_state"
+                       else getattr(model, key)) for key in _ESTIMATOR_KEYS}
+    if bayesian:
+        arrays.update({name: np.asarray(getattr(model, f"{name}_"), dtype=np.float64)
+                       for name in _BAYESIAN_ARRAYS})
+        concentration = model.weight_concentration_
+        if isinstance(concentration, tuple):
+            arrays["weight_concentration_a"], arrays["weight_concentration_b"] = (
+                np.asarray(c, dtype=np.float64) for c in concentration)
+        else:
+            arrays["weight_concentration"] = np.asarray(concentration, dtype=np.float64)
+        estimator["weight_concentration_prior_type"] = model.weight_concentration_prior_type
+        for key in _BAYESIAN_ESTIMATOR_KEYS[1:]:
+            estimator[key] = float(getattr(model, f"{key}_"))
     meta = {
         "kind": MODEL_KIND,
         "format_version": MODEL_FORMAT_VERSION,
         "distgmm_version": __version__,
+        "mixture": "bayesian" if bayesian else "gaussian",
         "covariance_type": model.covariance_type,
         "n_components": int(k),
         "n_features": int(d),
-        "estimator": {key: (_plain(model.random_state) if key == "random_state"
-                            else getattr(model, key)) for key in _ESTIMATOR_KEYS},
+        "estimator": estimator,
         "fit": {
             "converged": bool(getattr(model, "converged_", False)),
             "n_iter": int(getattr(model, "n_iter_", 0)),
@@ -143,10 +170,11 @@ def _check_meta(path: str, meta: dict) -> tuple[str, int, int]:
         raise DistgmmInputError(
             f"model file {path} has format version {version!r}, but this distgmm reads "
             f"version {MODEL_FORMAT_VERSION}; upgrade distgmm or refit the model.")
-    if version != MODEL_FORMAT_VERSION:
+    if version not in (1, MODEL_FORMAT_VERSION):
         raise _refuse(path, f"has unsupported format version {version!r}")
-    missing = sorted(_META_KEYS - set(meta))
-    extra = sorted(set(meta) - _META_KEYS)
+    keys = _META_KEYS | ({"mixture"} if version >= 2 else set())
+    missing = sorted(keys - set(meta))
+    extra = sorted(set(meta) - keys)
     if missing or extra:
         raise _refuse(path, f"has metadata keys missing {missing} / unexpected {extra}")
     from distgmm._kernels import COVARIANCE_TYPES
@@ -157,8 +185,13 @@ def _check_meta(path: str, meta: dict) -> tuple[str, int, int]:
     k, d = meta["n_components"], meta["n_features"]
     if not (isinstance(k, int) and isinstance(d, int) and k >= 1 and d >= 1):
         raise _refuse(path, f"has invalid n_components={k!r} / n_features={d!r}")
+    mixture = meta.get("mixture", "gaussian")
+    if mixture not in ("gaussian", "bayesian"):
+        raise _refuse(path, f"has mixture kind {mixture!r}, not gaussian or bayesian")
     estimator, fit = meta["estimator"], meta["fit"]
-    if not isinstance(estimator, dict) or set(estimator) != set(_ESTIMATOR_KEYS):
+    expected = set(_ESTIMATOR_KEYS) | (set(_BAYESIAN_ESTIMATOR_KEYS) if mixture == "bayesian"
+                                       else set())
+    if not isinstance(estimator, dict) or set(estimator) != expected:
         raise _refuse(path, "has invalid estimator settings")
     if not isinstance(fit, dict) or not {"converged", "n_iter", "lower_bound"} <= set(fit):
         raise _refuse(path, "has an invalid fit record")
@@ -167,11 +200,26 @@ def _check_meta(path: str, meta: dict) -> tuple[str, int, int]:
     return cov, k, d
 
 
-def _check_arrays(path: str, arrays: dict[str, np.ndarray], cov: str, k: int, d: int) -> None:
-    if set(arrays) != set(_ARRAYS):
-        raise _refuse(path, f"holds arrays {sorted(arrays)} instead of {sorted(_ARRAYS)}")
+def _expected_arrays(arrays: dict[str, np.ndarray], cov: str, k: int, d: int,
+                     bayesian: bool) -> dict[str, tuple[int, ...]]:
+    """The arrays a model file must hold, with their shapes."""
     expected = {"weights": (k,), "means": (k, d), "covariances": _cov_shape(cov, k, d),
                 "precisions_cholesky": _cov_shape(cov, k, d)}
+    if bayesian:
+        prior = {"full": (d, d), "tied": (d, d), "diag": (d,), "spherical": ()}[cov]
+        expected.update(mean_precision=(k,), degrees_of_freedom=() if cov == "tied" else (k,),
+                        mean_prior=(d,), covariance_prior=prior)
+        names = (("weight_concentration",) if "weight_concentration" in arrays
+                 else ("weight_concentration_a", "weight_concentration_b"))
+        expected.update({name: (k,) for name in names})
+    return expected
+
+
+def _check_arrays(path: str, arrays: dict[str, np.ndarray], cov: str, k: int, d: int,
+                  bayesian: bool = False) -> None:
+    expected = _expected_arrays(arrays, cov, k, d, bayesian)
+    if set(arrays) != set(expected):
+        raise _refuse(path, f"holds arrays {sorted(arrays)} instead of {sorted(expected)}")
     for name, shape in expected.items():
         a = arrays[name]
         if a.shape != shape or a.dtype != np.float64:
@@ -202,6 +250,7 @@ def read_model(path: str | os.PathLike) -> ModelFile:
     distgmm._serialize.CorruptFileError
         Truncated, damaged or edited file (checksum mismatch).
     """
+    from distgmm._bayesian_estimator import BayesianGaussianMixture
     from distgmm._estimator import GaussianMixture
     from distgmm._kernels import precisions_from_cholesky
 
@@ -219,12 +268,25 @@ def read_model(path: str | os.PathLike) -> ModelFile:
     except CorruptFileError as exc:
         raise CorruptFileError(f"model {exc}") from None
     cov, k, d = _check_meta(path, meta)
-    _check_arrays(path, arrays, cov, k, d)
+    bayesian = meta.get("mixture") == "bayesian"
+    _check_arrays(path, arrays, cov, k, d, bayesian)
     est = meta["estimator"]
-    model = GaussianMixture(
-        n_components=k, covariance_type=cov, tol=est["tol"], reg_covar=est["reg_covar"],
-        max_iter=est["max_iter"], n_init=est["n_init"], init_params=est["init_params"],
-        random_state=est["random_state"])
+    common = dict(n_components=k, covariance_type=cov, tol=est["tol"],
+                  reg_covar=est["reg_covar"], max_iter=est["max_iter"], n_init=est["n_init"],
+                  init_params=est["init_params"], random_state=est["random_state"])
+    if bayesian:
+        model = BayesianGaussianMixture(**common, **{
+            key: est[key] for key in _BAYESIAN_ESTIMATOR_KEYS})
+        for key in _BAYESIAN_ESTIMATOR_KEYS[1:]:
+            setattr(model, f"{key}_", float(est[key]))
+        for name in _BAYESIAN_ARRAYS:
+            value = arrays[name]
+            setattr(model, f"{name}_", float(value) if value.ndim == 0 else value)
+        model.weight_concentration_ = (
+            arrays["weight_concentration"] if "weight_concentration" in arrays
+            else (arrays["weight_concentration_a"], arrays["weight_concentration_b"]))
+    else:
+        model = GaussianMixture(**common)
     for name in _ARRAYS:
         setattr(model, f"{name}_", arrays[name])
     model.precisions_ = precisions_from_cholesky(arrays["precisions_cholesky"], cov)

@@ -5,8 +5,6 @@ from __future__ import annotations
 import datetime
 import logging
 import math
-import os
-import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -17,6 +15,7 @@ from zarr.codecs import BloscCodec, ZstdCodec
 from zarr.core.metadata.io import save_metadata
 from zarr.core.sync import sync
 
+from distgmm._layout import DEFAULT_CHUNK_BYTES, default_chunk_rows
 from distgmm.errors import DistgmmInputError
 from distgmm.store._integrity import checksum_codec, read_block, writable_rows
 from distgmm.store._location import StoreLocation
@@ -35,36 +34,11 @@ logger = logging.getLogger(__name__)
 #: 2: every array ends its codecs with ``crc32c`` and row arrays store every chunk
 #: (:mod:`distgmm.store._integrity`). Schema 1 stores open and append as before, unchecked.
 SCHEMA_VERSION = 2
-#: Default size of one chunk of ``points`` before compression.
-DEFAULT_CHUNK_BYTES = 16 * 2**20
 #: Per-row arrays besides ``points`` and the value appended rows get when the source has none.
 ROW_ARRAY_FILL = {"weights": 1.0, "truth": -1}
 #: How many append records ``points`` keeps in its ``row_log`` attribute.
 ROW_LOG_LENGTH = 200
 _SUPPORTED_DTYPES = ("float32", "float64")
-#: Test hook: after this many chunk writes (ingest, append, generate), log a line and sleep
-#: for ``$DISTGMM_TEST_PAUSE_SECONDS`` (default 60), so a test can SIGKILL the writer or
-#: start another one at a known point. Never set in production.
-PAUSE_ENV = "DISTGMM_TEST_PAUSE_AFTER_CHUNKS"
-PAUSE_SECONDS_ENV = "DISTGMM_TEST_PAUSE_SECONDS"
-
-
-def maybe_pause(chunks_written: int) -> None:
-    """The :data:`PAUSE_ENV` test hook."""
-    wanted = os.environ.get(PAUSE_ENV)
-    if wanted and int(wanted) == chunks_written:
-        seconds = float(os.environ.get(PAUSE_SECONDS_ENV, "60"))
-        logger.warning("%s: paused after %d chunk writes", PAUSE_ENV, chunks_written)
-        time.sleep(seconds)
-
-
-def default_chunk_rows(n_features: int, dtype: str | np.dtype,
-                       chunk_bytes: int = DEFAULT_CHUNK_BYTES) -> int:
-    """Rows per chunk so that one chunk of ``points`` holds about ``chunk_bytes`` bytes."""
-    itemsize = np.dtype(dtype).itemsize
-    return max(1, chunk_bytes // (itemsize * max(1, n_features)))
-
-
 def check_dtype(dtype: str | np.dtype) -> np.dtype:
     """Return ``dtype`` as a NumPy dtype if it is float32 or float64, else raise."""
     try:
@@ -87,9 +61,8 @@ def _compressors() -> list:
 
 
 def _label_compressors() -> list:
-    """Codecs of label arrays (small integers): bit-shuffled zstd at level 1 wrote a chunk of
-    131072 labels of 8 components in 1.1 ms into 49 KiB, against 2.6 ms and 89 KiB with the
-    points' plain zstd level 3 (measured); then the chunk's checksum."""
+    """Codecs of label arrays (small integers): bit-shuffled zstd at level 1, faster and
+    smaller than the points' codec for them (``bench/README.md``); then the checksum."""
     return [BloscCodec(cname="zstd", clevel=1, shuffle="bitshuffle"), checksum_codec()]
 
 
