@@ -496,6 +496,7 @@ class _BaseMixture(DensityMixin, BaseEstimator):
         self.lower_bounds_per_init_ = [list(h) for h in result.histories]
         self.n_features_in_ = result.params.n_features
         self.fit_seconds_ = result.seconds
+        self.training_scores_ = result.scores
 
     # ------------------------------------------------------------------ prediction
     def _blockwise(self, X, fn: Callable, *, columns: int | None, dtype):

@@ -1,6 +1,6 @@
 """Model files: a fitted mixture as a versioned, checksummed ``.npz`` (no pickle) and its fingerprint.
 
-Format (``kind = "distgmm-model"``, ``format_version = 2``), written with
+Format (``kind = "distgmm-model"``, ``format_version = 3``), written with
 :func:`distgmm._serialize.save_arrays` (atomic rename, SHA-256 over arrays and metadata)::
 
     arrays   weights (K,), means (K, D), covariances, precisions_cholesky   (float64)
@@ -17,10 +17,13 @@ Format (``kind = "distgmm-model"``, ``format_version = 2``), written with
                             "mean_precision_prior", "degrees_of_freedom_prior"},
               "fit": {"converged", "n_iter", "lower_bound", "lower_bounds",
                       "lower_bounds_per_init"},
-              "provenance": {...free-form JSON: store, rows, alignment...}}
+              "provenance": {...free-form JSON: store, rows, alignment...},
+              "scoring": {...} (optional): the training scores' figures and outlier
+                         threshold, :meth:`distgmm._scores.ScoreProfile.to_dict`}
 
 Version 1 files (Gaussian mixtures written before Bayesian ones existed) are read as
-Gaussian mixtures.
+Gaussian mixtures; version 1 and 2 files (written before the training scores were
+recorded) have no ``scoring`` block, and are read with ``training_scores_ = None``.
 
 The file's SHA-256 digest is the model **fingerprint** recorded by label jobs. Nothing time-
 or host-dependent is stored, so the same fit (including one resumed from a checkpoint) gives
@@ -48,7 +51,7 @@ __all__ = ["MODEL_KIND", "MODEL_FORMAT_VERSION", "ModelFile", "save_model", "loa
 logger = logging.getLogger(__name__)
 
 MODEL_KIND = "distgmm-model"
-MODEL_FORMAT_VERSION = 2
+MODEL_FORMAT_VERSION = 3
 _ARRAYS = ("weights", "means", "covariances", "precisions_cholesky")
 _ESTIMATOR_KEYS = ("tol", "reg_covar", "max_iter", "n_init", "init_params", "random_state")
 #: A Bayesian mixture's variational arrays and priors, besides the Gaussian ones.
@@ -149,6 +152,9 @@ def save_model(model: Any, path: str | os.PathLike, *,
         },
         "provenance": dict(provenance or {}),
     }
+    scoring = getattr(model, "training_scores_", None)
+    if scoring is not None:
+        meta["scoring"] = scoring.to_dict()
     digest = save_arrays(path, arrays, meta)
     logger.info("wrote model %s (K=%d, D=%d, %s), fingerprint %s", os.fspath(path), k, d,
                 model.covariance_type, digest[:12])
@@ -170,11 +176,11 @@ def _check_meta(path: str, meta: dict) -> tuple[str, int, int]:
         raise DistgmmInputError(
             f"model file {path} has format version {version!r}, but this distgmm reads "
             f"version {MODEL_FORMAT_VERSION}; upgrade distgmm or refit the model.")
-    if version not in (1, MODEL_FORMAT_VERSION):
+    if version not in (1, 2, MODEL_FORMAT_VERSION):
         raise _refuse(path, f"has unsupported format version {version!r}")
     keys = _META_KEYS | ({"mixture"} if version >= 2 else set())
     missing = sorted(keys - set(meta))
-    extra = sorted(set(meta) - keys)
+    extra = sorted(set(meta) - keys - ({"scoring"} if version >= 3 else set()))
     if missing or extra:
         raise _refuse(path, f"has metadata keys missing {missing} / unexpected {extra}")
     from distgmm._kernels import COVARIANCE_TYPES
@@ -297,8 +303,32 @@ def read_model(path: str | os.PathLike) -> ModelFile:
     model.lower_bounds_ = list(fit.get("lower_bounds", []))
     model.lower_bounds_per_init_ = [list(h) for h in fit.get("lower_bounds_per_init", [])]
     model.n_features_in_ = d
+    model.training_scores_ = _scoring(path, meta.get("scoring"))
     return ModelFile(model=model, fingerprint=digest, path=path,
                      provenance=dict(meta["provenance"]))
+
+
+def _scoring(path: str, block: Any) -> Any:
+    """The ``scoring`` block as a :class:`~distgmm._scores.ScoreProfile` (None if absent),
+    refusing one that is malformed."""
+    if block is None:
+        return None
+    from distgmm._scores import ScoreProfile
+
+    try:
+        profile = ScoreProfile.from_dict(block)
+        sketch = profile.sketch
+        numbers = (sketch.upper, sketch.weight, sketch.mean, sketch.moments.m2,
+                   profile.settling, profile.outlier_threshold, profile.outlier_share)
+        valid = (all(math.isfinite(v) for v in numbers) and sketch.weight > 0
+                 and sketch.moments.m2 >= 0 and 0 < profile.outlier_quantile < 1
+                 and 0 <= profile.outlier_share <= 1 and sketch.first >= 0
+                 and np.all(np.isfinite(sketch.counts)) and np.all(sketch.counts >= 0))
+    except (KeyError, TypeError, ValueError):
+        valid = False
+    if not valid:
+        raise _refuse(path, "has an invalid scoring block")
+    return profile
 
 
 def load_model(path: str | os.PathLike) -> Any:
