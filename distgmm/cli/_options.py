@@ -24,11 +24,15 @@ __all__ = [
     "Scheduler", "Workers", "ThreadsPerWorker", "MemoryLimit", "TlsCaFile", "TlsCert", "TlsKey",
     "Verbose", "Quiet", "Json", "StorageOption", "DType", "LockWait", "SchedulerTimeout",
     "ClusterOptions", "Output", "command", "dask_client", "handle_errors", "storage_options",
-    "EXIT_BAD_INPUT", "EXIT_FAILURE",
+    "EXIT_BAD_INPUT", "EXIT_FAILURE", "EXIT_DRIFT",
 ]
 
 EXIT_FAILURE = 1
 EXIT_BAD_INPUT = 2
+#: ``label --fail-on-drift`` (and ``run`` with a label step's ``fail_on_drift``): the work
+#: is done and recorded, and the newly labelled rows drifted from the model's training
+#: scores; a scheduler can alert or refit on this code.
+EXIT_DRIFT = 3
 
 _CLUSTER = "Cluster"
 _OUTPUT = "Output"
@@ -247,7 +251,9 @@ def _is_cluster_unavailable(exc: BaseException) -> bool:
 def handle_errors(output: Output) -> Iterator[None]:
     """Turn exceptions into ``error: <message>`` on stderr and an exit code.
 
-    Bad input (``ValueError``, including :class:`DistgmmInputError`) exits 2; an unreachable
+    Exit codes: 0 success; 3 (:data:`EXIT_DRIFT`) is set by ``label --fail-on-drift`` and
+    ``run`` themselves, after their output, when drift was reported. Bad input
+    (``ValueError``, including :class:`DistgmmInputError`) exits 2; an unreachable
     or lost scheduler (:class:`distgmm.cluster.ClusterUnavailableError`) and a run that
     cannot go ahead now (:class:`DistgmmRunError`, e.g. a store busy for longer than
     ``--lock-wait``) exit 1 with their message; anything unexpected exits 1 (with the

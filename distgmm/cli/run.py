@@ -7,7 +7,7 @@ from typing import Annotated
 import typer
 
 from distgmm.cli._options import (
-    ClusterOptions, LockWait, Output, command, dask_client, handle_errors,
+    EXIT_DRIFT, ClusterOptions, LockWait, Output, command, dask_client, handle_errors,
 )
 from distgmm.cli.fit import iteration_printer, render_fit
 from distgmm.cli.label import progress_printer, render_label
@@ -45,7 +45,8 @@ def run(
     Relative paths in the job are relative to the job file's directory, and every path must
     stay inside it or inside a path given with --set (else --allow-outside). Steps are data
     (ingest, generate, fit, label, select with their options): a job file cannot run code.
-    Rerunning a job skips the steps whose output is already there and complete.
+    Rerunning a job skips the steps whose output is already there and complete. A label
+    step with fail_on_drift = true that reports drift ends the job with exit code 3.
     """
     from distgmm.jobs import JobHooks, load_job, parse_sets, run_job
 
@@ -64,5 +65,11 @@ def run(
             result = {**report.to_dict(), "dashboard": client.dashboard_link}
         if output.json:
             output.emit_json(result)
+        elif report.failed_on_drift:
+            output.message(f"job stopped: step {report.results[-1][0].index} reported drift "
+                           f"({len(report.results)} of {len(job.steps)} steps in "
+                           f"{report.seconds:.2f} s)")
         else:
             output.message(f"job done: {len(report.results)} steps in {report.seconds:.2f} s")
+    if report.failed_on_drift:
+        raise typer.Exit(EXIT_DRIFT)

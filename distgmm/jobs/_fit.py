@@ -7,6 +7,10 @@ silently continued); ``resume=True`` with no checkpoint yet starts from scratch,
 scheduled job can always pass it. A resumed fit ends with exactly the model file an
 uninterrupted fit writes (same bytes, same fingerprint). The checkpoint is deleted once the
 model file is written.
+
+Training scores: the model file records the training points' scores in the fit's last pass
+(:mod:`distgmm._scores`) and the outlier threshold of ``outlier_quantile`` among them, which
+label jobs with scores flag outliers and judge drift against.
 """
 
 from __future__ import annotations
@@ -22,13 +26,14 @@ from sklearn.exceptions import ConvergenceWarning
 
 from distgmm import _progress
 from distgmm._bayesian_estimator import kept_components
+from distgmm._scores import DEFAULT_OUTLIER_QUANTILE
 from distgmm.errors import DistgmmInputError
 from distgmm.jobs._align import alignment_permutation, permute_components
 from distgmm.jobs._common import resolve_client
 from distgmm.store import open_points, read_model, save_model
 
 __all__ = ["FitReport", "fit_store", "checkpoint_path", "convergence_plot_path", "fit_points",
-           "check_fit_outputs"]
+           "check_fit_outputs", "check_outlier_quantile", "with_outlier_quantile"]
 
 logger = logging.getLogger(__name__)
 
@@ -61,10 +66,32 @@ class FitReport:
     #: weight (``n_components`` is then an upper bound).
     prior: str | None = None
     components_kept: int | None = None
+    #: The outlier quantile of the training scores and its threshold (scores below it are
+    #: outliers); None when the fit made no pass.
+    outlier_quantile: float | None = None
+    outlier_threshold: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dictionary."""
         return asdict(self)
+
+
+def check_outlier_quantile(q: float) -> float:
+    """Refuse an outlier quantile outside (0, 1)."""
+    if not (isinstance(q, (int, float)) and not isinstance(q, bool) and 0 < q < 1):
+        raise DistgmmInputError(f"--outlier-quantile must be a fraction of the training points "
+                                f"between 0 and 1 (e.g. {DEFAULT_OUTLIER_QUANTILE:g}), got "
+                                f"{q!r}.")
+    return float(q)
+
+
+def with_outlier_quantile(model: Any, q: float) -> tuple[float | None, float | None]:
+    """Set the fitted ``model``'s outlier threshold to the ``q``-quantile of its training
+    scores; return ``(q, threshold)`` (``(None, None)`` when the fit made no pass)."""
+    if getattr(model, "training_scores_", None) is None:
+        return None, None
+    model.training_scores_ = model.training_scores_.with_outlier_quantile(q)
+    return q, model.training_scores_.outlier_threshold
 
 
 def convergence_plot_path(model_path: str | os.PathLike) -> str:
@@ -161,6 +188,7 @@ def fit_store(
     plot: bool = False,
     prior: str | None = None,
     weight_concentration: float | None = None,
+    outlier_quantile: float = DEFAULT_OUTLIER_QUANTILE,
 ) -> FitReport:
     """Fit a Gaussian mixture (or a Bayesian one) to a point store and write the model file.
 
@@ -196,6 +224,9 @@ def fit_store(
         ``n_components`` is then an upper bound.
     weight_concentration : float, optional
         Its ``weight_concentration_prior`` (default ``1 / n_components``).
+    outlier_quantile : float
+        Fraction of the training points whose scores the recorded outlier threshold lies
+        below (see the module docstring).
 
     Returns
     -------
@@ -203,6 +234,7 @@ def fit_store(
     """
     t0 = time.perf_counter()
     model_path = os.fspath(model_path)
+    outlier_quantile = check_outlier_quantile(outlier_quantile)
     check_fit_outputs(model_path, overwrite=overwrite, checkpoint_dir=checkpoint_dir, plot=plot)
     if resume and checkpoint_dir is None:
         raise DistgmmInputError("--resume needs --checkpoint DIR (where the checkpoint is).")
@@ -245,6 +277,7 @@ def fit_store(
     if reference is not None:
         permutation = [int(p) for p in alignment_permutation(model, reference.model)]
         permute_components(model, permutation)
+    quantile, threshold = with_outlier_quantile(model, outlier_quantile)
     provenance = {"store": store, "n_rows": points.n_rows, "weighted": weights, "seed": seed,
                   "aligned_to": reference.fingerprint if reference else None,
                   "permutation": permutation}
@@ -265,4 +298,5 @@ def fit_store(
         aligned_to=reference.path if reference else None, permutation=permutation,
         fit_seconds=float(getattr(model, "fit_seconds_", 0.0)), seconds=time.perf_counter() - t0,
         lower_bounds=[float(v) for v in model.lower_bounds_], plot=plot_path, prior=prior,
-        components_kept=None if prior is None else kept_components(model.weights_))
+        components_kept=None if prior is None else kept_components(model.weights_),
+        outlier_quantile=quantile, outlier_threshold=threshold)

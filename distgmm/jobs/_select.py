@@ -12,8 +12,10 @@ from typing import Any, Callable
 
 from sklearn.exceptions import ConvergenceWarning
 
+from distgmm._scores import DEFAULT_OUTLIER_QUANTILE
 from distgmm.errors import DistgmmInputError
 from distgmm.jobs._common import parse_components, parse_covariance_types, resolve_client
+from distgmm.jobs._fit import check_outlier_quantile, with_outlier_quantile
 from distgmm.store import open_points, save_model
 
 __all__ = ["SelectReport", "select_store", "selection_plot_path", "check_select_outputs",
@@ -47,6 +49,9 @@ class SelectReport:
     seconds: float
     records: list[dict[str, Any]] = field(default_factory=list)
     lower_bounds: list[float] = field(default_factory=list)
+    #: The chosen model's outlier quantile and threshold (see :func:`fit_store`).
+    outlier_quantile: float | None = None
+    outlier_threshold: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dictionary."""
@@ -88,6 +93,7 @@ def select_store(
     client: Any = None,
     storage_options: dict[str, Any] | None = None,
     on_candidate: Callable[[dict[str, Any]], None] | None = None,
+    outlier_quantile: float = DEFAULT_OUTLIER_QUANTILE,
 ) -> SelectReport:
     """Fit each candidate on the store, pick the lowest ``criterion``, write it and the curve.
 
@@ -106,6 +112,8 @@ def select_store(
         Passed to every candidate fit (same seed for each).
     on_candidate : callable, optional
         Called with each candidate's record as soon as it is fitted.
+    outlier_quantile : float
+        As for :func:`~distgmm.jobs.fit_store`, for the chosen model.
 
     Returns
     -------
@@ -115,6 +123,7 @@ def select_store(
     model_path = os.fspath(model_path)
     ks = parse_components(components)
     kinds = parse_covariance_types(covariance_types)
+    outlier_quantile = check_outlier_quantile(outlier_quantile)
     if criterion not in CRITERIA:
         raise DistgmmInputError(f"--criterion {criterion!r} is not one of {', '.join(CRITERIA)}.")
     check_select_outputs(model_path, overwrite=overwrite, plot=plot)
@@ -167,6 +176,7 @@ def select_store(
             f"no candidate could be fitted on {store} ({records[-1]['error']}); try fewer "
             "components or a larger --reg-covar.")
     model = best[1]
+    quantile, threshold = with_outlier_quantile(model, outlier_quantile)
     provenance = {"store": store, "n_rows": points.n_rows, "seed": seed,
                   "selected_by": criterion,
                   "candidates": [{k: r[k] for k in ("n_components", "covariance_type", "bic",
@@ -186,4 +196,5 @@ def select_store(
         n_iter=int(model.n_iter_), converged=bool(model.converged_),
         lower_bound=float(model.lower_bound_), plot=plot_path,
         seconds=time.perf_counter() - t0, records=records,
-        lower_bounds=[float(v) for v in model.lower_bounds_])
+        lower_bounds=[float(v) for v in model.lower_bounds_], outlier_quantile=quantile,
+        outlier_threshold=threshold)

@@ -46,6 +46,13 @@ Step keys are the command's options with ``_`` for ``-`` (``covariance_type``, `
   - ``label`` is incremental by itself (chunks already labelled by the model are skipped).
 
   An existing output that does not match is an error, as on the command line.
+* Drift (label steps with ``scores = true``): ``fail_on_drift = true`` ends the job after
+  that step when it reports drift (``distgmm run`` then exits 3, as ``label
+  --fail-on-drift`` does); ``stop_unless_drift = true`` ends it successfully after that
+  step when it reports *no* drift, the later steps reported as skipped: a refit that runs
+  only when it is needed. A label run that labels nothing repeats the last report of the
+  label set (:mod:`distgmm.jobs._label`), so a job killed during its refit refits when run
+  again.
 """
 
 from __future__ import annotations
@@ -67,7 +74,8 @@ _RANGE = "component range (\"1..12\", \"2,4,8\", an integer or a list of integer
 _KINDS = "string or list of strings"
 
 _FIT_OPTIONS = {"covariance_type": _STR, "tol": _FLOAT, "max_iter": _INT, "n_init": _INT,
-                "init": _STR, "reg_covar": _FLOAT, "seed": _INT, "overwrite": _BOOL}
+                "init": _STR, "reg_covar": _FLOAT, "seed": _INT, "overwrite": _BOOL,
+                "outlier_quantile": _FLOAT}
 
 #: Allowed keys of each step kind and their types (``run`` is the kind itself).
 STEP_KEYS: dict[str, dict[str, str]] = {
@@ -80,7 +88,9 @@ STEP_KEYS: dict[str, dict[str, str]] = {
     "fit": {"store": _PATH, "model": _PATH, "components": _INT, **_FIT_OPTIONS,
             "weights": _BOOL, "checkpoint": _PATH, "resume": _BOOL, "align_to": _PATH,
             "bayesian": _BOOL, "prior": _STR, "weight_concentration": _FLOAT},
-    "label": {"model": _PATH, "store": _PATH, "name": _STR, "proba": _BOOL, "replace": _BOOL},
+    "label": {"model": _PATH, "store": _PATH, "name": _STR, "proba": _BOOL, "replace": _BOOL,
+              "scores": _BOOL, "drift_threshold": _FLOAT, "fail_on_drift": _BOOL,
+              "stop_unless_drift": _BOOL},
     "select": {"store": _PATH, "model": _PATH, "components": _RANGE, **_FIT_OPTIONS,
                "covariance_type": _KINDS, "criterion": _STR, "plot": _BOOL},
 }
@@ -316,6 +326,10 @@ def load_job(path: str | os.PathLike, sets: dict[str, str] | None = None,
                 _fit_prior(options)
             except DistgmmInputError as exc:
                 raise DistgmmInputError(f"{path}: step {index} (fit): {exc}") from None
+        if kind == "label" and not options.get("scores") and (
+                options.get("fail_on_drift") or options.get("stop_unless_drift")):
+            raise DistgmmInputError(f"{path}: step {index} (label): fail_on_drift and "
+                                    "stop_unless_drift judge scores; add scores = true.")
         missing = [k for k in _REQUIRED[kind] if k not in options]
         if missing:
             raise DistgmmInputError(f"{path}: step {index} ({kind}): missing required key(s) "
@@ -331,10 +345,13 @@ class JobReport:
     path: str
     results: list[tuple[JobStep, Any]] = field(default_factory=list)
     seconds: float = 0.0
+    #: A label step with ``fail_on_drift`` reported drift and ended the job.
+    failed_on_drift: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dictionary."""
         return {"job": self.path, "seconds": self.seconds,
+                "failed_on_drift": self.failed_on_drift,
                 "steps": [{"step": s.index, "run": s.kind, **r.to_dict()}
                           for s, r in self.results]}
 
@@ -441,6 +458,11 @@ def _model_done(o: dict[str, Any], kind: str) -> str | None:
             and provenance.get("seed") == o.get("seed")
             and all(getattr(fitted, k) == o.get(k, v) for k, v in settings.items())
             and fitted.init_params == o.get("init", "kmeans"))
+    from distgmm._scores import DEFAULT_OUTLIER_QUANTILE
+
+    profile = getattr(fitted, "training_scores_", None)
+    same = same and (profile is None or profile.outlier_quantile == o.get(
+        "outlier_quantile", DEFAULT_OUTLIER_QUANTILE))
     if kind == "fit":
         prior = _fit_prior(o)
         same = same and fitted.n_components == o["components"] and \
@@ -502,6 +524,8 @@ def _run_step(step: JobStep, client: Any, hooks: JobHooks, lock_wait: float | No
     if step.kind == "label":
         from distgmm.jobs._label import label_store
 
+        o.pop("fail_on_drift", None)
+        o.pop("stop_unless_drift", None)
         return label_store(o.pop("model"), o.pop("store"), client=client,
                            on_progress=hooks.on_label_progress, lock_wait=lock_wait, **o)
     from distgmm.jobs._select import select_store
@@ -520,12 +544,25 @@ def run_job(job: Job, *, client: Any = None, hooks: JobHooks | None = None,
     hooks = hooks or JobHooks()
     report = JobReport(job.path)
     t0 = time.perf_counter()
+    ended: str | None = None  # why the remaining steps are skipped
     for step in job.steps:
-        if hooks.step_started is not None:
-            hooks.step_started(step)
-        result = _run_step(step, client, hooks, lock_wait)
+        if ended is not None:
+            output = step.options.get("model") if step.kind in ("fit", "select") else \
+                step.options.get("store")
+            result: Any = SkippedStep(step.kind, output, ended)
+        else:
+            if hooks.step_started is not None:
+                hooks.step_started(step)
+            result = _run_step(step, client, hooks, lock_wait)
         report.results.append((step, result))
         if hooks.step_finished is not None:
             hooks.step_finished(step, result)
+        if ended is None and step.kind == "label":
+            drift = result.drift_detected
+            if drift and step.options.get("fail_on_drift"):
+                report.failed_on_drift = True
+                break
+            if not drift and step.options.get("stop_unless_drift"):
+                ended = f"step {step.index} (label) reported no drift"
     report.seconds = time.perf_counter() - t0
     return report
