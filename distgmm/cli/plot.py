@@ -1,4 +1,4 @@
-"""``distgmm plot``: a model drawn over a store's points (markers or chunked density) as a PNG."""
+"""``distgmm plot``: a model drawn over a store's points (markers or chunked density), or a label set's scores and drift history, as a PNG."""
 
 from __future__ import annotations
 
@@ -24,6 +24,8 @@ def plot(
     density: Annotated[str, typer.Option("--density", help="auto, on or off: per-label 2-D histograms computed chunk by chunk.")] = "auto",
     width: Annotated[int, typer.Option("--width", help="Image width in pixels.")] = 1000,
     height: Annotated[int, typer.Option("--height", help="Image height in pixels.")] = 800,
+    scores: Annotated[str | None, typer.Option("--scores", metavar="NAME", help="Instead of the points: the score histograms of label set NAME (written with label --scores) against the training scores, and its drift history.")] = None,
+    drift_threshold: Annotated[float, typer.Option("--drift-threshold", metavar="Z", help="With --scores: standard errors at which drift is reported (as label's).")] = 4.0,
     storage_option: StorageOption = None,
     *,
     cluster: ClusterOptions,
@@ -33,6 +35,8 @@ def plot(
 
     More than two features are projected on the first two principal components (computed
     on Dask) unless --features picks columns. Large stores are drawn as per-label density.
+    With --scores NAME: the scores of that label set, batch by batch, against the model's
+    training scores, and each batch's mean score and outlier rate over time.
     """
     from distgmm._atomic import check_output_file
     from distgmm.jobs._plot import plot_store
@@ -46,10 +50,15 @@ def plot(
         with dask_client(cluster, output) as client:
             report = plot_store(model, store, out, labels=labels, features=features,
                                 projection=projection, density=density, width=width,
-                                height=height, client=client, storage_options=options)
+                                height=height, client=client, storage_options=options,
+                                scores=scores, drift_threshold=drift_threshold)
         result = report.to_dict()
         if output.json:
             output.emit_json(result)
+        elif scores is not None:
+            output.out.print(f"wrote {result['out']} ({result['width']}x{result['height']}, "
+                             f"scores and drift of labels/{scores}) in "
+                             f"{result['seconds']:.2f} s", highlight=False)
         else:
             output.out.print(f"wrote {result['out']} ({result['width']}x{result['height']}, "
                              f"{result['n_rows']:,} points, "
