@@ -8,9 +8,8 @@ Labels and scores
     Labels alone need only the ``argmax`` of the weighted log-densities; a score is their
     log-sum-exp, which needs K exponentials per row. :func:`labels_and_scores` computes both
     from the same float64 log-densities in one sweep over cache-sized blocks, so asking for
-    scores adds the exponentials and one logarithm per row, not a second E-step; the
-    exponentials are the E-step's own loop (written out in place, its loops vectorise: an
-    inline sum of exponentials ran at a third of its speed). For diag and spherical models,
+    scores adds the exponentials and one logarithm per row, not a second E-step. For diag
+    and spherical models,
     labels alone use a float32 GEMM; scores need float64 values, so with scores their labels
     come from the float64 GEMM, which gives the same labels.
 
@@ -28,21 +27,23 @@ from __future__ import annotations
 
 import numpy as np
 
+import math
+
 from ._fused import (
     HAVE_NUMBA,
     _block_buffers,
+    _exp_or_zero,
     _expanded_block_log_prob,
     _expanded_setup,
     _fused_log_prob,
     _jit_ordered,
     _prepare,
-    _responsibilities_columns,
     use_fused,
 )
 from ._kernels import log_responsibilities
 
 __all__ = ["SKETCH_BITS", "T_MIN", "T_MAX", "N_BUCKETS", "labels_and_scores",
-           "score_buckets", "score_moments", "bucket_lower_edges"]
+           "score_buckets", "score_moments", "stored_scores", "bucket_lower_edges"]
 
 #: Mantissa bits per octave of the sketch's buckets: 128 buckets per doubling of ``t``.
 SKETCH_BITS = 7
@@ -65,12 +66,27 @@ def bucket_lower_edges(first: int, n: int) -> np.ndarray:
 
 # ------------------------------------------------------------------ labels and scores
 @_jit_ordered
+def _log_sum_exp_columns(lpt, top, tot, scores, start):
+    """``scores[start + i] = log sum_k exp(lpt[k, i])`` for the columns of ``lpt`` (K, m),
+    given their maxima ``top``; ``tot`` is scratch. Its own function, as the E-step's
+    :func:`distgmm._fused._responsibilities_columns`: written inline in the labels loop,
+    the same sum of exponentials ran at half the speed."""
+    K, m = lpt.shape
+    for i in range(m):
+        tot[i] = 0.0
+    for k in range(K):
+        for i in range(m):
+            tot[i] += _exp_or_zero(lpt[k, i] - top[i])
+    for i in range(m):
+        scores[start + i] = top[i] + math.log(tot[i])
+
+
+@_jit_ordered
 def _labels_scores_expanded(X, shift, Gt, log_const, cross_terms, exact, mc, fac, block_rows,
-                            labels, scores, ones):
+                            labels, scores):
     """Labels (``argmax_k``, into ``labels``) and scores (``logsumexp_k``, into ``scores``)
     of the weighted log-densities of every row of ``X``, block by block: the labels kernel's
-    ``argmax``, then the E-step's normalisation (:func:`distgmm._fused._responsibilities_columns`,
-    with unit weights ``ones``), which leaves each row's score."""
+    ``argmax``, whose maxima then shift the log-sum-exp."""
     n, D = X.shape
     K, F = Gt.shape
     zt_full, lpt_full, zt_tail, lpt_tail, scratch = _block_buffers(n, F, K, block_rows)
@@ -94,7 +110,7 @@ def _labels_scores_expanded(X, shift, Gt, log_const, cross_terms, exact, mc, fac
                 top[i] = v if v > t else t
         for i in range(m):
             labels[start + i] = best[i]
-        _responsibilities_columns(lpt, ones, start, top, tot, scores)
+        _log_sum_exp_columns(lpt, top, tot, scores, start)
 
 
 def labels_and_scores(X: np.ndarray, weights: np.ndarray, means: np.ndarray,
@@ -114,8 +130,7 @@ def labels_and_scores(X: np.ndarray, weights: np.ndarray, means: np.ndarray,
     if setup is not None:
         labels, scores = np.empty(X.shape[0], dtype=np.int32), np.empty(X.shape[0])
         setup = setup._replace(log_const=setup.log_const + score_shift)
-        _labels_scores_expanded(np.ascontiguousarray(X), *setup, labels, scores,
-                                np.ones(X.shape[0]))
+        _labels_scores_expanded(np.ascontiguousarray(X), *setup, labels, scores)
         return labels, scores
     # diag/spherical with few components and features: the loop kernel's (n, K) values
     xt, _, prec, mc, log_const = _prepare(X, weights, means, prec_chol, covariance_type)
@@ -211,3 +226,23 @@ def score_moments(scores: np.ndarray, weights: np.ndarray | None = None
         return total, 0.0, 0.0
     mean = float(w @ scores) / total
     return total, mean, float(w @ (scores - mean) ** 2)
+
+
+def stored_scores(scores: np.ndarray, threshold: float
+                  ) -> tuple[np.ndarray, np.ndarray, float, float, int]:
+    """What the label job stores of a chunk's float64 ``scores`` (n,).
+
+    Returns
+    -------
+    stored : ndarray of shape (n,), float32
+    flags : ndarray of shape (n,), bool
+        ``stored < threshold``: the flags agree with the stored scores exactly.
+    mean, m2 : float
+        Mean and centered sum of squares of the float64 scores.
+    outliers : int
+        ``flags.sum()``.
+    """
+    stored = scores.astype(np.float32)
+    flags = stored < threshold
+    _, mean, m2 = score_moments(scores)
+    return stored, flags, mean, m2, int(np.count_nonzero(flags))

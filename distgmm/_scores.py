@@ -105,12 +105,6 @@ class ScoreMoments:
         return ScoreMoments(weight, mean, m2, self.outliers + other.outliers)
 
     @classmethod
-    def of(cls, scores: np.ndarray, outliers: float = 0.0) -> "ScoreMoments":
-        """The moments of a block of unweighted ``scores`` (n,), with its outlier count."""
-        weight, mean, m2 = score_moments(scores)
-        return cls(weight, mean, m2, float(outliers))
-
-    @classmethod
     def merged(cls, parts: list["ScoreMoments"]) -> "ScoreMoments":
         """Parts merged left to right (an empty list gives zero weight)."""
         total = cls(0.0, 0.0, 0.0)

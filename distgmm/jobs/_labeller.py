@@ -37,6 +37,7 @@ import numpy as np
 import zarr
 
 from distgmm._base import as_points
+from distgmm._score_kernels import stored_scores
 from distgmm._scores import ScoreMoments, score_block
 from distgmm._statistics import MixtureParams, label_block
 from distgmm.engine import ClusterPoints, Points, numpy_chunk_rows, scattered
@@ -105,9 +106,8 @@ def _write_chunk(block, weights, index, params: MixtureParams, target: LabelTarg
     else:
         labels, probs, scores = score_block(params, X, target.score_shift,
                                             target.proba is not None)
-        stored = scores.astype(np.float32)
-        flags = stored < target.threshold
-        moments = ScoreMoments.of(scores, np.count_nonzero(flags))
+        stored, flags, mean, m2, outliers = stored_scores(scores, target.threshold)
+        moments = ScoreMoments(float(len(scores)), mean, m2, float(outliers))
         _array(target.location, target.scores, token)[start:stop] = stored
         _array(target.location, target.outliers, token)[start:stop] = flags
     if target.proba is not None:
