@@ -343,8 +343,9 @@ def test_bad_arguments_exit_2_with_one_line(bad_inputs, blobs, blobs_model, sche
 def test_every_example_job_runs(tmp_path, scheduler_address):
     order = ["quickstart.toml", "nightly-label.toml", "refit-aligned.toml", "blobs.toml",
              "nightly-label.toml"]
-    assert sorted(set(order)) == sorted(os.path.basename(p)
-                                        for p in glob.glob(os.path.join(JOBS, "*.toml")))
+    drift_example = "nightly-drift.toml"  # run by test_the_drift_example_refits_only_on_drift
+    assert sorted(set(order) | {drift_example}) == sorted(
+        os.path.basename(p) for p in glob.glob(os.path.join(JOBS, "*.toml")))
     batch = tmp_path / "batch.txt"  # the last night's new rows: another batch of 30
     np.savetxt(batch, np.loadtxt(os.path.join(JOBS, "data", "kmeansSamples.txt")) + 1.0)
     sets = [[]] * 4 + [["--set", f"batch={batch}"]]
@@ -364,6 +365,33 @@ def test_every_example_job_runs(tmp_path, scheduler_address):
     assert results[2]["steps"][0]["aligned_to"] == os.path.join(str(tmp_path), "model.npz")
     assert open_points(str(tmp_path / "blobs.zarr")).group["proba/blobs"].shape == (900, 2)
     assert os.path.exists(tmp_path / "model.selection.png")
+
+
+def test_the_drift_example_refits_only_on_drift(tmp_path, scheduler_address):
+    def job(name: str, *extra: str) -> list[dict]:
+        return run_json("run", os.path.join(JOBS, name), "--set", f"work={tmp_path}", *extra,
+                        "--scheduler", scheduler_address)["steps"]
+
+    job("quickstart.toml")
+    calm = job("nightly-drift.toml")  # the shipped batch: more of the same
+    assert calm[0]["n_rows"] == 60 and calm[1]["scores"] and not calm[1]["drift"]["drift"]
+    assert [s.get("skipped", False) for s in calm] == [False, False, True, True]
+    assert "step 2 (label) reported no drift" in calm[2]["reason"]
+    fingerprint = calm[1]["fingerprint"]
+    drifted = tmp_path / "drifted.txt"  # the same batch moved by 8 along x: the model is stale
+    np.savetxt(drifted, np.loadtxt(os.path.join(JOBS, "data", "new-batch.txt")) + [8.0, 0.0])
+    stale = job("nightly-drift.toml", "--set", f"batch={drifted}")
+    assert stale[1]["drift"]["drift"] and stale[1]["fingerprint"] == fingerprint
+    assert stale[2]["aligned_to"] == str(tmp_path / "model.npz")
+    assert stale[2]["fingerprint"] != fingerprint
+    assert stale[3]["replaced"] and stale[3]["fingerprint"] == stale[2]["fingerprint"]
+    assert not stale[3]["drift"]["drift"]
+    # the same night again: nothing appended twice, the refit model's report stands
+    again = job("nightly-drift.toml", "--set", f"batch={drifted}")
+    assert again[0]["skipped"] and again[1]["chunks_done"] == 0
+    assert [s.get("skipped", False) for s in again] == [True, False, True, True]
+    group = open_points(str(tmp_path / "points.zarr")).group
+    assert group["scores/current"].shape == group["outliers/current"].shape == (90,)
 
 
 def test_demo(tmp_path, scheduler_address):
