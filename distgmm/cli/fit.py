@@ -131,9 +131,10 @@ def fit(
             raise DistgmmInputError(f"--weight-concentration must be positive, got "
                                     f"{weight_concentration}.")
         open_points(store, options)  # fail on bad input before starting a cluster
-        check_fit_outputs(model, overwrite=overwrite, checkpoint_dir=checkpoint, plot=plot)
+        check_fit_outputs(model, overwrite=overwrite, checkpoint_dir=checkpoint, plot=plot,
+                          storage_options=options)
         if align_to is not None:
-            read_model(align_to)
+            read_model(align_to, options)
         with dask_client(cluster, output) as client:
             report = fit_store(
                 store, model, n_components=components, covariance_type=covariance_type.value,

@@ -31,8 +31,13 @@ def _render(output: Output, result: dict) -> None:
     summary.add_row("dtype", result["dtype"])
     summary.add_row("chunking", f"{result['chunk_rows']:,} rows x {result['n_chunks']} chunks")
     summary.add_row("codec", ", ".join(result["codec"]))
+    if result.get("foreign"):
+        summary.add_row("kind", f"{result['foreign']} (read-only: not a distgmm point store)")
+        summary.add_row("stored as", f"{result['stored_dtype']}, chunks "
+                        f"{' x '.join(map(str, result['stored_chunks']))}")
     summary.add_row("checksums", "crc32c per chunk, missing chunks detected" if
-                    result["checksums"] else f"none (schema {result['schema_version']} store)")
+                    result["checksums"] else "none" if result.get("foreign") else
+                    f"none (schema {result['schema_version']} store)")
     summary.add_row("size on disk", f"{_size(result['bytes_on_disk'])} "
                     f"({_size(result['bytes_uncompressed'])} of points uncompressed)")
     summary.add_row("arrays", ", ".join(a["name"] for a in result["arrays"]))

@@ -56,7 +56,7 @@ def label(
 
     with handle_errors(output):
         options = storage_options(storage_option)
-        loaded = read_model(model)  # fail on bad input before starting a cluster
+        loaded = read_model(model, options)  # fail on bad input before starting a cluster
         check_label_store(open_points(store, options))
         with dask_client(cluster, output) as client:
             report = label_store(loaded, store, name=name, proba=proba, replace=replace,

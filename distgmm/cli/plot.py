@@ -34,15 +34,15 @@ def plot(
     More than two features are projected on the first two principal components (computed
     on Dask) unless --features picks columns. Large stores are drawn as per-label density.
     """
-    from distgmm._atomic import check_output_file
+    from distgmm.jobs._common import check_figure_destination
     from distgmm.jobs._plot import plot_store
     from distgmm.store import open_points, read_model
 
     with handle_errors(output):
         options = storage_options(storage_option)
-        read_model(model)  # fail on bad input before starting a cluster
+        read_model(model, options)  # fail on bad input before starting a cluster
         open_points(store, options)
-        check_output_file(out, what="--out", kind="png")
+        check_figure_destination(out, "--out", options)
         with dask_client(cluster, output) as client:
             report = plot_store(model, store, out, labels=labels, features=features,
                                 projection=projection, density=density, width=width,

@@ -81,7 +81,7 @@ def select(
         parse_components(components)  # fail on bad input before starting a cluster
         parse_covariance_types(covariance_type)
         open_points(store, options)
-        check_select_outputs(model, overwrite=overwrite, plot=plot)
+        check_select_outputs(model, overwrite=overwrite, plot=plot, storage_options=options)
         with dask_client(cluster, output) as client:
             report = select_store(
                 store, model, components=components, covariance_types=covariance_type,

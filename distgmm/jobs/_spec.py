@@ -360,6 +360,8 @@ def _store_meta(url: str) -> tuple[dict, Any] | None:
         points = open_points(url)
     except DistgmmInputError:
         return None
+    if points.foreign is not None:
+        return None
     return points.attrs, points
 
 

@@ -66,6 +66,14 @@ class StoreLocation:
         """The absolute local directory (only for local stores)."""
         return self.resolved
 
+    def child(self, name: str) -> "StoreLocation":
+        """The location of ``name`` inside this one (an array in a group), same options."""
+        name = name.strip("/")
+        if not name or ".." in name.split("/"):
+            raise DistgmmInputError(f"--variable {name!r} is not a path inside {self}; give "
+                                    "the array's name, e.g. --variable X.")
+        return StoreLocation(f"{self.url.rstrip('/')}/{name}", self.storage_options)
+
     def zarr_store(self, read_only: bool = True) -> zarr.abc.store.Store:
         """Open the underlying Zarr store object.
 
