@@ -66,7 +66,7 @@ def _rewrite(path, edit_arrays=None, edit_meta=None):
 
 @pytest.mark.parametrize("edit_arrays, edit_meta, expected", [
     (None, lambda m: m.update(kind="distgmm-checkpoint"), "is not a distgmm model file"),
-    (None, lambda m: m.update(format_version=2), "upgrade distgmm"),
+    (None, lambda m: m.update(format_version=3), "upgrade distgmm"),
     (None, lambda m: m.update(covariance_type="banana"), "covariance type 'banana'"),
     (None, lambda m: m.update(n_features=4), "expected (2, 4) float64"),
     (None, lambda m: m.pop("fit"), "metadata keys missing ['fit']"),
@@ -118,5 +118,5 @@ def test_file_is_plain_npz_without_pickle(tmp_path):
         assert sorted(npz.files) == ["__meta__", "__sha256__", "covariances", "means",
                                      "precisions_cholesky", "weights"]
         meta = json.loads(npz["__meta__"].tobytes())
-    assert meta["kind"] == "distgmm-model" and meta["format_version"] == 1
+    assert meta["kind"] == "distgmm-model" and meta["format_version"] == 2
     assert meta["estimator"]["random_state"] == 0 and meta["provenance"] == {"note": "ok"}

@@ -54,7 +54,7 @@ def predict_file(model: str | os.PathLike | ModelFile, path: str, *, proba: bool
             "features; select the right columns with --columns.")
     params = model_parameters(loaded.model)
     labels, probs = [], []
-    for block in source.blocks():
+    for block, _ in source.blocks():
         lab, pro = label_block(params, block, proba)
         labels.append(lab)
         if proba:

@@ -390,7 +390,7 @@ def _ingest_done(o: dict[str, Any]) -> str | None:
     if found is None or o.get("overwrite") or not os.path.isfile(o["source"]):
         return None
     attrs, points = found
-    from distgmm.store._ingest import source_digest
+    from distgmm.store._sources import source_digest
 
     digest = source_digest(o["source"])
     if o.get("append"):

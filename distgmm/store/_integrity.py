@@ -43,7 +43,7 @@ __all__ = ["CHECKSUM_CODEC", "ROW_ARRAYS", "StoreIntegrityError", "CheckedStore"
 #: Name of the checksum codec (last in every array's codec chain from schema 2 on).
 CHECKSUM_CODEC = "crc32c"
 #: Arrays whose every committed chunk must exist (one value per stored row).
-ROW_ARRAYS = ("points", "weights", "truth")
+ROW_ARRAYS = ("points", "weights", "truth", "ids")
 _WRITE_ALL = ArrayConfig(order="C", write_empty_chunks=True)
 
 

@@ -36,6 +36,11 @@ logger = logging.getLogger(__name__)
 SCHEMA_VERSION = 2
 #: Per-row arrays besides ``points`` and the value appended rows get when the source has none.
 ROW_ARRAY_FILL = {"weights": 1.0, "truth": -1}
+#: The key column kept by ``ingest --id-column`` (one value per row, from the source).
+IDS = "ids"
+#: 0-based source rows that ``--drop-nonfinite`` skipped, all ingests and appends in turn
+#: (each ``row_log`` entry names its range ``dropped_rows: [start, stop]`` in it).
+DROPPED_ROWS = "dropped_rows"
 #: How many append records ``points`` keeps in its ``row_log`` attribute.
 ROW_LOG_LENGTH = 200
 _SUPPORTED_DTYPES = ("float32", "float64")
@@ -69,8 +74,10 @@ def _label_compressors() -> list:
 def create_layout(location: StoreLocation, *, n_rows: int, n_features: int, dtype: np.dtype,
                   chunk_rows: int, columns: list[str] | None, provenance: dict[str, Any],
                   with_truth: bool = False, with_weights: bool = False,
+                  ids_dtype: np.dtype | None = None,
                   extra_attrs: dict[str, Any] | None = None, complete: bool = False) -> zarr.Group:
-    """Create the group and its per-row arrays (``points``, optional ``truth``/``weights``).
+    """Create the group and its per-row arrays (``points``, optional ``truth``/``weights``,
+    and ``ids`` of ``ids_dtype``: int64, or ``str`` for text keys).
 
     ``distgmm.complete`` starts false; :func:`mark_complete` sets it as the last write.
     """
@@ -101,6 +108,11 @@ def create_layout(location: StoreLocation, *, n_rows: int, n_features: int, dtyp
         group.create_array("weights", shape=(n_rows,), chunks=(chunk_rows,), dtype="float64",
                            compressors=_compressors(), fill_value=1.0,
                            dimension_names=("row",))
+    if ids_dtype is not None:
+        text = ids_dtype.kind not in "iu"
+        group.create_array(IDS, shape=(n_rows,), chunks=(chunk_rows,),
+                           dtype=str if text else "int64", compressors=_compressors(),
+                           fill_value="" if text else 0, dimension_names=("row",))
     return group
 
 
@@ -128,7 +140,7 @@ def commit_rows(group: zarr.Group, n_rows: int, log_entry: dict[str, Any] | None
     (atomic: a temp file and ``os.replace`` for local stores, a single PUT for object
     stores), so the visible row count and its log can never disagree.
     """
-    for name in ROW_ARRAY_FILL:
+    for name in (*ROW_ARRAY_FILL, IDS):
         if name in group:
             group[name].resize((n_rows,))
     points = group["points"]
@@ -205,6 +217,8 @@ class PointStore:
         Per-point weights, if the store has them.
     truth : dask.array.Array or None, shape (n_rows,)
         Ground-truth labels (synthetic stores), if present.
+    ids : dask.array.Array or None, shape (n_rows,)
+        The source's key of every row (``ingest --id-column``), if kept.
     attrs : dict
         The ``distgmm`` group attributes (schema version, columns, provenance...); for a
         foreign array, ``{"columns": [...]}``.
@@ -222,6 +236,7 @@ class PointStore:
     truth: da.Array | None
     attrs: dict[str, Any] = field(default_factory=dict)
     array: zarr.Array | None = None
+    ids: da.Array | None = None
     foreign: str | None = None
 
     @property
@@ -339,6 +354,7 @@ def open_points(url: str | StoreLocation, storage_options: dict[str, Any] | None
         truth=_row_array(node, "truth", n_rows, location),
         attrs=dict(node.attrs["distgmm"]),
         array=points_array,
+        ids=_row_array(node, IDS, n_rows, location),
     )
 
 
@@ -350,8 +366,8 @@ def _open_node(location: StoreLocation) -> zarr.Array | zarr.Group:
             zarr.errors.GroupNotFoundError, zarr.errors.NodeTypeValidationError,
             zarr.errors.MetadataValidationError):
         raise DistgmmInputError(
-            f"{location}: nothing readable there (no Zarr array or group); check the path, or "
-            "create a point store with `distgmm ingest` or `distgmm generate`."
+            f"{location} is not a point store or a Zarr array (nothing readable there); check "
+            "the path, or create a point store with `distgmm ingest` or `distgmm generate`."
         ) from None
 
 
