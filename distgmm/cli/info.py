@@ -8,7 +8,8 @@ import typer
 from rich.table import Table
 
 from distgmm.cli._options import (
-    ClusterOptions, Output, StorageOption, command, dask_client, handle_errors, storage_options,
+    ClusterOptions, Output, StorageOption, Variable, command, dask_client, handle_errors,
+    points_url, storage_options,
 )
 
 __all__ = ["info"]
@@ -64,6 +65,7 @@ def _render(output: Output, result: dict) -> None:
 def info(
     store: Annotated[str, typer.Argument(help="Point store (path or URL).")],
     stats: Annotated[bool, typer.Option("--stats/--no-stats", help="Compute per-feature min/max/mean on Dask (one pass).")] = True,
+    variable: Variable = None,
     storage_option: StorageOption = None,
     *,
     cluster: ClusterOptions,
@@ -74,6 +76,7 @@ def info(
 
     with handle_errors(output):
         options = storage_options(storage_option)
+        store = points_url(store, variable)
         open_points(store, options)  # fail on a bad store before starting a cluster
         if stats:
             with dask_client(cluster, output) as client:

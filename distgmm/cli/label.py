@@ -7,7 +7,8 @@ from typing import Annotated, Any
 import typer
 
 from distgmm.cli._options import (
-    ClusterOptions, LockWait, Output, StorageOption, command, dask_client, handle_errors,
+    ClusterOptions, LockWait, Output, StorageOption, Variable, command, dask_client,
+    handle_errors, points_url,
     storage_options,
 )
 
@@ -40,6 +41,7 @@ def label(
     proba: Annotated[bool, typer.Option("--proba", help="Also write proba/NAME, (N, K) float32.")] = False,
     replace: Annotated[bool, typer.Option("--replace", help="Relabel everything if NAME was written by another model.")] = False,
     lock_wait: LockWait = None,
+    variable: Variable = None,
     storage_option: StorageOption = None,
     *,
     cluster: ClusterOptions,
@@ -56,14 +58,15 @@ def label(
 
     with handle_errors(output):
         options = storage_options(storage_option)
+        store = points_url(store, variable)
         loaded = read_model(model, options)  # fail on bad input before starting a cluster
         check_label_store(open_points(store, options))
         with dask_client(cluster, output) as client:
             report = label_store(loaded, store, name=name, proba=proba, replace=replace,
                                  client=client, storage_options=options,
                                  on_progress=progress_printer(output), lock_wait=lock_wait)
-            result = {**report.to_dict(), "dashboard": client.dashboard_link}
+            result = report.to_dict()
         if output.json:
-            output.emit_json(result)
+            output.emit_json({**result, "rows_written": result["rows_labeled"]})
         else:
             render_label(output, result)

@@ -7,7 +7,8 @@ from typing import Annotated
 import typer
 
 from distgmm.cli._options import (
-    ClusterOptions, Output, StorageOption, command, dask_client, handle_errors, storage_options,
+    ClusterOptions, Output, StorageOption, Variable, command, dask_client, handle_errors,
+    points_url, storage_options,
 )
 
 __all__ = ["plot"]
@@ -24,6 +25,7 @@ def plot(
     density: Annotated[str, typer.Option("--density", help="auto, on or off: per-label 2-D histograms computed chunk by chunk.")] = "auto",
     width: Annotated[int, typer.Option("--width", help="Image width in pixels.")] = 1000,
     height: Annotated[int, typer.Option("--height", help="Image height in pixels.")] = 800,
+    variable: Variable = None,
     storage_option: StorageOption = None,
     *,
     cluster: ClusterOptions,
@@ -40,6 +42,7 @@ def plot(
 
     with handle_errors(output):
         options = storage_options(storage_option)
+        store = points_url(store, variable)
         read_model(model, options)  # fail on bad input before starting a cluster
         open_points(store, options)
         check_figure_destination(out, "--out", options)

@@ -61,7 +61,7 @@ def run(
             on_candidate=candidate_printer(output))
         with dask_client(cluster, output) as client:
             report = run_job(job, client=client, hooks=hooks, lock_wait=lock_wait)
-            result = {**report.to_dict(), "dashboard": client.dashboard_link}
+            result = report.to_dict()
         if output.json:
             output.emit_json(result)
         else:
