@@ -168,11 +168,11 @@ def write_job(tmp_path, text: str) -> str:
 
 @pytest.mark.parametrize("text, expected", [
     ("[[step]]\nrun = 'fit'\nstore = 'a'\nmodel = 'b'\ncomponents = 2\ncomponets = 3\n",
-     "step 1 (fit): unknown key 'componets'; allowed: align_to, checkpoint, components"),
+     "step 1 (fit): unknown key 'componets'; allowed: align_to, bayesian, checkpoint, components"),
     ("[[step]]\nrun = 'shell'\n", "step 1: unknown step 'shell' (key 'run'); allowed: generate"),
     ("[[step]]\nrun = 'label'\nmodel = 'm'\n", "missing required key(s) store"),
     ("[[step]]\nrun = 'fit'\nstore = 'a'\nmodel = 'b'\ncomponents = 'two'\n",
-     "key 'components' must be a integer, got string 'two'"),
+     "key 'components': Input should be a valid integer, got string 'two'"),
     ("[[step]]\nrun = 'label'\nmodel = '${nope}'\nstore = 's'\n", "undefined variable ${nope}"),
     ("[jobs]\nx = 1\n", "unknown top-level key 'jobs'; allowed: job, vars, step"),
     ("[job]\nname = 'x'\n[[step]]\nrun = 'label'\n", "unknown key 'name' in [job]"),
