@@ -34,7 +34,7 @@ import json
 import os
 import time
 import uuid
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
@@ -134,7 +134,7 @@ class _Target:
     single: bool
     fmt: str
     metadata: str
-    storage_options: dict[str, Any] | None = None
+    storage_options: dict[str, Any] | None = field(default=None, compare=False)
 
 
 @functools.lru_cache(maxsize=8)
