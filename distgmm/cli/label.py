@@ -7,8 +7,7 @@ from typing import Annotated, Any
 import typer
 
 from distgmm.cli._options import (
-    ClusterOptions, LockWait, Output, StorageOption, Variable, command, dask_client,
-    handle_errors, points_url,
+    ClusterOptions, LockWait, Output, StorageOption, command, dask_client, handle_errors,
     storage_options,
 )
 
@@ -41,7 +40,6 @@ def label(
     proba: Annotated[bool, typer.Option("--proba", help="Also write proba/NAME, (N, K) float32.")] = False,
     replace: Annotated[bool, typer.Option("--replace", help="Relabel everything if NAME was written by another model.")] = False,
     lock_wait: LockWait = None,
-    variable: Variable = None,
     storage_option: StorageOption = None,
     *,
     cluster: ClusterOptions,
@@ -58,7 +56,6 @@ def label(
 
     with handle_errors(output):
         options = storage_options(storage_option)
-        store = points_url(store, variable)
         loaded = read_model(model, options)  # fail on bad input before starting a cluster
         check_label_store(open_points(store, options))
         with dask_client(cluster, output) as client:
