@@ -89,7 +89,7 @@ def store_info(store: str | StoreLocation, *, storage_options: dict[str, Any] | 
         return _foreign_info(points, stats, client)
     group = points.group
     arrays = []
-    for path in ("points", "weights", "truth"):
+    for path in ("points", "weights", "truth", "ids", "dropped_rows"):
         if path in group:
             arrays.append(path)
     arrays += [f"labels/{n}" for n in label_names(group)]

@@ -273,8 +273,9 @@ class PointStore:
         """Raise :class:`DistgmmInputError` if these points are a foreign array, which
         distgmm only reads: ``what`` names the write (``"label"``...)."""
         if self.foreign is not None:
+            article = "an" if self.foreign.startswith("xarray") else "a"
             raise DistgmmInputError(
-                f"{self.location} is a {self.foreign}, not a distgmm point store; distgmm reads "
+                f"{self.location} is {article} {self.foreign}, not a distgmm point store; distgmm reads "
                 f"such arrays but never writes into them, so it cannot {what} it. Copy its rows "
                 f"into a point store first (`distgmm ingest {self.location} points.zarr`), then "
                 f"{what} that store.")

@@ -11,8 +11,8 @@ source order, never the whole source. The parsing is done by kept readers, not b
   name the line and column.
 * **Parquet**: ``pyarrow.dataset`` over one file or a directory of files (a dataset, with
   hive partitions ``key=value/`` read as columns), files in sorted path order, batches in
-  file order. The default columns are every numeric column except partition keys and the
-  key column.
+  file order. The default columns are every numeric column except partition keys, the key
+  column and the index pandas may store (``__index_level_0__``).
 * **Zarr**: any 2-D array, a variable in a group (``data.zarr/X``) or a point store, opened
   as :func:`~distgmm.store.open_points` opens them and read in row bands.
 * **.npy**: memory-mapped when local, read sequentially from a URL.
@@ -594,8 +594,9 @@ class ParquetSource(Source):
         numeric = {n for n in names if pa.types.is_floating(schema.field(n).type)
                    or pa.types.is_integer(schema.field(n).type)}
         wanted = _parse_columns(columns)
-        if wanted is None:
-            wanted = [n for n in names if n in numeric and n not in partitions and n != id_column]
+        if wanted is None:  # pandas writes its index as __index_level_N__: not a feature
+            wanted = [n for n in names if n in numeric and n not in partitions and
+                      n != id_column and not n.startswith("__index_level_")]
         self._usecols = _resolve_columns(wanted, names, path)
         self.columns = [names[i] for i in self._usecols]
         if not self.columns:
