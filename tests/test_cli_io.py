@@ -11,7 +11,6 @@ import sys
 import numpy as np
 import pandas as pd
 import pytest
-import zarr
 
 from cluster_helpers import cli_env
 

@@ -1,4 +1,9 @@
-"""Ingest text/CSV/npy/Parquet files into point stores and append rows, crash-safely.
+"""Ingest CSV, Parquet, Zarr, npy and text sources (local or at URLs) into point stores and append rows, crash-safely.
+
+Readers are in :mod:`distgmm.store._sources`. A key column (``id_column``) goes to the
+``ids`` array beside ``points``, written and committed with the rows; the source rows that
+``drop_nonfinite`` skipped go to ``dropped_rows``, and each ``row_log`` entry names its range
+there.
 
 How a write stays crash-safe (a ``kill -9`` at any moment leaves the old or the new store,
 readable, never a torn one):
