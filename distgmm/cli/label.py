@@ -56,14 +56,14 @@ def label(
 
     with handle_errors(output):
         options = storage_options(storage_option)
-        loaded = read_model(model)  # fail on bad input before starting a cluster
+        loaded = read_model(model, options)  # fail on bad input before starting a cluster
         check_label_store(open_points(store, options))
         with dask_client(cluster, output) as client:
             report = label_store(loaded, store, name=name, proba=proba, replace=replace,
                                  client=client, storage_options=options,
                                  on_progress=progress_printer(output), lock_wait=lock_wait)
-            result = {**report.to_dict(), "dashboard": client.dashboard_link}
+            result = report.to_dict()
         if output.json:
-            output.emit_json(result)
+            output.emit_json({**result, "rows_written": result["rows_labeled"]})
         else:
             render_label(output, result)

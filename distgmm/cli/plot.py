@@ -7,7 +7,8 @@ from typing import Annotated
 import typer
 
 from distgmm.cli._options import (
-    ClusterOptions, Output, StorageOption, command, dask_client, handle_errors, storage_options,
+    ClusterOptions, Output, StorageOption, Variable, command, dask_client, handle_errors,
+    points_url, storage_options,
 )
 
 __all__ = ["plot"]
@@ -24,6 +25,7 @@ def plot(
     density: Annotated[str, typer.Option("--density", help="auto, on or off: per-label 2-D histograms computed chunk by chunk.")] = "auto",
     width: Annotated[int, typer.Option("--width", help="Image width in pixels.")] = 1000,
     height: Annotated[int, typer.Option("--height", help="Image height in pixels.")] = 800,
+    variable: Variable = None,
     storage_option: StorageOption = None,
     *,
     cluster: ClusterOptions,
@@ -34,15 +36,16 @@ def plot(
     More than two features are projected on the first two principal components (computed
     on Dask) unless --features picks columns. Large stores are drawn as per-label density.
     """
-    from distgmm._atomic import check_output_file
+    from distgmm.jobs._common import check_figure_destination
     from distgmm.jobs._plot import plot_store
     from distgmm.store import open_points, read_model
 
     with handle_errors(output):
         options = storage_options(storage_option)
-        read_model(model)  # fail on bad input before starting a cluster
+        store = points_url(store, variable)
+        read_model(model, options)  # fail on bad input before starting a cluster
         open_points(store, options)
-        check_output_file(out, what="--out", kind="png")
+        check_figure_destination(out, "--out", options)
         with dask_client(cluster, output) as client:
             report = plot_store(model, store, out, labels=labels, features=features,
                                 projection=projection, density=density, width=width,

@@ -8,7 +8,8 @@ import typer
 from rich.table import Table
 
 from distgmm.cli._options import (
-    ClusterOptions, Output, StorageOption, command, dask_client, handle_errors, storage_options,
+    ClusterOptions, Output, StorageOption, Variable, command, dask_client, handle_errors,
+    points_url, storage_options,
 )
 from distgmm.cli.fit import InitMethod
 
@@ -66,6 +67,7 @@ def select(
     seed: Annotated[int | None, typer.Option("--seed", help="Random seed of every candidate fit.")] = None,
     plot: Annotated[bool, typer.Option("--plot/--no-plot", help="Write the BIC/AIC curve as PNG next to the model.")] = True,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing model file.")] = False,
+    variable: Variable = None,
     storage_option: StorageOption = None,
     *,
     cluster: ClusterOptions,
@@ -78,10 +80,11 @@ def select(
 
     with handle_errors(output):
         options = storage_options(storage_option)
+        store = points_url(store, variable)
         parse_components(components)  # fail on bad input before starting a cluster
         parse_covariance_types(covariance_type)
         open_points(store, options)
-        check_select_outputs(model, overwrite=overwrite, plot=plot)
+        check_select_outputs(model, overwrite=overwrite, plot=plot, storage_options=options)
         with dask_client(cluster, output) as client:
             report = select_store(
                 store, model, components=components, covariance_types=covariance_type,
@@ -89,7 +92,7 @@ def select(
                 init_params=init.value, reg_covar=reg_covar, seed=seed, overwrite=overwrite,
                 plot=plot, client=client, storage_options=options,
                 on_candidate=candidate_printer(output))
-            result = {**report.to_dict(), "dashboard": client.dashboard_link}
+            result = report.to_dict()
         if output.json:
             output.emit_json(result)
         else:
