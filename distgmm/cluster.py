@@ -338,7 +338,16 @@ def close_embedded_cluster() -> None:
         _close_embedded()
 
 
-atexit.register(close_embedded_cluster)
+def _close_at_exit() -> None:
+    # SpecCluster.close restores the log level it found (Dask's default: INFO) before its
+    # comms have finished closing, so the scheduler in this process would print a worker's
+    # closed connection, with a traceback, as the user's script ends. Nothing a user can
+    # act on happens during this close; keep Dask's loggers at WARNING for it.
+    logging.getLogger("distributed").setLevel(logging.WARNING)
+    close_embedded_cluster()
+
+
+atexit.register(_close_at_exit)
 
 
 def current_client() -> Client | None:

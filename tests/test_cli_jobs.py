@@ -325,7 +325,8 @@ def bad_inputs(tmp_path, blobs_model, client):
     # advice names only options the command has
     (["predict", "{model}", "{tmp}/nan.txt"], "value nan is not finite; clean the data first"),
     (["ingest", "{tmp}/huge.txt", "{tmp}/h.zarr"], "value 1e+300 is too large in magnitude"),
-    (["label", "{model}", "{tmp}/plain.zarr"], "is a plain Zarr array, not a point store"),
+    (["label", "{model}", "{tmp}/plain.zarr"], "is a Zarr v3 array, not a distgmm point store; "
+     "distgmm reads such arrays but never writes into them, so it cannot label it"),
     (["ingest", "{tmp}/three.txt", "{tmp}/plain.zarr", "--append"], "is a plain Zarr array"),
 ])
 def test_bad_arguments_exit_2_with_one_line(bad_inputs, blobs, blobs_model, scheduler_address,

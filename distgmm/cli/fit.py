@@ -11,7 +11,8 @@ from rich.table import Table
 from distgmm.errors import DistgmmInputError
 
 from distgmm.cli._options import (
-    ClusterOptions, Output, StorageOption, command, dask_client, handle_errors, storage_options,
+    ClusterOptions, Output, StorageOption, Variable, command, dask_client, handle_errors,
+    points_url, storage_options,
 )
 
 __all__ = ["fit", "CovarianceType", "InitMethod", "WeightPrior", "iteration_printer",
@@ -110,6 +111,7 @@ def fit(
     prior: Annotated[WeightPrior | None, typer.Option("--prior", help="With --bayesian: the weight prior (default: dirichlet_process).")] = None,
     weight_concentration: Annotated[float | None, typer.Option("--weight-concentration", metavar="X", help="With --bayesian: the weight concentration prior (default 1/K; smaller keeps fewer components).")] = None,
     outlier_quantile: Annotated[float, typer.Option("--outlier-quantile", metavar="Q", help="Record the outlier threshold below which this fraction of the training points score (label --scores flags points below it).")] = 0.001,
+    variable: Variable = None,
     storage_option: StorageOption = None,
     *,
     cluster: ClusterOptions,
@@ -128,6 +130,7 @@ def fit(
 
     with handle_errors(output):
         options = storage_options(storage_option)
+        store = points_url(store, variable)
         if not bayesian and (prior is not None or weight_concentration is not None):
             raise DistgmmInputError("--prior and --weight-concentration apply to a Bayesian "
                                     "mixture; add --bayesian, or drop them.")
@@ -136,9 +139,10 @@ def fit(
                                     f"{weight_concentration}.")
         open_points(store, options)  # fail on bad input before starting a cluster
         check_outlier_quantile(outlier_quantile)
-        check_fit_outputs(model, overwrite=overwrite, checkpoint_dir=checkpoint, plot=plot)
+        check_fit_outputs(model, overwrite=overwrite, checkpoint_dir=checkpoint, plot=plot,
+                          storage_options=options)
         if align_to is not None:
-            read_model(align_to)
+            read_model(align_to, options)
         with dask_client(cluster, output) as client:
             report = fit_store(
                 store, model, n_components=components, covariance_type=covariance_type.value,
@@ -148,7 +152,7 @@ def fit(
                 storage_options=options, on_iteration=iteration_printer(output), plot=plot,
                 prior=(prior or WeightPrior.dirichlet_process).value if bayesian else None,
                 weight_concentration=weight_concentration, outlier_quantile=outlier_quantile)
-            result = {**report.to_dict(), "dashboard": client.dashboard_link}
+            result = report.to_dict()
         if output.json:
             output.emit_json(result)
         else:

@@ -113,7 +113,7 @@ def label(
 
     with handle_errors(output):
         options = storage_options(storage_option)
-        loaded = read_model(model)  # fail on bad input before starting a cluster
+        loaded = read_model(model, options)  # fail on bad input before starting a cluster
         check_label_store(open_points(store, options))
         check_drift_threshold(drift_threshold)
         if fail_on_drift and not scores:
@@ -125,9 +125,9 @@ def label(
                                  scores=scores, drift_threshold=drift_threshold,
                                  client=client, storage_options=options,
                                  on_progress=progress_printer(output), lock_wait=lock_wait)
-            result = {**report.to_dict(), "dashboard": client.dashboard_link}
+            result = report.to_dict()
         if output.json:
-            output.emit_json(result)
+            output.emit_json({**result, "rows_written": result["rows_labeled"]})
         else:
             render_label(output, result)
     if fail_on_drift and report.drift_detected:

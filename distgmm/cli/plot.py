@@ -7,7 +7,8 @@ from typing import Annotated
 import typer
 
 from distgmm.cli._options import (
-    ClusterOptions, Output, StorageOption, command, dask_client, handle_errors, storage_options,
+    ClusterOptions, Output, StorageOption, Variable, command, dask_client, handle_errors,
+    points_url, storage_options,
 )
 
 __all__ = ["plot"]
@@ -26,6 +27,7 @@ def plot(
     height: Annotated[int, typer.Option("--height", help="Image height in pixels.")] = 800,
     scores: Annotated[str | None, typer.Option("--scores", metavar="NAME", help="Instead of the points: the score histograms of label set NAME (written with label --scores) against the training scores, and its drift history.")] = None,
     drift_threshold: Annotated[float, typer.Option("--drift-threshold", metavar="Z", help="With --scores: standard errors at which drift is reported (as label's).")] = 4.0,
+    variable: Variable = None,
     storage_option: StorageOption = None,
     *,
     cluster: ClusterOptions,
@@ -38,15 +40,16 @@ def plot(
     With --scores NAME: the scores of that label set, batch by batch, against the model's
     training scores, and each batch's mean score and outlier rate over time.
     """
-    from distgmm._atomic import check_output_file
+    from distgmm.jobs._common import check_figure_destination
     from distgmm.jobs._plot import plot_store
     from distgmm.store import open_points, read_model
 
     with handle_errors(output):
         options = storage_options(storage_option)
-        read_model(model)  # fail on bad input before starting a cluster
+        store = points_url(store, variable)
+        read_model(model, options)  # fail on bad input before starting a cluster
         open_points(store, options)
-        check_output_file(out, what="--out", kind="png")
+        check_figure_destination(out, "--out", options)
         with dask_client(cluster, output) as client:
             report = plot_store(model, store, out, labels=labels, features=features,
                                 projection=projection, density=density, width=width,

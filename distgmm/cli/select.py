@@ -8,7 +8,8 @@ import typer
 from rich.table import Table
 
 from distgmm.cli._options import (
-    ClusterOptions, Output, StorageOption, command, dask_client, handle_errors, storage_options,
+    ClusterOptions, Output, StorageOption, Variable, command, dask_client, handle_errors,
+    points_url, storage_options,
 )
 from distgmm.cli.fit import InitMethod
 
@@ -67,6 +68,7 @@ def select(
     plot: Annotated[bool, typer.Option("--plot/--no-plot", help="Write the BIC/AIC curve as PNG next to the model.")] = True,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing model file.")] = False,
     outlier_quantile: Annotated[float, typer.Option("--outlier-quantile", metavar="Q", help="Record the outlier threshold below which this fraction of the training points score, for the chosen model.")] = 0.001,
+    variable: Variable = None,
     storage_option: StorageOption = None,
     *,
     cluster: ClusterOptions,
@@ -80,10 +82,11 @@ def select(
 
     with handle_errors(output):
         options = storage_options(storage_option)
+        store = points_url(store, variable)
         parse_components(components)  # fail on bad input before starting a cluster
         parse_covariance_types(covariance_type)
         open_points(store, options)
-        check_select_outputs(model, overwrite=overwrite, plot=plot)
+        check_select_outputs(model, overwrite=overwrite, plot=plot, storage_options=options)
         check_outlier_quantile(outlier_quantile)
         with dask_client(cluster, output) as client:
             report = select_store(
@@ -92,7 +95,7 @@ def select(
                 init_params=init.value, reg_covar=reg_covar, seed=seed, overwrite=overwrite,
                 plot=plot, client=client, storage_options=options,
                 on_candidate=candidate_printer(output), outlier_quantile=outlier_quantile)
-            result = {**report.to_dict(), "dashboard": client.dashboard_link}
+            result = report.to_dict()
         if output.json:
             output.emit_json(result)
         else:

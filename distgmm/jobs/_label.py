@@ -135,7 +135,10 @@ def check_scoring_model(loaded: ModelFile) -> ScoreProfile:
 
 
 def check_label_store(points: PointStore) -> None:
-    """Refuse, before any work, a local store the label job could not write into."""
+    """Refuse, before any work, a store the label job could not write into: a foreign Zarr
+    array (read, never written: see :meth:`PointStore.refuse_foreign`), or a local store
+    in a place that cannot be written."""
+    points.refuse_foreign("label")
     if points.location.is_local:
         from distgmm._atomic import check_output_directory
 
@@ -190,7 +193,7 @@ def label_store(
     LabelReport
     """
     t0 = time.perf_counter()
-    loaded = model if isinstance(model, ModelFile) else read_model(model)
+    loaded = model if isinstance(model, ModelFile) else read_model(model, storage_options)
     if name is None:
         name = os.path.splitext(os.path.basename(loaded.path))[0]
     name = check_name(name)

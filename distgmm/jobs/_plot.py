@@ -102,7 +102,7 @@ def plot_store(
     """
     import dask.array as da
 
-    from distgmm.plotting import plot_clusters, save_figure
+    from distgmm.plotting import plot_clusters
 
     t0 = time.perf_counter()
     if projection not in PROJECTIONS:
@@ -113,10 +113,10 @@ def plot_store(
     if width < 100 or height < 100:
         raise DistgmmInputError(f"--width/--height must be at least 100 pixels, got "
                                 f"{width}x{height}.")
-    from distgmm._atomic import check_output_file
+    from distgmm.jobs._common import check_figure_destination, save_figure_at
 
-    check_output_file(out, what="--out", kind="png")
-    loaded = read_model(model_path)
+    check_figure_destination(out, "--out", storage_options)
+    loaded = read_model(model_path, storage_options)
     points = open_points(store, storage_options)
     if loaded.model.n_features_in_ != points.n_features:
         raise DistgmmInputError(
@@ -126,14 +126,14 @@ def plot_store(
         with resolve_client(client).as_current():
             fig = _scores_figure(loaded, points, scores, drift_threshold,
                                  figsize=(width / 100, height / 100))
-            path = save_figure(fig, out, size=(width, height))
+            path = save_figure_at(fig, out, storage_options, size=(width, height))
         return PlotReport(out=path, model=model_path, store=store, n_rows=points.n_rows,
                           labels=None, projection=projection, density=False, width=width,
                           height=height, seconds=time.perf_counter() - t0, scores=scores)
     columns = parse_features(features, points.n_features)
     label_array = None
     if labels is not None:
-        if labels not in label_names(points.group):
+        if points.group is None or labels not in label_names(points.group):
             raise DistgmmInputError(f"store {store} has no labels/{labels}; run distgmm label "
                                     "first or omit --labels.")
         label_array = da.from_zarr(points.group[f"labels/{labels}"]).rechunk(
@@ -147,7 +147,7 @@ def plot_store(
                             max_markers=max_markers,
                             feature_names=points.columns or None,
                             figsize=(width / dpi, height / dpi), dpi=dpi)
-        path = save_figure(fig, out, size=(width, height))
+        path = save_figure_at(fig, out, storage_options, size=(width, height))
     return PlotReport(out=path, model=model_path, store=store, n_rows=points.n_rows,
                       labels=labels, projection=projection, density=density_flag,
                       width=width, height=height, seconds=time.perf_counter() - t0)

@@ -64,15 +64,17 @@ def selection_plot_path(model_path: str) -> str:
 
 
 def check_select_outputs(model_path: str | os.PathLike, *, overwrite: bool = False,
-                         plot: bool = True) -> None:
-    """Refuse, before any work, outputs the selection could not write at its end."""
-    from distgmm._atomic import check_output_file
+                         plot: bool = True,
+                         storage_options: dict[str, Any] | None = None) -> None:
+    """Refuse, before any work, outputs the selection could not write at its end (local
+    paths or URLs)."""
+    from distgmm.jobs._common import check_figure_destination
     from distgmm.store._model import check_model_destination
 
-    check_model_destination(model_path, overwrite=overwrite)
+    check_model_destination(model_path, overwrite=overwrite, storage_options=storage_options)
     if plot:
-        check_output_file(selection_plot_path(os.fspath(model_path)), what="selection plot",
-                          kind="png")
+        check_figure_destination(selection_plot_path(os.fspath(model_path)), "selection plot",
+                                 storage_options)
 
 
 def select_store(
@@ -126,7 +128,8 @@ def select_store(
     outlier_quantile = check_outlier_quantile(outlier_quantile)
     if criterion not in CRITERIA:
         raise DistgmmInputError(f"--criterion {criterion!r} is not one of {', '.join(CRITERIA)}.")
-    check_select_outputs(model_path, overwrite=overwrite, plot=plot)
+    check_select_outputs(model_path, overwrite=overwrite, plot=plot,
+                         storage_options=storage_options)
     points = open_points(store, storage_options)
     if ks[0] > points.n_rows:
         raise DistgmmInputError(f"--components {components!r}: the store {store} has only "
@@ -181,15 +184,17 @@ def select_store(
                   "selected_by": criterion,
                   "candidates": [{k: r[k] for k in ("n_components", "covariance_type", "bic",
                                                     "aic")} for r in records]}
-    fingerprint = save_model(model, model_path, provenance=provenance)
+    fingerprint = save_model(model, model_path, provenance=provenance,
+                             storage_options=storage_options)
     plot_path = None
     if plot:
-        from distgmm.plotting import plot_selection, save_figure
+        from distgmm.jobs._common import save_figure_at
+        from distgmm.plotting import plot_selection
 
         curve = [{k: r[k] for k in ("n_components", "covariance_type", "bic", "aic")}
                  for r in records]
         fig = plot_selection(curve, chosen=(model.n_components, model.covariance_type))
-        plot_path = save_figure(fig, selection_plot_path(model_path))
+        plot_path = save_figure_at(fig, selection_plot_path(model_path), storage_options)
     return SelectReport(
         store=store, model=model_path, fingerprint=fingerprint, criterion=criterion,
         n_components=int(model.n_components), covariance_type=model.covariance_type,
