@@ -9,7 +9,8 @@ import tempfile
 from collections.abc import Iterator
 from typing import IO
 
-__all__ = ["atomic_write", "check_output_file", "check_output_directory"]
+__all__ = ["atomic_write", "check_output_file", "check_output_directory", "is_url", "local_path",
+           "url_filesystem", "write_file", "read_file", "file_exists", "remove_file"]
 
 
 @contextlib.contextmanager
@@ -106,3 +107,94 @@ def check_output_directory(directory: str | os.PathLike, *, what: str) -> None:
                                 f"({exc.strerror}); choose a writable location.") from None
     os.close(descriptor)
     os.unlink(name)
+
+
+# ---------------------------------------------------------------------------- files at URLs
+def is_url(path: str | os.PathLike) -> bool:
+    """Whether ``path`` is a URL for fsspec (``s3://...``, ``gcs://...``, ``memory://...``)
+    rather than a local path; ``file://`` URLs count as local."""
+    text = os.fspath(path)
+    return "://" in text and not text.startswith("file://")
+
+
+def local_path(path: str | os.PathLike) -> str:
+    """A local path, without a ``file://`` prefix."""
+    return os.fspath(path).removeprefix("file://")
+
+
+def url_filesystem(url: str, storage_options: dict | None = None):
+    """``(fsspec filesystem, path)`` of a URL; an unknown protocol or a missing fsspec
+    implementation is a :class:`~distgmm.errors.DistgmmInputError` naming the fix."""
+    from fsspec.core import url_to_fs
+
+    from distgmm.errors import DistgmmInputError
+
+    try:
+        return url_to_fs(url, **(storage_options or {}))
+    except (ValueError, ImportError) as exc:
+        raise DistgmmInputError(
+            f"cannot open {url}: {' '.join(str(exc).split())}; use a local path or a URL "
+            "fsspec supports (for s3://, install s3fs: `pip install distgmm[s3]`).") from None
+
+
+def write_file(path: str | os.PathLike, data: bytes, storage_options: dict | None = None) -> None:
+    """Write ``data`` to a local path atomically (:func:`atomic_write`) or to a URL in one
+    ``pipe_file`` (one PUT on object stores, which is atomic: readers see the old object or
+    the new one)."""
+    if is_url(path):
+        fs, target = url_filesystem(os.fspath(path), storage_options)
+        fs.pipe_file(target, data)
+        return
+    with atomic_write(local_path(path)) as handle:
+        handle.write(data)
+
+
+def read_file(path: str | os.PathLike, storage_options: dict | None = None) -> bytes:
+    """The bytes of a local file or of the object at a URL (FileNotFoundError if none)."""
+    if is_url(path):
+        fs, target = url_filesystem(os.fspath(path), storage_options)
+        return fs.cat_file(target)
+    with open(local_path(path), "rb") as handle:
+        return handle.read()
+
+
+def file_exists(path: str | os.PathLike, storage_options: dict | None = None) -> bool:
+    """Whether a file (or object) exists at a local path or URL."""
+    if is_url(path):
+        fs, target = url_filesystem(os.fspath(path), storage_options)
+        return bool(fs.isfile(target))
+    return os.path.isfile(local_path(path))
+
+
+def remove_file(path: str | os.PathLike, storage_options: dict | None = None) -> None:
+    """Delete a local file or an object, if it exists."""
+    if is_url(path):
+        fs, target = url_filesystem(os.fspath(path), storage_options)
+        if fs.exists(target):
+            fs.rm_file(target)
+        return
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(local_path(path))
+
+
+def check_output_url(url: str, *, what: str, storage_options: dict | None = None) -> bool:
+    """Refuse, before any work, an output URL that cannot be written: an unknown protocol,
+    a store that cannot be reached, a bucket (the URL's first part) that does not exist, or
+    a directory there. Returns whether a file exists at the URL."""
+    from distgmm.errors import DistgmmInputError
+
+    fs, target = url_filesystem(url, storage_options)
+    try:
+        if fs.isdir(target):
+            raise DistgmmInputError(f"{what} {url} is a directory; give a file URL.")
+        root = target.split("/", 1)[0]
+        if "/" in target and not fs.exists(root):
+            raise DistgmmInputError(f"{what} {url}: {root} does not exist; create the bucket "
+                                    "first or check the URL.")
+        return bool(fs.isfile(target))
+    except DistgmmInputError:
+        raise
+    except Exception as exc:  # credentials, endpoint, network: say so before any work
+        raise DistgmmInputError(f"{what} {url} cannot be reached ({type(exc).__name__}: "
+                                f"{' '.join(str(exc).split())}); check the URL and "
+                                "--storage-option values.") from None

@@ -413,7 +413,7 @@ class _BaseMixture(DensityMixin, BaseEstimator):
         sample_weight=None,
         *,
         on_iteration: Callable[[IterationInfo], None] | None = None,
-        checkpoint: str | os.PathLike | None = None,
+        checkpoint: str | os.PathLike | FileCheckpoint | None = None,
     ):
         """Estimate the parameters with EM.
 
@@ -425,8 +425,9 @@ class _BaseMixture(DensityMixin, BaseEstimator):
             Non-negative per-point weights; integer weights fit like repeated rows.
         on_iteration : callable, optional
             Called with a :class:`distgmm.engine.IterationInfo` after every iteration.
-        checkpoint : path, optional
-            Checkpoint file written atomically after every iteration. If it exists and
+        checkpoint : path, URL or distgmm.engine.FileCheckpoint, optional
+            Checkpoint file written atomically after every iteration (a URL such as
+            ``s3://...`` too; a ``FileCheckpoint`` carries fsspec options). If it exists and
             belongs to the same fit (same data, options and seed), the fit resumes from it.
 
         Returns
@@ -475,7 +476,8 @@ class _BaseMixture(DensityMixin, BaseEstimator):
 
         result = fit_em(
             data, cfg, seed, warm_start=warm, on_iteration=report,
-            checkpoint=None if checkpoint is None else FileCheckpoint(checkpoint),
+            checkpoint=checkpoint if checkpoint is None or isinstance(checkpoint, FileCheckpoint)
+            else FileCheckpoint(checkpoint),
             initial_params=initial_params,
         )
         self._set_result(result, X.dtype if in_memory else np.float64)
@@ -496,6 +498,7 @@ class _BaseMixture(DensityMixin, BaseEstimator):
         self.lower_bounds_per_init_ = [list(h) for h in result.histories]
         self.n_features_in_ = result.params.n_features
         self.fit_seconds_ = result.seconds
+        self.training_scores_ = result.scores
 
     # ------------------------------------------------------------------ prediction
     def _blockwise(self, X, fn: Callable, *, columns: int | None, dtype):

@@ -95,6 +95,8 @@ class BayesianGaussianMixture(_BaseMixture):
     mean_precision_ : ndarray of shape (K,)
     degrees_of_freedom_ : ndarray of shape (K,), or a float for tied
     converged_, n_iter_, lower_bound_, lower_bounds_, lower_bounds_per_init_
+    training_scores_
+        As :class:`distgmm.GaussianMixture`'s, of this mixture's ``score_samples``.
     n_features_in_, feature_names_in_
     """
 

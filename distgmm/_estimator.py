@@ -102,6 +102,11 @@ class GaussianMixture(_BaseMixture):
         Lower bound of every iteration of the best restart.
     lower_bounds_per_init_ : list of list of float
         The same for every restart.
+    training_scores_ : distgmm._scores.ScoreProfile or None
+        The training points' scores (``score_samples``) in the fit's last pass, summarised:
+        weight, mean, variance, a log-scale histogram, and the 0.001-quantile outlier
+        threshold; what model files record for outlier flags and drift. None when the fit
+        made no pass (``max_iter=0``).
     n_features_in_ : int
     feature_names_in_ : ndarray of str
         Only when fitted on a DataFrame whose column names are all strings.

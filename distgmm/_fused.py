@@ -178,10 +178,11 @@ def _block_log_prob(xt, start, stop, prec, mc, log_const, lp):
 
 
 @_jit
-def _fused_stats(xt, w, prec, mc, log_const):
+def _fused_stats(xt, w, prec, mc, log_const, scores):
     """Diag/spherical loop kernel, exactly centered: E-step, weighted log-likelihood and
     per-component count/mean/scatter diagonal in one sweep (few components and features,
-    or most means far from the shift)."""
+    or most means far from the shift); each row's ``log p(x_i)`` into ``scores`` unless it
+    is empty."""
     D, n = xt.shape
     K = log_const.shape[0]
     resp_sum = np.zeros(K)
@@ -196,7 +197,7 @@ def _fused_stats(xt, w, prec, mc, log_const):
         stop = min(start + _BLOCK, n)
         m = stop - start
         _block_log_prob(xt, start, stop, prec, mc, log_const, lp)
-        ll += _responsibilities_columns(lp[:, :m], w, start, mx, tot)  # w_i * p(k | x_i)
+        ll += _responsibilities_columns(lp[:, :m], w, start, mx, tot, scores)  # w_i p(k | x_i)
         for k in range(K):
             wb = 0.0
             for i in range(m):
@@ -357,9 +358,10 @@ def _block_buffers(n, F, K, block_rows):
 
 
 @_jit_ordered
-def _responsibilities_columns(lpt, w, start, mx, tot):
+def _responsibilities_columns(lpt, w, start, mx, tot, scores):
     """Turn weighted log-probabilities ``lpt`` (K, m) into ``w_i * p(k | x_i)`` in place and
-    return ``sum_i w_i log p(x_i)`` (rows ``start:start + m`` of ``w``). Loops run along rows
+    return ``sum_i w_i log p(x_i)`` (rows ``start:start + m`` of ``w``); each ``log p(x_i)``
+    also goes to ``scores[start + i]`` unless ``scores`` is empty. Loops run along rows
     of ``m`` values and vectorise; ``mx`` and ``tot`` are scratch of at least m values."""
     K, m = lpt.shape
     for i in range(m):
@@ -375,9 +377,13 @@ def _responsibilities_columns(lpt, w, start, mx, tot):
             lpt[k, i] = e
             tot[i] += e
     ll = 0.0
+    keep = scores.shape[0] > 0
     for i in range(m):
         wi = w[start + i]
-        ll += wi * (mx[i] + math.log(tot[i]))
+        score = mx[i] + math.log(tot[i])
+        if keep:
+            scores[start + i] = score
+        ll += wi * score
         tot[i] = wi / tot[i]
     for k in range(K):
         for i in range(m):
@@ -386,8 +392,10 @@ def _responsibilities_columns(lpt, w, start, mx, tot):
 
 
 @_jit_ordered
-def _fused_stats_expanded(X, w, shift, Gt, log_const, cross_terms, exact, mc, fac, block_rows):
-    """E-step, log-likelihood and centered statistics with two GEMMs per block of ``block_rows`` rows."""
+def _fused_stats_expanded(X, w, shift, Gt, log_const, cross_terms, exact, mc, fac, block_rows,
+                          scores):
+    """E-step, log-likelihood and centered statistics with two GEMMs per block of ``block_rows`` rows
+    (and each row's ``log p(x_i)`` into ``scores`` unless it is empty)."""
     n, D = X.shape
     K, F = Gt.shape
     Q = F - D - 1
@@ -412,7 +420,7 @@ def _fused_stats_expanded(X, w, shift, Gt, log_const, cross_terms, exact, mc, fa
         lpt = lpt_full if m == block_rows else lpt_tail
         _expanded_block_log_prob(X, start, shift, Gt, log_const, cross_terms, exact, mc, fac, zt, lpt,
                                  scratch)
-        ll += _responsibilities_columns(lpt, w, start, mx, tot)
+        ll += _responsibilities_columns(lpt, w, start, mx, tot, scores)
         np.dot(lpt, zt.T, mom)
         for k in range(K):
             wb[k] = mom[k, F - 1]
@@ -590,24 +598,29 @@ def _read_only(a, dtype=None):
     return view
 
 
-def fused_statistics(X, sample_weight, weights, means, prec_chol, covariance_type):
+def fused_statistics(X, sample_weight, weights, means, prec_chol, covariance_type,
+                     scores=None):
     """Compiled equivalent of :func:`distgmm._statistics.chunk_statistics`.
+
+    ``scores``, an (n,) float64 array if given, receives each row's ``log p(x_i)`` (which
+    the E-step computes anyway), for the fit's score sketch.
 
     Returns
     -------
     resp_sum : (K,), means : (K, D), scatter : (K, D, D) or (K, D), log_likelihood : float
     """
     n, D = X.shape
+    scores = np.empty(0) if scores is None else scores
     w = _read_only(np.ones(n) if sample_weight is None else sample_weight, np.float64)
     setup = _expanded_setup(weights, means, prec_chol, covariance_type)
     if setup is not None:
         shift = setup.shift
-        resp_sum, mean, scatter, ll = _fused_stats_expanded(_read_only(X), w, *setup)
+        resp_sum, mean, scatter, ll = _fused_stats_expanded(_read_only(X), w, *setup, scores)
         if not setup.cross_terms:  # diag/spherical: the (K, 1, D) scatter diagonals
             scatter = scatter[:, 0, :]
     else:  # diag/spherical only
         xt, shift, prec, mc, log_const = _prepare(X, weights, means, prec_chol, covariance_type)
-        resp_sum, mean, scatter, ll = _fused_stats(xt, w, prec, mc, log_const)
+        resp_sum, mean, scatter, ll = _fused_stats(xt, w, prec, mc, log_const, scores)
     mean = np.where(resp_sum[:, None] > 0, mean + shift, 0.0)
     return resp_sum, mean, scatter, float(ll)
 
@@ -809,12 +822,13 @@ def kernel_calls() -> list[KernelCall]:
     full = _expanded_setup(np.full(2, 0.5), means[:2], np.tile(np.eye(D), (2, 1, 1)), "full")
     diag = _expanded_setup(np.full(16, 1 / 16), means, np.ones((16, D)), "diag")
     w = _read_only(np.ones(n))
+    scores = np.empty(0)  # the E-steps' optional per-row log-likelihoods (same type either way)
     calls = []
     for dtype, first in (("float32", 0.6), ("float64", 0.0)):
         X = _read_only(rng.normal(size=(n, D)), dtype)
         calls += [  # ``first``: numba's own start-up, paid by the first compilation
             KernelCall("validation", dtype, _row_moments, (X,), 0.4 + first),
-            KernelCall("E-step", dtype, _fused_stats_expanded, (X, w, *full), 3.5),
+            KernelCall("E-step", dtype, _fused_stats_expanded, (X, w, *full, scores), 3.5),
             KernelCall("log-densities and labels", dtype, _fused_scores_expanded,
                        (X, *full, True), 1.0),
             KernelCall("float32 labels", dtype, _labels_expanded32,
@@ -822,7 +836,7 @@ def kernel_calls() -> list[KernelCall]:
     xt, _, prec, mc, log_const = _prepare(rng.normal(size=(n, D)), np.full(2, 0.5),
                                           means[:2], np.ones((2, D)), "diag")
     calls += [KernelCall("small diag E-step", None, _fused_stats,
-                         (xt, w, prec, mc, log_const), 1.8),
+                         (xt, w, prec, mc, log_const, scores), 1.8),
               KernelCall("small diag log-densities", None, _fused_log_prob,
                          (xt, prec, mc, log_const), 0.3)]
     return calls

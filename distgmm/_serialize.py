@@ -3,7 +3,8 @@
 The metadata is stored as UTF-8 JSON bytes in the array ``__meta__``; files are read with
 ``allow_pickle=False`` so loading never executes code. Writes go to a temporary file in the
 same directory and are renamed over the target, so a reader sees the old file or the new one,
-never a torn one. A SHA-256 over the arrays (names, dtypes, shapes, bytes) and metadata is
+never a torn one; a file at a URL (``s3://...``, any fsspec file system) is written in one
+PUT, which object stores make atomic too. A SHA-256 over the arrays (names, dtypes, shapes, bytes) and metadata is
 stored alongside and checked on load, so a corrupted or edited file is rejected.
 """
 
@@ -17,7 +18,7 @@ import zipfile
 
 import numpy as np
 
-from ._atomic import atomic_write
+from ._atomic import read_file, write_file
 
 __all__ = ["save_arrays", "load_arrays", "content_digest", "CorruptFileError"]
 
@@ -42,8 +43,10 @@ def content_digest(arrays: dict[str, np.ndarray], meta: dict) -> str:
     return h.hexdigest()
 
 
-def save_arrays(path: str | os.PathLike, arrays: dict[str, np.ndarray], meta: dict) -> str:
-    """Write ``arrays`` and ``meta`` to ``path`` atomically; return the content digest."""
+def save_arrays(path: str | os.PathLike, arrays: dict[str, np.ndarray], meta: dict,
+                storage_options: dict | None = None) -> str:
+    """Write ``arrays`` and ``meta`` to ``path`` (a local path or an fsspec URL, with
+    ``storage_options``) atomically; return the content digest."""
     path = os.fspath(path)
     arrays = {k: np.asarray(v) for k, v in arrays.items()}
     for name, a in arrays.items():
@@ -53,13 +56,15 @@ def save_arrays(path: str | os.PathLike, arrays: dict[str, np.ndarray], meta: di
     payload = dict(arrays)
     payload[_META] = np.frombuffer(json.dumps(meta, sort_keys=True).encode(), dtype=np.uint8)
     payload[_DIGEST] = np.frombuffer(digest.encode(), dtype=np.uint8)
-    with atomic_write(path) as f:
-        np.savez(f, **payload)
+    buffer = io.BytesIO()
+    np.savez(buffer, **payload)
+    write_file(path, buffer.getvalue(), storage_options)
     return digest
 
 
-def load_arrays(path: str | os.PathLike) -> tuple[dict[str, np.ndarray], dict, str]:
-    """Read a file written by :func:`save_arrays`.
+def load_arrays(path: str | os.PathLike, storage_options: dict | None = None
+                ) -> tuple[dict[str, np.ndarray], dict, str]:
+    """Read a file written by :func:`save_arrays` (a local path or an fsspec URL).
 
     Returns
     -------
@@ -74,8 +79,7 @@ def load_arrays(path: str | os.PathLike) -> tuple[dict[str, np.ndarray], dict, s
     """
     path = os.fspath(path)
     try:
-        with open(path, "rb") as f:
-            raw = f.read()
+        raw = read_file(path, storage_options)
         if not raw.startswith(b"PK"):
             raise ValueError("not a zip archive")
         with np.load(io.BytesIO(raw), allow_pickle=False) as npz:

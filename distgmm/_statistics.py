@@ -323,7 +323,8 @@ def chunk_statistics_from_resp(
 
 
 def chunk_statistics(
-    X: np.ndarray, sample_weight: np.ndarray | None, params: MixtureParams
+    X: np.ndarray, sample_weight: np.ndarray | None, params: MixtureParams,
+    scores: np.ndarray | None = None,
 ) -> SufficientStatistics:
     """One EM pass over a block: E-step, log-likelihood and sufficient statistics together.
 
@@ -335,21 +336,27 @@ def chunk_statistics(
     X : ndarray of shape (n, D)
     sample_weight : ndarray of shape (n,) or None
     params : MixtureParams
+    scores : ndarray of shape (n,), float64, optional
+        Receives each row's ``log p(x_i)``, which the E-step computes anyway (the fit's
+        score sketch, :mod:`distgmm._scores`).
     """
     if not use_fused():
-        return chunk_statistics_reference(X, sample_weight, params)
+        return chunk_statistics_reference(X, sample_weight, params, scores)
     resp_sum, means, scatter, ll = fused_statistics(
         X, sample_weight, params.weights, params.means, params.precisions_cholesky,
-        params.covariance_type)
+        params.covariance_type, scores)
     weight_sum = float(X.shape[0] if sample_weight is None else np.sum(sample_weight))
     return SufficientStatistics(resp_sum, means, scatter, ll, weight_sum, X.shape[0])
 
 
 def chunk_statistics_reference(
-    X: np.ndarray, sample_weight: np.ndarray | None, params: MixtureParams
+    X: np.ndarray, sample_weight: np.ndarray | None, params: MixtureParams,
+    scores: np.ndarray | None = None,
 ) -> SufficientStatistics:
     """NumPy reference of :func:`chunk_statistics` (E-step then statistics from responsibilities)."""
     log_prob_norm, log_resp = params.log_responsibilities(X)
+    if scores is not None:
+        scores[:] = log_prob_norm
     if sample_weight is None:
         ll = float(log_prob_norm.sum())
     else:

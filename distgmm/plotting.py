@@ -1,8 +1,9 @@
-"""Matplotlib figures of fitted mixtures, their points, fit histories and model selection.
+"""Matplotlib figures of fitted mixtures, their points, fit histories, model selection and score drift.
 
 Drawing only: the reductions of the points a figure needs (principal axes, a marker
-sample, per-label histograms) come from the engine's passes (:mod:`distgmm.engine.views`),
-on a cluster for dask input and in this process for in-memory input.
+sample, per-label histograms, score sketches) come from the engine's passes
+(:mod:`distgmm.engine.views`), on a cluster for dask input and in this process for
+in-memory input.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ __all__ = [
     "plot_clusters",
     "plot_convergence",
     "plot_selection",
+    "plot_scores",
     "save_figure",
 ]
 
@@ -776,6 +778,93 @@ def plot_selection(
     fig.legend(handles=handles, loc="outside right upper", fontsize="small", frameon=False,
                title="covariance type", title_fontsize="small")
     fig.suptitle(title if title is not None else "Model selection")
+    return fig
+
+
+def plot_scores(
+    edges: np.ndarray,
+    training: np.ndarray,
+    batches: Sequence[tuple[str, np.ndarray]],
+    *,
+    outlier_threshold: float,
+    history: Sequence[Mapping[str, Any]],
+    drift_threshold: float,
+    title: str | None = None,
+    figsize: tuple[float, float] = (10.0, 8.0),
+    dpi: float = 100,
+) -> Figure:
+    """Score histograms (training against new batches) and the drift history of a label set.
+
+    Parameters
+    ----------
+    edges : ndarray of shape (B + 1,)
+        Increasing score (log-likelihood) bin edges shared by the histograms.
+    training : ndarray of shape (B,)
+        Density of the training scores in each bin.
+    batches : sequence of (label, ndarray of shape (B,))
+        Density of each batch's scores, oldest first.
+    outlier_threshold : float
+        Scores below it are outliers (a vertical line).
+    history : sequence of mappings
+        One per batch, oldest first: ``at`` (datetime), ``mean``, ``training_mean``,
+        ``mean_se``, ``outlier_rate``, ``expected_outlier_rate`` and ``drift`` (bool), as
+        :class:`distgmm._scores.ScoreDrift` gives them.
+    drift_threshold : float
+        Standard errors at which drift is reported: each batch's mean is drawn with a bar
+        of that many standard errors, which misses the training mean when it drifted.
+    title : str, optional
+    figsize : (float, float)
+    dpi : float
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+        The histograms on top; the mean score and the outlier rate of each batch over
+        time below (drifted batches in red).
+    """
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=figsize, dpi=dpi, layout="constrained")
+    grid = fig.add_gridspec(2, 2, height_ratios=(1.25, 1.0))
+    hist_ax = fig.add_subplot(grid[0, :])
+    mean_ax, rate_ax = fig.add_subplot(grid[1, 0]), fig.add_subplot(grid[1, 1])
+    hist_ax.stairs(training, edges, fill=True, color="0.82", label="training", zorder=1)
+    hist_ax.stairs(training, edges, color="0.45", linewidth=1.0, zorder=2)
+    for b, (label, density) in enumerate(batches):
+        newest = b == len(batches) - 1
+        hist_ax.stairs(density, edges, color=_color(b + 1), linewidth=2.2 if newest else 1.2,
+                       alpha=1.0 if newest else 0.7, label=label, zorder=3)
+    hist_ax.axvline(outlier_threshold, color="#D55E00", linestyle="--", linewidth=1.2,
+                    label=f"outlier threshold {outlier_threshold:.2f}")
+    hist_ax.set_xlabel("score (log-likelihood per point)")
+    hist_ax.set_ylabel("density")
+    hist_ax.set_title("Scores: training against the labelled batches", fontsize="medium")
+    hist_ax.legend(fontsize="small", ncols=2 if len(batches) > 4 else 1)
+
+    drift_color, calm_color = "#D55E00", "#0072B2"
+    when = [h["at"] for h in history]
+    colors = [drift_color if h["drift"] else calm_color for h in history]
+    if history:
+        mean_ax.axhline(history[0]["training_mean"], color="0.3", linewidth=1.0,
+                        label="training mean")
+        rate_ax.axhline(history[0]["expected_outlier_rate"] * 100, color="0.3",
+                        linewidth=1.0, label="training rate")
+    for h, at, color in zip(history, when, colors):
+        mean_ax.errorbar([at], [h["mean"]], yerr=[drift_threshold * h["mean_se"]], fmt="o",
+                         color=color, capsize=3, markersize=5)
+        rate_ax.plot([at], [h["outlier_rate"] * 100], "o", color=color, markersize=5)
+    mean_ax.set_ylabel("mean score")
+    mean_ax.set_title(f"Mean score per batch (bars: \u00b1{drift_threshold:g} standard errors)",
+                      fontsize="medium")
+    rate_ax.set_ylabel("outliers (%)")
+    rate_ax.set_title("Outlier rate per batch", fontsize="medium")
+    for axis in (mean_ax, rate_ax):
+        axis.set_xlabel("labelled at")
+        axis.grid(True, color="0.9", linewidth=0.6)
+        axis.tick_params(axis="x", labelrotation=30, labelsize="small")
+        if history:
+            axis.legend(fontsize="small")
+    fig.suptitle(title if title is not None else "Scores and drift")
     return fig
 
 

@@ -250,6 +250,11 @@ def bad_inputs(tmp_path, blobs_model, client):
     (tmp_path / "malformed.toml").write_text("[[step]\nrun = 'fit'\n")
     (tmp_path / "unknown.toml").write_text(
         "[[step]]\nrun = 'label'\nmodel = 'm.npz'\nstore = 's.zarr'\nprobability = true\n")
+    (tmp_path / "gate.toml").write_text(
+        "[[step]]\nrun = 'label'\nmodel = 'm.npz'\nstore = 's.zarr'\nfail_on_drift = true\n")
+    unscored = distgmm.load_model(blobs_model)
+    unscored.training_scores_ = None  # as written before training scores were recorded
+    distgmm.save_model(unscored, tmp_path / "unscored.npz")
     np.savetxt(tmp_path / "three.txt", np.zeros((4, 3)))
     np.savetxt(tmp_path / "few.txt", np.zeros((4, 2)))
     (tmp_path / "nan.txt").write_text("1 2\nnan 4\n")
@@ -278,7 +283,17 @@ def bad_inputs(tmp_path, blobs_model, client):
     (["fit", "{store}", "-k", "0", "--model", "{tmp}/m.npz"],
      "'n_components' parameter of GaussianMixture must be an int in the range [1, inf)"),
     (["run", "{tmp}/malformed.toml"], "is not valid TOML"),
-    (["run", "{tmp}/unknown.toml"], "unknown key 'probability'; allowed: model, name, proba"),
+    (["run", "{tmp}/unknown.toml"], "unknown key 'probability'; allowed: drift_threshold, "
+     "fail_on_drift, model, name, proba, replace, scores, stop_unless_drift, store"),
+    (["run", "{tmp}/gate.toml"], "judge scores; add scores = true"),
+    (["label", "{model}", "{store}", "--drift-threshold", "0"],
+     "--drift-threshold must be a positive number of standard errors"),
+    (["label", "{model}", "{store}", "--fail-on-drift"], "--fail-on-drift judges scores"),
+    (["label", "{tmp}/unscored.npz", "{store}", "--scores"], "has no training scores"),
+    (["fit", "{store}", "-k", "2", "--model", "{tmp}/m.npz", "--outlier-quantile", "1"],
+     "--outlier-quantile must be a fraction of the training points between 0 and 1"),
+    (["select", "{store}", "--model", "{tmp}/m.npz", "--outlier-quantile", "0"],
+     "--outlier-quantile must be a fraction"),
     (["run", "{tmp}/unknown.toml", "--set", "x=1"], "declares no variable 'x'"),
     # 0 is refused, never taken for the default; absurd sizes before anything is allocated
     (["generate", "{tmp}/g.zarr", "--points", "0"], "--points must be at least 1, got 0"),
@@ -310,7 +325,8 @@ def bad_inputs(tmp_path, blobs_model, client):
     # advice names only options the command has
     (["predict", "{model}", "{tmp}/nan.txt"], "value nan is not finite; clean the data first"),
     (["ingest", "{tmp}/huge.txt", "{tmp}/h.zarr"], "value 1e+300 is too large in magnitude"),
-    (["label", "{model}", "{tmp}/plain.zarr"], "is a plain Zarr array, not a point store"),
+    (["label", "{model}", "{tmp}/plain.zarr"], "is a Zarr v3 array, not a distgmm point store; "
+     "distgmm reads such arrays but never writes into them, so it cannot label it"),
     (["ingest", "{tmp}/three.txt", "{tmp}/plain.zarr", "--append"], "is a plain Zarr array"),
 ])
 def test_bad_arguments_exit_2_with_one_line(bad_inputs, blobs, blobs_model, scheduler_address,
@@ -328,8 +344,9 @@ def test_bad_arguments_exit_2_with_one_line(bad_inputs, blobs, blobs_model, sche
 def test_every_example_job_runs(tmp_path, scheduler_address):
     order = ["quickstart.toml", "nightly-label.toml", "refit-aligned.toml", "blobs.toml",
              "nightly-label.toml"]
-    assert sorted(set(order)) == sorted(os.path.basename(p)
-                                        for p in glob.glob(os.path.join(JOBS, "*.toml")))
+    drift_example = "nightly-drift.toml"  # run by test_the_drift_example_refits_only_on_drift
+    assert sorted(set(order) | {drift_example}) == sorted(
+        os.path.basename(p) for p in glob.glob(os.path.join(JOBS, "*.toml")))
     batch = tmp_path / "batch.txt"  # the last night's new rows: another batch of 30
     np.savetxt(batch, np.loadtxt(os.path.join(JOBS, "data", "kmeansSamples.txt")) + 1.0)
     sets = [[]] * 4 + [["--set", f"batch={batch}"]]
@@ -349,6 +366,33 @@ def test_every_example_job_runs(tmp_path, scheduler_address):
     assert results[2]["steps"][0]["aligned_to"] == os.path.join(str(tmp_path), "model.npz")
     assert open_points(str(tmp_path / "blobs.zarr")).group["proba/blobs"].shape == (900, 2)
     assert os.path.exists(tmp_path / "model.selection.png")
+
+
+def test_the_drift_example_refits_only_on_drift(tmp_path, scheduler_address):
+    def job(name: str, *extra: str) -> list[dict]:
+        return run_json("run", os.path.join(JOBS, name), "--set", f"work={tmp_path}", *extra,
+                        "--scheduler", scheduler_address)["steps"]
+
+    job("quickstart.toml")
+    calm = job("nightly-drift.toml")  # the shipped batch: more of the same
+    assert calm[0]["n_rows"] == 60 and calm[1]["scores"] and not calm[1]["drift"]["drift"]
+    assert [s.get("skipped", False) for s in calm] == [False, False, True, True]
+    assert "step 2 (label) reported no drift" in calm[2]["reason"]
+    fingerprint = calm[1]["fingerprint"]
+    drifted = tmp_path / "drifted.txt"  # the same batch moved by 8 along x: the model is stale
+    np.savetxt(drifted, np.loadtxt(os.path.join(JOBS, "data", "new-batch.txt")) + [8.0, 0.0])
+    stale = job("nightly-drift.toml", "--set", f"batch={drifted}")
+    assert stale[1]["drift"]["drift"] and stale[1]["fingerprint"] == fingerprint
+    assert stale[2]["aligned_to"] == str(tmp_path / "model.npz")
+    assert stale[2]["fingerprint"] != fingerprint
+    assert stale[3]["replaced"] and stale[3]["fingerprint"] == stale[2]["fingerprint"]
+    assert not stale[3]["drift"]["drift"]
+    # the same night again: nothing appended twice, the refit model's report stands
+    again = job("nightly-drift.toml", "--set", f"batch={drifted}")
+    assert again[0]["skipped"] and again[1]["chunks_done"] == 0
+    assert [s.get("skipped", False) for s in again] == [True, False, True, True]
+    group = open_points(str(tmp_path / "points.zarr")).group
+    assert group["scores/current"].shape == group["outliers/current"].shape == (90,)
 
 
 def test_demo(tmp_path, scheduler_address):
@@ -532,3 +576,77 @@ def test_bayesian_fit_label_and_job(tmp_path, blobs, scheduler_address):
                    'max_iter = 300\nseed = 1\n')
     run_json("run", str(job), "--allow-outside", "--scheduler", scheduler_address)
     assert isinstance(load_model(tmp_path / "j.npz"), BayesianGaussianMixture)
+
+
+def test_label_scores_report_drift_and_fail_on_drift(tmp_path, blobs, blobs_model,
+                                                     scheduler_address):
+    store = copy_store(blobs, tmp_path / "s.zarr")
+    first = run_json("label", blobs_model, store, "--scores", "--scheduler", scheduler_address)
+    profile = distgmm.load_model(blobs_model).training_scores_
+    assert first["scores"] and first["outlier_threshold"] == profile.outlier_threshold
+    assert first["outlier_quantile"] == 0.001
+    drift = first["drift"]
+    assert drift["this_run"] and drift["chunks"] == 10 and drift["rows"] == 3000
+    assert not drift["drift"] and drift["threshold"] == 4.0
+    group = open_points(store).group
+    assert group["scores/m"].shape == group["outliers/m"].shape == (3000,)
+
+    model = distgmm.load_model(blobs_model)
+    rows, _ = model.sample(600)
+    np.save(tmp_path / "calm.npy", rows.astype(np.float32))
+    append(str(tmp_path / "calm.npy"), store)
+    calm = run("label", blobs_model, store, "--fail-on-drift", "--scores",
+               "--scheduler", scheduler_address)
+    assert calm.returncode == 0, calm.stderr
+    assert "labels/m, scores/m and outliers/m in" in calm.stdout
+    assert "drift of 2 chunks (600 rows) labelled by this run" in calm.stdout
+    assert "mean log-likelihood" in calm.stdout and "no drift" in calm.stdout
+
+    np.save(tmp_path / "moved.npy", (rows + 4.0).astype(np.float32))  # every blob moved
+    append(str(tmp_path / "moved.npy"), store)
+    moved = run("label", blobs_model, store, "--fail-on-drift", "--scores", "--json",
+                "--scheduler", scheduler_address)
+    assert moved.returncode == 3, moved.stderr  # labelled, recorded, and drift reported
+    result = json.loads(moved.stdout)
+    assert result["chunks_done"] == 2 and result["drift"]["drift"]
+    assert result["drift"]["mean_z"] < -4 and result["drift"]["outlier_z"] > 4
+    assert label_state(store, "m").complete
+    # the verdict stands for a rerun that labels nothing: exit 3 again, said to be earlier
+    again = run("label", blobs_model, store, "--fail-on-drift", "--scores",
+                "--scheduler", scheduler_address)
+    assert again.returncode == 3 and "DRIFT" in again.stdout
+    assert "reported by an earlier run at" in again.stdout
+    # without --fail-on-drift, drift is reported and the exit code is 0
+    assert run("label", blobs_model, store, "--scheduler", scheduler_address).returncode == 0
+
+
+def test_kill_during_label_with_scores_leaves_the_state_consistent(tmp_path, blobs,
+                                                                   blobs_model,
+                                                                   scheduler_address):
+    store = copy_store(blobs, tmp_path / "s.zarr")
+    whole = run_json("label", blobs_model, store, "--name", "whole", "--scores",
+                     "--scheduler", scheduler_address)
+    args = ["label", blobs_model, store, "--name", "cut", "--scores",
+            "--scheduler", scheduler_address]
+    _kill_when_paused(args, {"DISTGMM_TEST_PAUSE_AFTER_LABEL_CHUNKS": "3"},
+                      "DISTGMM_TEST_PAUSE_AFTER_LABEL_CHUNKS: paused")
+    killed = label_state(store, "cut")
+    done = killed.chunks_done
+    assert 3 <= len(done) < 10
+    # every recorded chunk has its figures, none without; nothing was reported yet
+    assert sorted(killed.chunk_scores) == done and killed.unreported == done
+    assert killed.report is None
+    reference = label_state(store, "whole").chunk_scores
+    assert all(killed.chunk_scores[i][:4] == reference[i][:4] for i in done)
+    rerun = run_json(*args)
+    assert rerun["chunks_done"] == 10 - len(done)
+    # the rerun reports on the killed run's chunks too: all ten, as the uninterrupted run
+    assert rerun["drift"]["chunks"] == 10 and rerun["drift"]["this_run"]
+    for key in ("rows", "mean", "mean_z", "outlier_rate", "outlier_z", "drift"):
+        assert rerun["drift"][key] == pytest.approx(whole["drift"][key], rel=1e-12), key
+    group = open_points(store).group
+    for kind in ("labels", "scores", "outliers"):
+        np.testing.assert_array_equal(group[f"{kind}/cut"][:], group[f"{kind}/whole"][:])
+    after = label_state(store, "cut")
+    assert after.complete and not after.unreported and sorted(after.chunk_scores) == \
+        list(range(10))

@@ -71,9 +71,14 @@ def test_plot_writes_png_of_requested_size(fitted, tmp_path, scheduler_address, 
     (["--features", "0,9"], "column 9 is out of range for a store with 4 features"),
     (["--labels", "nope"], "has no labels/nope"),
     (["--projection", "spiral"], "--projection 'spiral' is not one of"),
+    (["--scores", "nope"], "has no labels/nope"),
+    (["--scores", "plain"], "labels/plain in"),  # labelled without scores
 ])
 def test_plot_bad_arguments(fitted, tmp_path, scheduler_address, args, message):
     store, model, _ = fitted
+    if "plain" in args:
+        assert run("label", model, store, "--name", "plain",
+                   scheduler=scheduler_address).returncode == 0
     out = tmp_path / "never.png"
     done = run("plot", model, store, "--out", str(out), *args, scheduler=scheduler_address)
     assert done.returncode == 2
@@ -90,3 +95,30 @@ def test_plot_refuses_model_of_other_feature_count(fitted, tmp_path, client,
                scheduler=scheduler_address)
     assert done.returncode == 2 and "has 4 features but store" in done.stderr
     assert not (tmp_path / "x.png").exists()
+
+
+def test_plot_scores_draws_histograms_and_drift_history(fitted, tmp_path, client,
+                                                        scheduler_address):
+    import shutil
+
+    from distgmm.store import append, load_model
+
+    store, model, _ = fitted
+    copy = str(tmp_path / "p.zarr")
+    shutil.copytree(store, copy)
+    assert run("label", model, copy, "--name", "n", "--scores",
+               scheduler=scheduler_address).returncode == 0
+    rows, _ = load_model(model).sample(5000)
+    np.save(tmp_path / "wide.npy", (rows * 1.5).astype(np.float32))  # drifted
+    append(str(tmp_path / "wide.npy"), copy)
+    assert run("label", model, copy, "--name", "n", scheduler=scheduler_address).returncode == 0
+    out = str(tmp_path / "scores.png")
+    done = run("plot", model, copy, "--out", out, "--scores", "n", "--json",
+               scheduler=scheduler_address)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["scores"] == "n"
+    pixels = png_pixels(out)
+    assert pixels.shape[:2] == (800, 1000)
+    vermilion = np.all(np.abs(pixels[..., :3] - np.array([0xD5, 0x5E, 0x00]) / 255) < 0.02,
+                       axis=2)
+    assert vermilion.sum() > 50  # the drifted batch's marks and the threshold line

@@ -172,7 +172,7 @@ def write_job(tmp_path, text: str) -> str:
     ("[[step]]\nrun = 'shell'\n", "step 1: unknown step 'shell' (key 'run'); allowed: generate"),
     ("[[step]]\nrun = 'label'\nmodel = 'm'\n", "missing required key(s) store"),
     ("[[step]]\nrun = 'fit'\nstore = 'a'\nmodel = 'b'\ncomponents = 'two'\n",
-     "key 'components' must be a integer, got string 'two'"),
+     "key 'components': Input should be a valid integer, got string 'two'"),
     ("[[step]]\nrun = 'label'\nmodel = '${nope}'\nstore = 's'\n", "undefined variable ${nope}"),
     ("[jobs]\nx = 1\n", "unknown top-level key 'jobs'; allowed: job, vars, step"),
     ("[job]\nname = 'x'\n[[step]]\nrun = 'label'\n", "unknown key 'name' in [job]"),
@@ -271,3 +271,22 @@ def test_bayesian_models_align_only_under_a_dirichlet_distribution_prior():
     process = BayesianGaussianMixture(4, random_state=0).fit(X)
     with pytest.raises(DistgmmInputError, match="Dirichlet-process prior"):
         permute_components(process, perm)
+
+
+def test_step_models_have_the_options_of_their_commands():
+    """The job schema and the command line cannot drift apart: every step kind takes exactly
+    its command's options (``storage_option`` as ``storage_options``), less the options of
+    the run itself (cluster, output, lock wait)."""
+    import typer.main
+
+    from distgmm.cli import app
+    from distgmm.jobs._spec import STEP_MODELS
+
+    per_run = {"scheduler", "workers", "threads_per_worker", "memory_limit", "tls_ca_file",
+               "tls_cert", "tls_key", "scheduler_timeout", "verbose", "quiet", "json",
+               "lock_wait"}
+    commands = typer.main.get_command(app).commands
+    for kind, model in STEP_MODELS.items():
+        options = {"storage_options" if p.name == "storage_option" else p.name
+                   for p in commands[kind].params} - per_run
+        assert options == set(model.model_fields) - {"run"}, kind

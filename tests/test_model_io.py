@@ -12,6 +12,7 @@ import distgmm
 from distgmm._serialize import CorruptFileError, load_arrays, save_arrays
 from distgmm.errors import DistgmmInputError
 from distgmm.store import read_model
+from distgmm.store._model import MODEL_FORMAT_VERSION
 
 RNG = np.random.default_rng(0)
 X = np.vstack([RNG.normal(0, 1, (200, 3)), RNG.normal(5, 1.5, (200, 3))])
@@ -66,7 +67,8 @@ def _rewrite(path, edit_arrays=None, edit_meta=None):
 
 @pytest.mark.parametrize("edit_arrays, edit_meta, expected", [
     (None, lambda m: m.update(kind="distgmm-checkpoint"), "is not a distgmm model file"),
-    (None, lambda m: m.update(format_version=3), "upgrade distgmm"),
+    (None, lambda m: m.update(format_version=MODEL_FORMAT_VERSION + 1), "upgrade distgmm"),
+    (None, lambda m: m.update(scoring={"sketch": {}}), "invalid scoring block"),
     (None, lambda m: m.update(covariance_type="banana"), "covariance type 'banana'"),
     (None, lambda m: m.update(n_features=4), "expected (2, 4) float64"),
     (None, lambda m: m.pop("fit"), "metadata keys missing ['fit']"),
@@ -118,5 +120,23 @@ def test_file_is_plain_npz_without_pickle(tmp_path):
         assert sorted(npz.files) == ["__meta__", "__sha256__", "covariances", "means",
                                      "precisions_cholesky", "weights"]
         meta = json.loads(npz["__meta__"].tobytes())
-    assert meta["kind"] == "distgmm-model" and meta["format_version"] == 2
+    assert meta["kind"] == "distgmm-model" and meta["format_version"] == MODEL_FORMAT_VERSION
     assert meta["estimator"]["random_state"] == 0 and meta["provenance"] == {"note": "ok"}
+
+
+def test_training_scores_round_trip_and_older_files_have_none(tmp_path):
+    model = distgmm.GaussianMixture(2, random_state=0).fit(X)
+    profile = model.training_scores_
+    path = tmp_path / "m.npz"
+    distgmm.save_model(model, path)
+    again = distgmm.load_model(path).training_scores_
+    assert again.to_dict() == profile.to_dict()
+    np.testing.assert_array_equal(again.sketch.counts, profile.sketch.counts)
+    # a version 2 file (written before scoring blocks existed) reads with none
+    _rewrite(path, edit_meta=lambda m: (m.pop("scoring"), m.update(format_version=2)))
+    assert distgmm.load_model(path).training_scores_ is None
+    # ... and a version 2 file with a scoring block is refused (the key is version 3's)
+    distgmm.save_model(model, path)
+    _rewrite(path, edit_meta=lambda m: m.update(format_version=2))
+    with pytest.raises(DistgmmInputError, match="unexpected \\['scoring'\\]"):
+        distgmm.load_model(path)

@@ -32,7 +32,7 @@ def demo(
         check_demo_directory(directory)
         with dask_client(cluster, output) as client:
             report = run_demo(directory, client=client, on_step=output.message)
-            result = {**report.to_dict(), "dashboard": client.dashboard_link}
+            result = report.to_dict()
         if output.json:
             output.emit_json(result)
             return

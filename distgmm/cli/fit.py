@@ -11,7 +11,8 @@ from rich.table import Table
 from distgmm.errors import DistgmmInputError
 
 from distgmm.cli._options import (
-    ClusterOptions, Output, StorageOption, command, dask_client, handle_errors, storage_options,
+    ClusterOptions, Output, StorageOption, Variable, command, dask_client, handle_errors,
+    points_url, storage_options,
 )
 
 __all__ = ["fit", "CovarianceType", "InitMethod", "WeightPrior", "iteration_printer",
@@ -79,6 +80,9 @@ def render_fit(output: Output, result: dict[str, Any]) -> None:
     if result["aligned_to"]:
         table.add_row("aligned to", f"{result['aligned_to']} (new ids <- components "
                       f"{result['permutation']})")
+    if result.get("outlier_threshold") is not None:
+        table.add_row("outliers", f"score < {result['outlier_threshold']:.4f} "
+                      f"(the {result['outlier_quantile']:g} quantile of the training scores)")
     if result.get("plot"):
         table.add_row("convergence plot", result["plot"])
     table.add_row("fingerprint", result["fingerprint"][:16])
@@ -106,6 +110,8 @@ def fit(
     bayesian: Annotated[bool, typer.Option("--bayesian", help="Fit a Bayesian (variational) mixture: --components is an upper bound, and the weight prior switches off the components the data do not need.")] = False,
     prior: Annotated[WeightPrior | None, typer.Option("--prior", help="With --bayesian: the weight prior (default: dirichlet_process).")] = None,
     weight_concentration: Annotated[float | None, typer.Option("--weight-concentration", metavar="X", help="With --bayesian: the weight concentration prior (default 1/K; smaller keeps fewer components).")] = None,
+    outlier_quantile: Annotated[float, typer.Option("--outlier-quantile", metavar="Q", help="Record the outlier threshold below which this fraction of the training points score (label --scores flags points below it).")] = 0.001,
+    variable: Variable = None,
     storage_option: StorageOption = None,
     *,
     cluster: ClusterOptions,
@@ -119,11 +125,12 @@ def fit(
     uninterrupted fit would have. Without --resume an existing checkpoint is refused.
     """
     from distgmm.jobs import fit_store
-    from distgmm.jobs._fit import check_fit_outputs
+    from distgmm.jobs._fit import check_fit_outputs, check_outlier_quantile
     from distgmm.store import open_points, read_model
 
     with handle_errors(output):
         options = storage_options(storage_option)
+        store = points_url(store, variable)
         if not bayesian and (prior is not None or weight_concentration is not None):
             raise DistgmmInputError("--prior and --weight-concentration apply to a Bayesian "
                                     "mixture; add --bayesian, or drop them.")
@@ -131,9 +138,11 @@ def fit(
             raise DistgmmInputError(f"--weight-concentration must be positive, got "
                                     f"{weight_concentration}.")
         open_points(store, options)  # fail on bad input before starting a cluster
-        check_fit_outputs(model, overwrite=overwrite, checkpoint_dir=checkpoint, plot=plot)
+        check_outlier_quantile(outlier_quantile)
+        check_fit_outputs(model, overwrite=overwrite, checkpoint_dir=checkpoint, plot=plot,
+                          storage_options=options)
         if align_to is not None:
-            read_model(align_to)
+            read_model(align_to, options)
         with dask_client(cluster, output) as client:
             report = fit_store(
                 store, model, n_components=components, covariance_type=covariance_type.value,
@@ -142,8 +151,8 @@ def fit(
                 resume=resume, align_to=align_to, overwrite=overwrite, client=client,
                 storage_options=options, on_iteration=iteration_printer(output), plot=plot,
                 prior=(prior or WeightPrior.dirichlet_process).value if bayesian else None,
-                weight_concentration=weight_concentration)
-            result = {**report.to_dict(), "dashboard": client.dashboard_link}
+                weight_concentration=weight_concentration, outlier_quantile=outlier_quantile)
+            result = report.to_dict()
         if output.json:
             output.emit_json(result)
         else:

@@ -56,7 +56,7 @@ def generate(
                 lock_wait=lock_wait)
         result = report.to_dict()
         if output.json:
-            output.emit_json(result)
+            output.emit_json({**result, "rows_written": result["n_rows"]})
         else:
             output.out.print(
                 f"wrote {result['n_rows']:,} x {result['n_features']} {result['dtype']} rows "

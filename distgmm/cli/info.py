@@ -8,7 +8,8 @@ import typer
 from rich.table import Table
 
 from distgmm.cli._options import (
-    ClusterOptions, Output, StorageOption, command, dask_client, handle_errors, storage_options,
+    ClusterOptions, Output, StorageOption, Variable, command, dask_client, handle_errors,
+    points_url, storage_options,
 )
 
 __all__ = ["info"]
@@ -31,8 +32,13 @@ def _render(output: Output, result: dict) -> None:
     summary.add_row("dtype", result["dtype"])
     summary.add_row("chunking", f"{result['chunk_rows']:,} rows x {result['n_chunks']} chunks")
     summary.add_row("codec", ", ".join(result["codec"]))
+    if result.get("foreign"):
+        summary.add_row("kind", f"{result['foreign']} (read-only: not a distgmm point store)")
+        summary.add_row("stored as", f"{result['stored_dtype']}, chunks "
+                        f"{' x '.join(map(str, result['stored_chunks']))}")
     summary.add_row("checksums", "crc32c per chunk, missing chunks detected" if
-                    result["checksums"] else f"none (schema {result['schema_version']} store)")
+                    result["checksums"] else "none" if result.get("foreign") else
+                    f"none (schema {result['schema_version']} store)")
     summary.add_row("size on disk", f"{_size(result['bytes_on_disk'])} "
                     f"({_size(result['bytes_uncompressed'])} of points uncompressed)")
     summary.add_row("arrays", ", ".join(a["name"] for a in result["arrays"]))
@@ -59,6 +65,7 @@ def _render(output: Output, result: dict) -> None:
 def info(
     store: Annotated[str, typer.Argument(help="Point store (path or URL).")],
     stats: Annotated[bool, typer.Option("--stats/--no-stats", help="Compute per-feature min/max/mean on Dask (one pass).")] = True,
+    variable: Variable = None,
     storage_option: StorageOption = None,
     *,
     cluster: ClusterOptions,
@@ -69,6 +76,7 @@ def info(
 
     with handle_errors(output):
         options = storage_options(storage_option)
+        store = points_url(store, variable)
         open_points(store, options)  # fail on a bad store before starting a cluster
         if stats:
             with dask_client(cluster, output) as client:

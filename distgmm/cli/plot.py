@@ -1,4 +1,4 @@
-"""``distgmm plot``: a model drawn over a store's points (markers or chunked density) as a PNG."""
+"""``distgmm plot``: a model drawn over a store's points (markers or chunked density), or a label set's scores and drift history, as a PNG."""
 
 from __future__ import annotations
 
@@ -7,7 +7,8 @@ from typing import Annotated
 import typer
 
 from distgmm.cli._options import (
-    ClusterOptions, Output, StorageOption, command, dask_client, handle_errors, storage_options,
+    ClusterOptions, Output, StorageOption, Variable, command, dask_client, handle_errors,
+    points_url, storage_options,
 )
 
 __all__ = ["plot"]
@@ -24,6 +25,9 @@ def plot(
     density: Annotated[str, typer.Option("--density", help="auto, on or off: per-label 2-D histograms computed chunk by chunk.")] = "auto",
     width: Annotated[int, typer.Option("--width", help="Image width in pixels.")] = 1000,
     height: Annotated[int, typer.Option("--height", help="Image height in pixels.")] = 800,
+    scores: Annotated[str | None, typer.Option("--scores", metavar="NAME", help="Instead of the points: the score histograms of label set NAME (written with label --scores) against the training scores, and its drift history.")] = None,
+    drift_threshold: Annotated[float, typer.Option("--drift-threshold", metavar="Z", help="With --scores: standard errors at which drift is reported (as label's).")] = 4.0,
+    variable: Variable = None,
     storage_option: StorageOption = None,
     *,
     cluster: ClusterOptions,
@@ -33,23 +37,31 @@ def plot(
 
     More than two features are projected on the first two principal components (computed
     on Dask) unless --features picks columns. Large stores are drawn as per-label density.
+    With --scores NAME: the scores of that label set, batch by batch, against the model's
+    training scores, and each batch's mean score and outlier rate over time.
     """
-    from distgmm._atomic import check_output_file
+    from distgmm.jobs._common import check_figure_destination
     from distgmm.jobs._plot import plot_store
     from distgmm.store import open_points, read_model
 
     with handle_errors(output):
         options = storage_options(storage_option)
-        read_model(model)  # fail on bad input before starting a cluster
+        store = points_url(store, variable)
+        read_model(model, options)  # fail on bad input before starting a cluster
         open_points(store, options)
-        check_output_file(out, what="--out", kind="png")
+        check_figure_destination(out, "--out", options)
         with dask_client(cluster, output) as client:
             report = plot_store(model, store, out, labels=labels, features=features,
                                 projection=projection, density=density, width=width,
-                                height=height, client=client, storage_options=options)
+                                height=height, client=client, storage_options=options,
+                                scores=scores, drift_threshold=drift_threshold)
         result = report.to_dict()
         if output.json:
             output.emit_json(result)
+        elif scores is not None:
+            output.out.print(f"wrote {result['out']} ({result['width']}x{result['height']}, "
+                             f"scores and drift of labels/{scores}) in "
+                             f"{result['seconds']:.2f} s", highlight=False)
         else:
             output.out.print(f"wrote {result['out']} ({result['width']}x{result['height']}, "
                              f"{result['n_rows']:,} points, "

@@ -8,7 +8,8 @@ import typer
 from rich.table import Table
 
 from distgmm.cli._options import (
-    ClusterOptions, Output, StorageOption, command, dask_client, handle_errors, storage_options,
+    ClusterOptions, Output, StorageOption, Variable, command, dask_client, handle_errors,
+    points_url, storage_options,
 )
 from distgmm.cli.fit import InitMethod
 
@@ -66,6 +67,8 @@ def select(
     seed: Annotated[int | None, typer.Option("--seed", help="Random seed of every candidate fit.")] = None,
     plot: Annotated[bool, typer.Option("--plot/--no-plot", help="Write the BIC/AIC curve as PNG next to the model.")] = True,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing model file.")] = False,
+    outlier_quantile: Annotated[float, typer.Option("--outlier-quantile", metavar="Q", help="Record the outlier threshold below which this fraction of the training points score, for the chosen model.")] = 0.001,
+    variable: Variable = None,
     storage_option: StorageOption = None,
     *,
     cluster: ClusterOptions,
@@ -73,23 +76,26 @@ def select(
 ) -> None:
     """Fit each candidate number of components on STORE, print BIC/AIC, save the best model."""
     from distgmm.jobs import parse_components, parse_covariance_types, select_store
+    from distgmm.jobs._fit import check_outlier_quantile
     from distgmm.jobs._select import check_select_outputs
     from distgmm.store import open_points
 
     with handle_errors(output):
         options = storage_options(storage_option)
+        store = points_url(store, variable)
         parse_components(components)  # fail on bad input before starting a cluster
         parse_covariance_types(covariance_type)
         open_points(store, options)
-        check_select_outputs(model, overwrite=overwrite, plot=plot)
+        check_select_outputs(model, overwrite=overwrite, plot=plot, storage_options=options)
+        check_outlier_quantile(outlier_quantile)
         with dask_client(cluster, output) as client:
             report = select_store(
                 store, model, components=components, covariance_types=covariance_type,
                 criterion=criterion, tol=tol, max_iter=max_iter, n_init=n_init,
                 init_params=init.value, reg_covar=reg_covar, seed=seed, overwrite=overwrite,
                 plot=plot, client=client, storage_options=options,
-                on_candidate=candidate_printer(output))
-            result = {**report.to_dict(), "dashboard": client.dashboard_link}
+                on_candidate=candidate_printer(output), outlier_quantile=outlier_quantile)
+            result = report.to_dict()
         if output.json:
             output.emit_json(result)
         else:

@@ -2,7 +2,7 @@
 
 Every pass evaluates all runs still iterating on each chunk while it is in memory: the
 E-step, the log-likelihood and the sufficient statistics of every run come from one sweep
-(:func:`_statistics_of`), merged in the passes' fixed tree. Each run's M-step and
+(:func:`_scored_statistics_of`), merged in the passes' fixed tree. Each run's M-step and
 convergence test then run here, on K x D x D numbers, so this process's memory does not
 grow with the number of points. ``n_init`` restarts, or the candidates of a model
 selection, read the data once per iteration instead of once per model, and each run's
@@ -15,6 +15,12 @@ scikit-learn's rule. What differs between the two mixtures is in their steps
 takes, the M-step, and the lower bound (a Gaussian mixture's is the mean log-likelihood
 under the E-step's parameters; a variational one's is scikit-learn's variational bound,
 a total over the data).
+
+Every pass also sketches each run's scores (per-point log-likelihoods, which the E-step
+computes anyway: :func:`distgmm._scores.scored_statistics`), merged in the same tree. A
+run keeps the sketch of its last pass and how much the mean score moved in it; the best
+run's become :attr:`EMResult.scores`, the training figures a model file records for
+outlier thresholds and drift (:mod:`distgmm._scores`), with no extra read of the data.
 
 Progress: ``on_iteration`` hears of each run's iterations (lower bounds), ``on_pass`` of
 every pass over the data as it ends, initialisation passes included
@@ -44,6 +50,8 @@ from distgmm._bayesian import (
 )
 from distgmm._fused import fit_kernels
 from distgmm._kernels import CollapsedComponentError
+from distgmm._scores import ScoreProfile, ScoreSketch, merge_scores, score_upper_bound, \
+    scored_statistics
 from distgmm._statistics import (
     MixtureParams,
     SufficientStatistics,
@@ -136,6 +144,11 @@ class GaussianSteps:
     def lower_bound(total: SufficientStatistics, e_step: Any, state: MixtureParams) -> float:
         return total.log_likelihood / total.weight_sum
 
+    @staticmethod
+    def score_shift(e_step: Any) -> float:
+        """What to add to a score under the E-step's parameters: nothing."""
+        return 0.0
+
     @classmethod
     def start(cls, total: SufficientStatistics | None, cfg: EMConfig) -> MixtureParams:
         """The starting parameters from initial statistics, then the user's initial arrays
@@ -173,6 +186,12 @@ class VariationalSteps:
     @staticmethod
     def lower_bound(total: SufficientStatistics, e_step, state: VariationalParams) -> float:
         return lower_bound(total, e_step, state)
+
+    @staticmethod
+    def score_shift(e_step) -> float:
+        """What to add to a score under the E-step's parameters: the constant they leave
+        out of scikit-learn's ``score_samples``."""
+        return e_step.log_weight_shift
 
     @classmethod
     def start(cls, total: SufficientStatistics, cfg: EMConfig) -> VariationalParams:
@@ -241,6 +260,8 @@ class EMResult:
     histories: list[list[float]] = field(default_factory=list)
     seconds: float = 0.0
     error: str | None = None
+    #: The best run's training scores in its last pass (None if it made no pass).
+    scores: ScoreProfile | None = None
 
 
 @dataclass
@@ -256,10 +277,18 @@ class _Run:
     converged: bool = False
     done: bool = False
     error: str | None = None
+    #: The sketch of the scores in this run's last pass, and how much their mean moved.
+    scores: ScoreSketch | None = None
+    settling: float = math.nan
 
-    def advance(self, params, lower_bound: float, cfg: EMConfig,
-                seconds: float) -> IterationInfo:
-        """Take the M-step's ``params`` and the E-step's ``lower_bound``; test convergence."""
+    def advance(self, params, lower_bound: float, cfg: EMConfig, seconds: float,
+                scores: ScoreSketch | None = None) -> IterationInfo:
+        """Take the M-step's ``params``, the E-step's ``lower_bound`` and its scores' sketch;
+        test convergence."""
+        if scores is not None:
+            self.settling = (abs(scores.mean - self.scores.mean) if self.scores is not None
+                             else math.nan)
+            self.scores = scores
         change = lower_bound - self.lower_bound
         self.iteration += 1
         self.params, self.lower_bound = params, lower_bound
@@ -281,14 +310,19 @@ class _Run:
                 "lower_bound": None if self.lower_bound == -math.inf else self.lower_bound,
                 "lower_bounds": self.lower_bounds, "converged": self.converged,
                 "done": self.done, "error": self.error,
-                "has_params": self.params is not None}
+                "has_params": self.params is not None,
+                "scores": None if self.scores is None else self.scores.to_dict(),
+                "settling": None if math.isnan(self.settling) else self.settling}
 
     @classmethod
     def from_meta(cls, meta: dict, params) -> "_Run":
         lb = meta["lower_bound"]
+        scores, settling = meta.get("scores"), meta.get("settling")
         return cls(meta["config"], meta["restart"], params, meta["iteration"],
                    -math.inf if lb is None else lb, meta["lower_bounds"], meta["converged"],
-                   meta["done"], meta["error"])
+                   meta["done"], meta["error"],
+                   None if scores is None else ScoreSketch.from_dict(scores),
+                   math.nan if settling is None else settling)
 
 
 def _statistics_of(block, weights, index, params_list):
@@ -300,6 +334,16 @@ def _merge_lists(parts: list[list]) -> list:
     return [merge_statistics([part[j] for part in parts]) for j in range(len(parts[0]))]
 
 
+def _scored_statistics_of(block, weights, index, params_list, uppers):
+    """:func:`_statistics_of` with each model's sketch of the chunk's scores, from the same
+    E-steps (``uppers``: each model's score bound, :func:`score_upper_bound`)."""
+    return [scored_statistics(block, weights, p, u) for p, u in zip(params_list, uppers)]
+
+
+def _merge_scored_lists(parts: list[list]) -> list:
+    return [merge_scores([part[j] for part in parts]) for j in range(len(parts[0]))]
+
+
 def _em_step(data: Points, configs: list[EMConfig], runs: list[_Run],
              errors: str, on_pass: OnPass | None = None) -> list[IterationInfo]:
     """One iteration of every run in ``runs``: one pass for all their E-steps and
@@ -308,11 +352,12 @@ def _em_step(data: Points, configs: list[EMConfig], runs: list[_Run],
     e_steps = [configs[run.config].steps.e_step(run.params) for run in runs]
     with reported(on_pass, "em", max(run.iteration for run in runs) + 1,
                   total=max(configs[run.config].max_iter for run in runs)):
-        totals = data.map_reduce(_statistics_of, [params for params, _ in e_steps],
-                                 merge=_merge_lists)
+        totals = data.map_reduce(_scored_statistics_of, [params for params, _ in e_steps],
+                                 [score_upper_bound(params) for params, _ in e_steps],
+                                 merge=_merge_scored_lists)
     seconds = time.perf_counter() - started
     infos = []
-    for run, (_, e_step), total in zip(runs, e_steps, totals):
+    for run, (_, e_step), (total, sketch) in zip(runs, e_steps, totals):
         cfg = configs[run.config]
         try:
             params = cfg.steps.m_step(total, cfg)
@@ -320,7 +365,8 @@ def _em_step(data: Points, configs: list[EMConfig], runs: list[_Run],
             run.fail(exc, errors)
             continue
         bound = cfg.steps.lower_bound(total, e_step, params)
-        infos.append(run.advance(params, bound, cfg, seconds))
+        scores = sketch.shifted(cfg.steps.score_shift(e_step))
+        infos.append(run.advance(params, bound, cfg, seconds, scores))
     return infos
 
 
@@ -364,8 +410,9 @@ def _best(runs: list[_Run], seconds: float) -> EMResult:
     for run in good[1:]:
         if run.lower_bound > best.lower_bound or best.lower_bound == -math.inf:
             best = run
+    scores = None if best.scores is None else ScoreProfile.of(best.scores, best.settling)
     return EMResult(best.params, best.converged, best.iteration, best.lower_bound,
-                    list(best.lower_bounds), histories, seconds)
+                    list(best.lower_bounds), histories, seconds, scores=scores)
 
 
 def _drawn_start(data: Points, cfg: EMConfig, root: np.random.SeedSequence, run: _Run,

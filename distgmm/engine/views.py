@@ -1,4 +1,4 @@
-"""What a picture of the data needs, from passes over its chunks: principal axes, sampled rows, per-label 2-D histograms.
+"""What a picture of the data needs, from passes over its chunks: principal axes, sampled rows, per-label 2-D histograms, score sketches.
 
 Plotting (:mod:`distgmm.plotting`) only draws; the reductions it draws from run here, as
 passes of the engine (:class:`~distgmm.engine.passes.Points`): on the current cluster for
@@ -19,11 +19,13 @@ import dask.array as da
 import numpy as np
 
 from distgmm._kernels import BLOCK_ROWS, plane_histograms
+from distgmm._scores import ScoreMoments, ScoreSketch, chunk_score_sketch
 from distgmm._statistics import DataMoments, chunk_moments, merge_data_moments
-from distgmm.engine.passes import Points
+from distgmm.engine.passes import Points, merge_values
 from distgmm.engine.placement import cluster_points, local_points
 
-__all__ = ["view_points", "principal_axes", "sampled_rows", "label_histograms"]
+__all__ = ["view_points", "principal_axes", "sampled_rows", "label_histograms",
+           "score_sketches"]
 
 def view_points(points: Any, labels: Any = None) -> Points:
     """The points (D columns, then the labels as one more column when given) as
@@ -136,3 +138,43 @@ def label_histograms(data: Points, model: Any, n_features: int, labelled: bool, 
               "bins": bins}
     return data.map_reduce(_histogram_task, model, n_features, labelled, planes,
                            merge=_add_histograms)
+
+
+def _sketch_task(block, weights, index, upper: float) -> ScoreSketch:
+    """The sketch of one chunk of stored scores (one column); unscored rows (NaN) are left
+    out."""
+    scores = np.asarray(block[:, 0], dtype=np.float64)
+    return chunk_score_sketch(scores[np.isfinite(scores)], None, upper)
+
+
+def _merge_sketches(parts: list[ScoreSketch]) -> ScoreSketch:
+    total = parts[0]
+    for part in parts[1:]:
+        total = total.combine(part)
+    return total
+
+
+def score_sketches(data: Points, groups: list[list[int]], upper: float) -> list[ScoreSketch]:
+    """The sketch of the stored scores of each group of chunks, from one pass over the
+    chunks of all groups.
+
+    Parameters
+    ----------
+    data : Points
+        From :func:`view_points` of a ``scores/<name>`` array as one column.
+    groups : list of list of int
+        Chunk indices of each group (e.g. the chunks a label run scored); groups are
+        disjoint.
+    upper : float
+        The model's score bound (:func:`distgmm._scores.score_upper_bound`).
+
+    Returns
+    -------
+    list of ScoreSketch
+        One per group, merged in chunk order.
+    """
+    chunks = sorted({i for group in groups for i in group})
+    values = dict(zip(chunks, data.map_chunks(_sketch_task, upper, chunks=chunks)))
+    return [merge_values([values[i] for i in sorted(group)], _merge_sketches) if group
+            else ScoreSketch(upper, ScoreMoments(0.0, 0.0, 0.0), 0, np.zeros(0))
+            for group in groups]

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import logging
+import os
 import re
 from typing import Any
 
 from distgmm.errors import DistgmmInputError
 
-__all__ = ["parse_components", "parse_covariance_types", "check_name", "resolve_client"]
+__all__ = ["parse_components", "parse_covariance_types", "check_name", "resolve_client",
+           "save_figure_at", "check_figure_destination"]
 
 logger = logging.getLogger("distgmm.jobs")
 
@@ -87,3 +89,33 @@ def resolve_client(client: Any = None) -> Any:
     from distgmm.cluster import get_client
 
     return get_client()
+
+
+def check_figure_destination(path: str, what: str,
+                             storage_options: dict[str, Any] | None = None) -> None:
+    """Refuse, before any work, a PNG destination (local path or URL) that cannot be written
+    or holds something else."""
+    from distgmm._atomic import check_output_file, check_output_url, is_url
+
+    if is_url(path):
+        check_output_url(path, what=what, storage_options=storage_options)
+    else:
+        check_output_file(path, what=what, kind="png")
+
+
+def save_figure_at(fig: Any, path: str, storage_options: dict[str, Any] | None = None,
+                   **kwargs: Any) -> str:
+    """:func:`distgmm.plotting.save_figure` to a local path, or rendered locally and written
+    to a URL in one PUT; returns ``path``."""
+    import tempfile
+
+    from distgmm._atomic import is_url, write_file
+    from distgmm.plotting import save_figure
+
+    if not is_url(path):
+        return save_figure(fig, path, **kwargs)
+    with tempfile.TemporaryDirectory(prefix="distgmm-figure-") as directory:
+        local = save_figure(fig, os.path.join(directory, os.path.basename(path)), **kwargs)
+        with open(local, "rb") as handle:
+            write_file(path, handle.read(), storage_options)
+    return path

@@ -7,6 +7,13 @@ silently continued); ``resume=True`` with no checkpoint yet starts from scratch,
 scheduled job can always pass it. A resumed fit ends with exactly the model file an
 uninterrupted fit writes (same bytes, same fingerprint). The checkpoint is deleted once the
 model file is written.
+
+Training scores: the model file records the training points' scores in the fit's last pass
+(:mod:`distgmm._scores`) and the outlier threshold of ``outlier_quantile`` among them, which
+label jobs with scores flag outliers and judge drift against.
+
+The model file, the checkpoint directory and the convergence plot may be fsspec URLs
+(``s3://bucket/models/m.npz``), written with the store's ``storage_options``.
 """
 
 from __future__ import annotations
@@ -22,13 +29,16 @@ from sklearn.exceptions import ConvergenceWarning
 
 from distgmm import _progress
 from distgmm._bayesian_estimator import kept_components
+from distgmm._scores import DEFAULT_OUTLIER_QUANTILE
 from distgmm.errors import DistgmmInputError
 from distgmm.jobs._align import alignment_permutation, permute_components
-from distgmm.jobs._common import resolve_client
+from distgmm._atomic import file_exists, is_url, remove_file
+from distgmm.engine import FileCheckpoint
+from distgmm.jobs._common import resolve_client, save_figure_at
 from distgmm.store import open_points, read_model, save_model
 
 __all__ = ["FitReport", "fit_store", "checkpoint_path", "convergence_plot_path", "fit_points",
-           "check_fit_outputs"]
+           "check_fit_outputs", "check_outlier_quantile", "with_outlier_quantile"]
 
 logger = logging.getLogger(__name__)
 
@@ -61,10 +71,32 @@ class FitReport:
     #: weight (``n_components`` is then an upper bound).
     prior: str | None = None
     components_kept: int | None = None
+    #: The outlier quantile of the training scores and its threshold (scores below it are
+    #: outliers); None when the fit made no pass.
+    outlier_quantile: float | None = None
+    outlier_threshold: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dictionary."""
         return asdict(self)
+
+
+def check_outlier_quantile(q: float) -> float:
+    """Refuse an outlier quantile outside (0, 1)."""
+    if not (isinstance(q, (int, float)) and not isinstance(q, bool) and 0 < q < 1):
+        raise DistgmmInputError(f"--outlier-quantile must be a fraction of the training points "
+                                f"between 0 and 1 (e.g. {DEFAULT_OUTLIER_QUANTILE:g}), got "
+                                f"{q!r}.")
+    return float(q)
+
+
+def with_outlier_quantile(model: Any, q: float) -> tuple[float | None, float | None]:
+    """Set the fitted ``model``'s outlier threshold to the ``q``-quantile of its training
+    scores; return ``(q, threshold)`` (``(None, None)`` when the fit made no pass)."""
+    if getattr(model, "training_scores_", None) is None:
+        return None, None
+    model.training_scores_ = model.training_scores_.with_outlier_quantile(q)
+    return q, model.training_scores_.outlier_threshold
 
 
 def convergence_plot_path(model_path: str | os.PathLike) -> str:
@@ -80,23 +112,28 @@ def checkpoint_path(checkpoint_dir: str | os.PathLike, model_path: str | os.Path
 
 def check_fit_outputs(model_path: str | os.PathLike, *, overwrite: bool = False,
                       checkpoint_dir: str | os.PathLike | None = None,
-                      plot: bool = False) -> None:
+                      plot: bool = False,
+                      storage_options: dict[str, Any] | None = None) -> None:
     """Refuse, before any work, outputs a fit could not write at its end: the model file
     (see :func:`~distgmm.store.check_model_destination`), the checkpoint directory and the
     convergence plot."""
-    from distgmm._atomic import check_output_directory, check_output_file
+    from distgmm._atomic import check_output_directory, check_output_url, is_url
+    from distgmm.jobs._common import check_figure_destination
     from distgmm.store._model import check_model_destination
 
-    check_model_destination(model_path, overwrite=overwrite)
-    if checkpoint_dir is not None:
+    check_model_destination(model_path, overwrite=overwrite, storage_options=storage_options)
+    if checkpoint_dir is not None and is_url(checkpoint_dir):
+        check_output_url(checkpoint_path(checkpoint_dir, model_path), what="--checkpoint",
+                         storage_options=storage_options)
+    elif checkpoint_dir is not None:
         directory = os.fspath(checkpoint_dir)
         if os.path.lexists(directory) and not os.path.isdir(directory):
             raise DistgmmInputError(f"--checkpoint {directory} is a file, not a directory; "
                                     "give a directory.")
         check_output_directory(directory, what=f"--checkpoint {directory}")
     if plot:
-        check_output_file(convergence_plot_path(model_path), what="convergence plot",
-                          kind="png")
+        check_figure_destination(convergence_plot_path(model_path), "convergence plot",
+                                 storage_options)
 
 
 def fit_points(points: Any, *, n_components: int, covariance_type: str = "full",
@@ -161,6 +198,7 @@ def fit_store(
     plot: bool = False,
     prior: str | None = None,
     weight_concentration: float | None = None,
+    outlier_quantile: float = DEFAULT_OUTLIER_QUANTILE,
 ) -> FitReport:
     """Fit a Gaussian mixture (or a Bayesian one) to a point store and write the model file.
 
@@ -196,6 +234,9 @@ def fit_store(
         ``n_components`` is then an upper bound.
     weight_concentration : float, optional
         Its ``weight_concentration_prior`` (default ``1 / n_components``).
+    outlier_quantile : float
+        Fraction of the training points whose scores the recorded outlier threshold lies
+        below (see the module docstring).
 
     Returns
     -------
@@ -203,13 +244,15 @@ def fit_store(
     """
     t0 = time.perf_counter()
     model_path = os.fspath(model_path)
-    check_fit_outputs(model_path, overwrite=overwrite, checkpoint_dir=checkpoint_dir, plot=plot)
+    outlier_quantile = check_outlier_quantile(outlier_quantile)
+    check_fit_outputs(model_path, overwrite=overwrite, checkpoint_dir=checkpoint_dir, plot=plot,
+                      storage_options=storage_options)
     if resume and checkpoint_dir is None:
         raise DistgmmInputError("--resume needs --checkpoint DIR (where the checkpoint is).")
     points = open_points(store, storage_options)
     reference = None
     if align_to is not None:
-        reference = read_model(align_to)
+        reference = read_model(align_to, storage_options)
         if reference.model.n_features_in_ != points.n_features:
             raise DistgmmInputError(
                 f"--align-to model {reference.path} has {reference.model.n_features_in_} "
@@ -224,17 +267,18 @@ def fit_store(
     checkpoint = None
     resumed = False
     if checkpoint_dir is not None:
-        checkpoint = checkpoint_path(checkpoint_dir, model_path)
-        if os.path.exists(checkpoint):
+        checkpoint = FileCheckpoint(checkpoint_path(checkpoint_dir, model_path), storage_options)
+        if file_exists(checkpoint.path, storage_options):
             if not resume:
                 raise DistgmmInputError(
-                    f"checkpoint {checkpoint} exists from an earlier run; pass --resume to "
-                    "continue it, or delete it to start over.")
+                    f"checkpoint {checkpoint.path} exists from an earlier run; pass --resume "
+                    "to continue it, or delete it to start over.")
             resumed = True
-            logger.info("resuming from checkpoint %s", checkpoint)
+            logger.info("resuming from checkpoint %s", checkpoint.path)
         elif resume:
-            logger.info("no checkpoint at %s yet: starting from scratch", checkpoint)
-        os.makedirs(os.fspath(checkpoint_dir), exist_ok=True)
+            logger.info("no checkpoint at %s yet: starting from scratch", checkpoint.path)
+        if not is_url(checkpoint_dir):
+            os.makedirs(os.fspath(checkpoint_dir), exist_ok=True)
     model = fit_points(points.points, n_components=n_components,
                        covariance_type=covariance_type, tol=tol, max_iter=max_iter,
                        n_init=n_init, init_params=init_params, reg_covar=reg_covar, seed=seed,
@@ -245,24 +289,28 @@ def fit_store(
     if reference is not None:
         permutation = [int(p) for p in alignment_permutation(model, reference.model)]
         permute_components(model, permutation)
+    quantile, threshold = with_outlier_quantile(model, outlier_quantile)
     provenance = {"store": store, "n_rows": points.n_rows, "weighted": weights, "seed": seed,
                   "aligned_to": reference.fingerprint if reference else None,
                   "permutation": permutation}
-    fingerprint = save_model(model, model_path, provenance=provenance)
-    if checkpoint is not None and os.path.exists(checkpoint):
-        os.unlink(checkpoint)
+    fingerprint = save_model(model, model_path, provenance=provenance,
+                             storage_options=storage_options)
+    if checkpoint is not None:
+        remove_file(checkpoint.path, storage_options)
     plot_path = None
     if plot:
-        from distgmm.plotting import plot_convergence, save_figure
+        from distgmm.plotting import plot_convergence
 
-        plot_path = save_figure(plot_convergence(model), convergence_plot_path(model_path))
+        plot_path = save_figure_at(plot_convergence(model), convergence_plot_path(model_path),
+                                   storage_options)
     return FitReport(
         model=model_path, store=store, fingerprint=fingerprint, n_rows=points.n_rows,
         n_features=points.n_features, n_components=n_components,
         covariance_type=covariance_type, n_iter=int(model.n_iter_),
         converged=bool(model.converged_), lower_bound=float(model.lower_bound_), n_init=n_init,
-        seed=seed, weighted=weights, checkpoint=checkpoint, resumed=resumed,
+        seed=seed, weighted=weights, checkpoint=checkpoint and checkpoint.path, resumed=resumed,
         aligned_to=reference.path if reference else None, permutation=permutation,
         fit_seconds=float(getattr(model, "fit_seconds_", 0.0)), seconds=time.perf_counter() - t0,
         lower_bounds=[float(v) for v in model.lower_bounds_], plot=plot_path, prior=prior,
-        components_kept=None if prior is None else kept_components(model.weights_))
+        components_kept=None if prior is None else kept_components(model.weights_),
+        outlier_quantile=quantile, outlier_threshold=threshold)

@@ -1,11 +1,17 @@
-"""One labeller: each row chunk's labels (and probabilities) written to Zarr by the worker that holds or reads it.
+"""One labeller: each row chunk's labels (and probabilities, scores, outlier flags) written to Zarr by the worker that holds or reads it.
 
 Behind both the label job (:mod:`distgmm.jobs._label`: a store's own rows into
 ``labels/<name>``, with a record for scheduled runs) and :func:`predict_to_zarr` (points
 on the cluster into a new array). A pass of the engine's :meth:`Points.map_chunks` runs
 :func:`_write_chunk` on every chunk asked for: in place on the workers for persisted
-points, one task per chunk otherwise; only row counts come back. The arrays' chunks are
-the points' row chunks, so no two workers write the same Zarr chunk.
+points, one task per chunk otherwise; only row counts (and, with scores, the chunk's
+:class:`~distgmm._scores.ScoreMoments`) come back. The arrays' chunks are the points' row
+chunks, so no two workers write the same Zarr chunk.
+
+With scores, labels, probabilities and scores come from one E-step per block
+(:func:`distgmm._scores.score_block`). Scores are stored as float32; a point is an outlier
+when its *stored* score is below the threshold, so the flags are exactly
+``scores < threshold`` for anyone who reads both back.
 
 :func:`predict_to_zarr` decisions:
 
@@ -31,6 +37,8 @@ import numpy as np
 import zarr
 
 from distgmm._base import as_points
+from distgmm._score_kernels import stored_scores
+from distgmm._scores import ScoreMoments, score_block
 from distgmm._statistics import MixtureParams, label_block
 from distgmm.engine import ClusterPoints, Points, numpy_chunk_rows, scattered
 from distgmm.errors import DistgmmInputError
@@ -38,7 +46,8 @@ from distgmm.store import StoreLocation, create_label_array
 from distgmm.store._integrity import check_finite_rows
 from distgmm.store._location import building
 
-__all__ = ["LabelTarget", "write_labels", "predict_to_zarr", "model_parameters"]
+__all__ = ["LabelTarget", "write_labels", "predict_to_zarr", "model_parameters",
+           "model_score_shift"]
 
 
 @dataclass(frozen=True)
@@ -55,12 +64,23 @@ class LabelTarget:
     refuse_nonfinite : bool
         Refuse a chunk holding NaN/inf rows, naming it (the label job: ingest never writes
         such rows, so they are damage; a NaN row would otherwise get label 0).
+    scores, outliers : str, optional
+        Paths of the (N,) float32 scores and (N,) bool outlier flags, when they are written
+        (both or neither).
+    threshold : float
+        Scores below it are outliers.
+    score_shift : float
+        Added to the scores the model's E-step parameters give (:func:`model_score_shift`).
     """
 
     location: StoreLocation
     labels: str
     proba: str | None = None
     refuse_nonfinite: bool = False
+    scores: str | None = None
+    outliers: str | None = None
+    threshold: float = float("nan")
+    score_shift: float = 0.0
 
 
 @functools.lru_cache(maxsize=8)
@@ -71,24 +91,35 @@ def _array(location: StoreLocation, path: str, token: str) -> zarr.Array:
 
 
 def _write_chunk(block, weights, index, params: MixtureParams, target: LabelTarget,
-                 starts: np.ndarray, token: str) -> int:
-    """Chunk function: label chunk ``index`` and write its rows; returns the row count."""
+                 starts: np.ndarray, token: str) -> tuple[int, ScoreMoments | None]:
+    """Chunk function: label chunk ``index`` and write its rows; returns the row count and,
+    with scores, the chunk's score moments and outlier count."""
     X = np.asarray(block)
     start = int(starts[index])
     if target.refuse_nonfinite:
         check_finite_rows(X, target.location.url, "points", start,
                           int(starts[1] if len(starts) > 1 else X.shape[0]))
-    labels, probs = label_block(params, X, target.proba is not None)
     stop = start + X.shape[0]
+    moments = None
+    if target.scores is None:
+        labels, probs = label_block(params, X, target.proba is not None)
+    else:
+        labels, probs, scores = score_block(params, X, target.score_shift,
+                                            target.proba is not None)
+        stored, flags, mean, m2, outliers = stored_scores(scores, target.threshold)
+        moments = ScoreMoments(float(len(scores)), mean, m2, float(outliers))
+        _array(target.location, target.scores, token)[start:stop] = stored
+        _array(target.location, target.outliers, token)[start:stop] = flags
     if target.proba is not None:
         _array(target.location, target.proba, token)[start:stop] = probs
     _array(target.location, target.labels, token)[start:stop] = labels
-    return X.shape[0]
+    return X.shape[0], moments
 
 
 def write_labels(points: Points, params: MixtureParams, target: LabelTarget, *,
                  chunks: list[int] | None = None,
-                 on_chunk: Callable[[int, int], None] | None = None) -> int:
+                 on_chunk: Callable[[int, int, ScoreMoments | None], None] | None = None
+                 ) -> int:
     """Write the labels of ``chunks`` (default all) of ``points`` to ``target``.
 
     Parameters
@@ -100,7 +131,9 @@ def write_labels(points: Points, params: MixtureParams, target: LabelTarget, *,
     target : LabelTarget
     chunks : list of int, optional
     on_chunk : callable, optional
-        ``on_chunk(index, rows)`` as each chunk is written (in any order).
+        ``on_chunk(index, rows, moments)`` as each chunk is written (in any order);
+        ``moments`` is the chunk's :class:`~distgmm._scores.ScoreMoments` when the target
+        has scores, else None.
 
     Returns
     -------
@@ -108,9 +141,10 @@ def write_labels(points: Points, params: MixtureParams, target: LabelTarget, *,
         Rows written.
     """
     starts = np.cumsum((0,) + tuple(points.row_chunks))[:-1]
+    on_value = None if on_chunk is None else (lambda i, value: on_chunk(i, *value))
     written = points.map_chunks(_write_chunk, params, target, starts, uuid.uuid4().hex,
-                                chunks=chunks, on_value=on_chunk)
-    return int(sum(written))
+                                chunks=chunks, on_value=on_value)
+    return int(sum(rows for rows, _ in written))
 
 
 def model_parameters(model: Any) -> MixtureParams:
@@ -123,6 +157,14 @@ def model_parameters(model: Any) -> MixtureParams:
     if hasattr(model, "_e_step_params"):
         return model._e_step_params()[0]
     return MixtureParams.of_model(model)
+
+
+def model_score_shift(model: Any) -> float:
+    """What to add to scores under :func:`model_parameters` for the model's
+    ``score_samples``: 0 for a Gaussian mixture, a constant for a Bayesian one."""
+    if hasattr(model, "_e_step_params"):
+        return float(model._e_step_params()[1])
+    return 0.0
 
 
 def _regular_chunk_rows(row_chunks: tuple[int, ...]) -> int:

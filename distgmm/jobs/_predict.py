@@ -1,4 +1,10 @@
-"""Predict for a small file without a store: read text/CSV/npy rows, label them in this process."""
+"""Predict for a small source without a store: read its rows (any ingest source), label them in this process.
+
+Outputs (``--out``): ``.csv`` and ``.parquet`` are tables with a header (``row`` or, with
+an id column, ``id``; ``label``; ``proba_0``...), as ``distgmm export`` writes them;
+``.npy`` the labels (or the probabilities); anything else (and stdout) one line per row,
+the label then the probabilities.
+"""
 
 from __future__ import annotations
 
@@ -29,6 +35,7 @@ class Prediction:
     fingerprint: str
     labels: np.ndarray
     proba: np.ndarray | None
+    ids: np.ndarray | None = None
 
     @property
     def n_rows(self) -> int:
@@ -38,14 +45,17 @@ class Prediction:
 
 def predict_file(model: str | os.PathLike | ModelFile, path: str, *, proba: bool = False,
                  format: str | None = None, columns: str | None = None,
-                 header: bool | None = None) -> Prediction:
-    """Label every row of a text, CSV or ``.npy`` file with a model file.
+                 header: bool | None = None, id_column: str | None = None,
+                 storage_options: dict[str, Any] | None = None) -> Prediction:
+    """Label every row of a source (CSV, Parquet, Zarr, npy, text) with a model file.
 
-    The file is read block by block (the same readers as ``ingest``), so errors name the
-    line and column; the feature count must match the model's.
+    The source is read block by block (the same readers as ``ingest``), so errors name the
+    row and column; the feature count must match the model's. ``id_column`` keeps a CSV or
+    Parquet key column beside the labels.
     """
-    loaded = model if isinstance(model, ModelFile) else read_model(model)
-    source = open_source(path, format=format, columns=columns, header=header)
+    loaded = model if isinstance(model, ModelFile) else read_model(model, storage_options)
+    source = open_source(path, format=format, columns=columns, header=header,
+                         id_column=id_column, storage_options=storage_options)
     source.nonfinite_hint = None  # predict has no option to skip rows
     d = loaded.model.n_features_in_
     if source.n_features != d:
@@ -53,10 +63,11 @@ def predict_file(model: str | os.PathLike | ModelFile, path: str, *, proba: bool
             f"{path} has {source.n_features} columns but model {loaded.path} was fitted on {d} "
             "features; select the right columns with --columns.")
     params = model_parameters(loaded.model)
-    labels, probs = [], []
-    for block in source.blocks():
+    labels, probs, ids = [], [], []
+    for block, keys in source.blocks():
         lab, pro = label_block(params, block, proba)
         labels.append(lab)
+        ids.append(keys)
         if proba:
             probs.append(pro)
     k = params.n_components
@@ -64,7 +75,8 @@ def predict_file(model: str | os.PathLike | ModelFile, path: str, *, proba: bool
     all_proba = (np.concatenate(probs) if probs else np.empty((0, k), np.float32)) \
         if proba else None
     return Prediction(file=path, model=loaded.path, fingerprint=loaded.fingerprint,
-                      labels=all_labels, proba=all_proba)
+                      labels=all_labels, proba=all_proba,
+                      ids=np.concatenate(ids) if id_column is not None and ids else None)
 
 
 def write_text(stream: Any, prediction: Prediction) -> None:
@@ -76,10 +88,17 @@ def write_text(stream: Any, prediction: Prediction) -> None:
         stream.write(f"{label} " + " ".join(f"{p:.6g}" for p in row) + "\n")
 
 
+def _table_format(out: str) -> str | None:
+    lower = out.lower()
+    return "csv" if lower.endswith(".csv") else "parquet" if lower.endswith(
+        (".parquet", ".pq")) else None
+
+
 def check_prediction_out(out: str) -> None:
     """Refuse, before any work, an ``--out`` that cannot be written, or an existing file that
-    is not a prediction of the same kind (``.npy``: a NumPy file; else: text whose first
-    line is numbers, as :func:`write_text` writes)."""
+    is not a prediction of the same kind (``.npy``: a NumPy file; ``.csv``/``.parquet``: a
+    table as export writes; else: text whose first line is numbers, as :func:`write_text`
+    writes)."""
     if out.lower().endswith(".npy"):
         check_output_file(out, what="--out", kind="npy")
         return
@@ -88,7 +107,13 @@ def check_prediction_out(out: str) -> None:
         return
     with open(out, "rb") as handle:
         head = handle.read(4096)
+    fmt = _table_format(out)
+    if fmt == "parquet" and head[:4] == b"PAR1" or fmt == "csv" and head.startswith(
+            (b'"row"', b'"id"')):
+        return
     try:
+        if fmt is not None:
+            raise ValueError("not an earlier table")
         first = head.decode("utf-8").splitlines()[0].split()
         [float(cell) for cell in first]
     except (UnicodeDecodeError, ValueError, IndexError):
@@ -101,9 +126,18 @@ def check_prediction_out(out: str) -> None:
 def write_prediction(prediction: Prediction, out: str) -> str:
     """Write the prediction to ``out`` atomically.
 
-    ``.npy``: the probabilities (N, K) if computed, else the labels (N,). Anything else:
-    text, as :func:`write_text`.
+    ``.csv``/``.parquet``: a table with a header (module docstring). ``.npy``: the
+    probabilities (N, K) if computed, else the labels (N,). Anything else: text, as
+    :func:`write_text`.
     """
+    fmt = _table_format(out)
+    if fmt is not None:
+        from distgmm.jobs._export import encode_table, result_table
+
+        table = result_table(prediction.labels, ids=prediction.ids, proba=prediction.proba)
+        with atomic_write(out) as f:
+            f.write(encode_table(table, fmt))
+        return out
     data: Any = prediction.proba if prediction.proba is not None else prediction.labels
     with atomic_write(out) as f:
         if out.lower().endswith(".npy"):

@@ -12,8 +12,10 @@ from typing import Any, Callable
 
 from sklearn.exceptions import ConvergenceWarning
 
+from distgmm._scores import DEFAULT_OUTLIER_QUANTILE
 from distgmm.errors import DistgmmInputError
 from distgmm.jobs._common import parse_components, parse_covariance_types, resolve_client
+from distgmm.jobs._fit import check_outlier_quantile, with_outlier_quantile
 from distgmm.store import open_points, save_model
 
 __all__ = ["SelectReport", "select_store", "selection_plot_path", "check_select_outputs",
@@ -47,6 +49,9 @@ class SelectReport:
     seconds: float
     records: list[dict[str, Any]] = field(default_factory=list)
     lower_bounds: list[float] = field(default_factory=list)
+    #: The chosen model's outlier quantile and threshold (see :func:`fit_store`).
+    outlier_quantile: float | None = None
+    outlier_threshold: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dictionary."""
@@ -59,15 +64,17 @@ def selection_plot_path(model_path: str) -> str:
 
 
 def check_select_outputs(model_path: str | os.PathLike, *, overwrite: bool = False,
-                         plot: bool = True) -> None:
-    """Refuse, before any work, outputs the selection could not write at its end."""
-    from distgmm._atomic import check_output_file
+                         plot: bool = True,
+                         storage_options: dict[str, Any] | None = None) -> None:
+    """Refuse, before any work, outputs the selection could not write at its end (local
+    paths or URLs)."""
+    from distgmm.jobs._common import check_figure_destination
     from distgmm.store._model import check_model_destination
 
-    check_model_destination(model_path, overwrite=overwrite)
+    check_model_destination(model_path, overwrite=overwrite, storage_options=storage_options)
     if plot:
-        check_output_file(selection_plot_path(os.fspath(model_path)), what="selection plot",
-                          kind="png")
+        check_figure_destination(selection_plot_path(os.fspath(model_path)), "selection plot",
+                                 storage_options)
 
 
 def select_store(
@@ -88,6 +95,7 @@ def select_store(
     client: Any = None,
     storage_options: dict[str, Any] | None = None,
     on_candidate: Callable[[dict[str, Any]], None] | None = None,
+    outlier_quantile: float = DEFAULT_OUTLIER_QUANTILE,
 ) -> SelectReport:
     """Fit each candidate on the store, pick the lowest ``criterion``, write it and the curve.
 
@@ -106,6 +114,8 @@ def select_store(
         Passed to every candidate fit (same seed for each).
     on_candidate : callable, optional
         Called with each candidate's record as soon as it is fitted.
+    outlier_quantile : float
+        As for :func:`~distgmm.jobs.fit_store`, for the chosen model.
 
     Returns
     -------
@@ -115,9 +125,11 @@ def select_store(
     model_path = os.fspath(model_path)
     ks = parse_components(components)
     kinds = parse_covariance_types(covariance_types)
+    outlier_quantile = check_outlier_quantile(outlier_quantile)
     if criterion not in CRITERIA:
         raise DistgmmInputError(f"--criterion {criterion!r} is not one of {', '.join(CRITERIA)}.")
-    check_select_outputs(model_path, overwrite=overwrite, plot=plot)
+    check_select_outputs(model_path, overwrite=overwrite, plot=plot,
+                         storage_options=storage_options)
     points = open_points(store, storage_options)
     if ks[0] > points.n_rows:
         raise DistgmmInputError(f"--components {components!r}: the store {store} has only "
@@ -167,23 +179,27 @@ def select_store(
             f"no candidate could be fitted on {store} ({records[-1]['error']}); try fewer "
             "components or a larger --reg-covar.")
     model = best[1]
+    quantile, threshold = with_outlier_quantile(model, outlier_quantile)
     provenance = {"store": store, "n_rows": points.n_rows, "seed": seed,
                   "selected_by": criterion,
                   "candidates": [{k: r[k] for k in ("n_components", "covariance_type", "bic",
                                                     "aic")} for r in records]}
-    fingerprint = save_model(model, model_path, provenance=provenance)
+    fingerprint = save_model(model, model_path, provenance=provenance,
+                             storage_options=storage_options)
     plot_path = None
     if plot:
-        from distgmm.plotting import plot_selection, save_figure
+        from distgmm.jobs._common import save_figure_at
+        from distgmm.plotting import plot_selection
 
         curve = [{k: r[k] for k in ("n_components", "covariance_type", "bic", "aic")}
                  for r in records]
         fig = plot_selection(curve, chosen=(model.n_components, model.covariance_type))
-        plot_path = save_figure(fig, selection_plot_path(model_path))
+        plot_path = save_figure_at(fig, selection_plot_path(model_path), storage_options)
     return SelectReport(
         store=store, model=model_path, fingerprint=fingerprint, criterion=criterion,
         n_components=int(model.n_components), covariance_type=model.covariance_type,
         n_iter=int(model.n_iter_), converged=bool(model.converged_),
         lower_bound=float(model.lower_bound_), plot=plot_path,
         seconds=time.perf_counter() - t0, records=records,
-        lower_bounds=[float(v) for v in model.lower_bounds_])
+        lower_bounds=[float(v) for v in model.lower_bounds_], outlier_quantile=quantile,
+        outlier_threshold=threshold)

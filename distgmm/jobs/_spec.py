@@ -1,6 +1,13 @@
-"""Job files: a TOML list of ingest / generate / fit / label / select steps, validated strictly, then run.
+"""Job files: a TOML list of generate / ingest / fit / label / select / predict / plot / export steps, validated strictly, then run.
 
-Schema (every key is checked; anything unknown is an error naming the allowed keys)::
+The schema is declarative: one pydantic model per step kind (:data:`STEP_MODELS`), whose
+fields are the command's options with ``_`` for ``-`` (adding a key is one line there),
+strict (no key the model does not name, no string where a number is expected), and
+:func:`job_schema` (``distgmm run --schema``) is its JSON Schema, for editors and CI.
+``tests/test_jobs.py`` checks that every step kind has exactly the options of its command.
+Every step also takes ``storage_options``, a table of fsspec options for its URLs.
+
+Layout (every key is checked; anything unknown is an error naming the allowed keys)::
 
     [job]                       # optional
     description = "text"
@@ -9,7 +16,7 @@ Schema (every key is checked; anything unknown is an error naming the allowed ke
     work = "out"
 
     [[step]]                    # one table per step, run in order
-    run = "ingest"              # generate | ingest | fit | label | select
+    run = "ingest"              # generate | ingest | fit | label | select | predict | plot | export
     source = "${work}/batch.txt"
     store = "${work}/points.zarr"
     append = true
@@ -21,7 +28,8 @@ Step keys are the command's options with ``_`` for ``-`` (``covariance_type``, `
   ``[vars]``, overridden by the environment variable ``DISTGMM_VAR_<name>``, overridden by
   ``--set name=value``; only declared variables can be set, and an undefined reference is an
   error. A numeric or boolean key may be given as exactly ``"${name}"`` (then parsed).
-* Relative paths (``source``, ``store``, ``model``, ``checkpoint``, ``align_to``) are resolved
+* Relative paths (the keys typed :data:`JobPath`: ``source``, ``store``, ``model``, ``out``,
+  ``file``, ``checkpoint``, ``align_to``) are resolved
   against the directory of the job file, after substitution; URLs and absolute paths are
   used as they are.
 * Paths are confined: after resolution (``..`` included; compared as written, so symbolic
@@ -43,9 +51,18 @@ Step keys are the command's options with ``_`` for ``-`` (``covariance_type``, `
     file with this SHA-256: its rows are in the store already;
   - ``fit`` / ``select`` (without ``overwrite``): the model file exists, is a distgmm model
     and was fitted on this store, at its current row count, with the step's settings;
-  - ``label`` is incremental by itself (chunks already labelled by the model are skipped).
+  - ``label`` is incremental by itself (chunks already labelled by the model are skipped);
+  - ``predict`` and ``plot`` write their output again (it is cheap); ``export`` replaces an
+    earlier export only with ``overwrite = true`` (set it in scheduled jobs).
 
   An existing output that does not match is an error, as on the command line.
+* Drift (label steps with ``scores = true``): ``fail_on_drift = true`` ends the job after
+  that step when it reports drift (``distgmm run`` then exits 3, as ``label
+  --fail-on-drift`` does); ``stop_unless_drift = true`` ends it successfully after that
+  step when it reports *no* drift, the later steps reported as skipped: a refit that runs
+  only when it is needed. A label run that labels nothing repeats the last report of the
+  label set (:mod:`distgmm.jobs._label`), so a job killed during its refit refits when run
+  again.
 """
 
 from __future__ import annotations
@@ -55,38 +72,211 @@ import re
 import time
 import tomllib
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Annotated, Any, Callable, Literal, Union
+
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
 from distgmm.errors import DistgmmInputError
 
-__all__ = ["STEP_KEYS", "JobStep", "Job", "JobHooks", "SkippedStep", "load_job", "run_job",
-           "parse_sets", "step_done"]
+__all__ = ["STEP_KEYS", "STEP_MODELS", "JobFile", "job_schema", "JobStep", "Job", "JobHooks",
+           "SkippedStep", "load_job", "run_job", "parse_sets", "step_done"]
 
-_STR, _INT, _FLOAT, _BOOL, _PATH = "string", "integer", "number", "boolean", "path"
-_RANGE = "component range (\"1..12\", \"2,4,8\", an integer or a list of integers)"
-_KINDS = "string or list of strings"
+# ---------------------------------------------------------------------------- the schema
+#: A value that is a path or URL: resolved against the job's directory and confined.
+JobPath = Annotated[str, Field(min_length=1, json_schema_extra={"format": "path"})]
+#: Component counts of a select step: "1..12", "2,4,8", an integer or a list of integers.
+ComponentRange = str | int | list[int]
+#: fsspec options for the step's URLs (stores, sources, model files), e.g. credentials and
+#: ``client_kwargs = {endpoint_url = "http://..."}``.
+StorageOptions = dict[str, Any]
 
-_FIT_OPTIONS = {"covariance_type": _STR, "tol": _FLOAT, "max_iter": _INT, "n_init": _INT,
-                "init": _STR, "reg_covar": _FLOAT, "seed": _INT, "overwrite": _BOOL}
 
-#: Allowed keys of each step kind and their types (``run`` is the kind itself).
-STEP_KEYS: dict[str, dict[str, str]] = {
-    "generate": {"store": _PATH, "preset": _STR, "points": _INT, "features": _INT,
-                 "components": _INT, "seed": _INT, "dtype": _STR, "chunk_rows": _INT,
-                 "overwrite": _BOOL},
-    "ingest": {"source": _PATH, "store": _PATH, "format": _STR, "columns": _STR,
-               "header": _BOOL, "dtype": _STR, "chunk_rows": _INT, "append": _BOOL,
-               "overwrite": _BOOL, "drop_nonfinite": _BOOL},
-    "fit": {"store": _PATH, "model": _PATH, "components": _INT, **_FIT_OPTIONS,
-            "weights": _BOOL, "checkpoint": _PATH, "resume": _BOOL, "align_to": _PATH,
-            "bayesian": _BOOL, "prior": _STR, "weight_concentration": _FLOAT},
-    "label": {"model": _PATH, "store": _PATH, "name": _STR, "proba": _BOOL, "replace": _BOOL},
-    "select": {"store": _PATH, "model": _PATH, "components": _RANGE, **_FIT_OPTIONS,
-               "covariance_type": _KINDS, "criterion": _STR, "plot": _BOOL},
+class _Step(BaseModel):
+    """Keys every step takes. Steps are strict: unknown keys and wrong types are errors."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    storage_options: StorageOptions | None = None
+
+
+class _FitSettings(_Step):
+    """EM settings shared by fit and select steps (the command-line options of the same name)."""
+
+    tol: float | None = None
+    max_iter: int | None = None
+    n_init: int | None = None
+    init: Literal["kmeans", "k-means||", "k-means++", "random", "random_from_data"] | None = None
+    reg_covar: float | None = None
+    seed: int | None = None
+    overwrite: bool | None = None
+    variable: str | None = None
+    outlier_quantile: float | None = None
+
+
+class GenerateStep(_Step):
+    """``distgmm generate``."""
+
+    run: Literal["generate"]
+    store: JobPath
+    preset: str | None = None
+    points: int | None = None
+    features: int | None = None
+    components: int | None = None
+    seed: int | None = None
+    dtype: Literal["float32", "float64"] | None = None
+    chunk_rows: int | None = None
+    overwrite: bool | None = None
+
+
+class IngestStep(_Step):
+    """``distgmm ingest``."""
+
+    run: Literal["ingest"]
+    source: JobPath
+    store: JobPath
+    format: Literal["text", "csv", "npy", "parquet", "zarr"] | None = None
+    columns: str | None = None
+    header: bool | None = None
+    dtype: Literal["float32", "float64"] | None = None
+    chunk_rows: int | None = None
+    append: bool | None = None
+    overwrite: bool | None = None
+    drop_nonfinite: bool | None = None
+    id_column: str | None = None
+
+
+class FitStep(_FitSettings):
+    """``distgmm fit``."""
+
+    run: Literal["fit"]
+    store: JobPath
+    model: JobPath
+    components: int
+    covariance_type: Literal["full", "tied", "diag", "spherical"] | None = None
+    weights: bool | None = None
+    checkpoint: JobPath | None = None
+    resume: bool | None = None
+    align_to: JobPath | None = None
+    plot: bool | None = None
+    bayesian: bool | None = None
+    prior: Literal["dirichlet_process", "dirichlet_distribution"] | None = None
+    weight_concentration: float | None = None
+
+
+class LabelStep(_Step):
+    """``distgmm label``."""
+
+    run: Literal["label"]
+    model: JobPath
+    store: JobPath
+    name: str | None = None
+    proba: bool | None = None
+    replace: bool | None = None
+    scores: bool | None = None
+    drift_threshold: float | None = None
+    fail_on_drift: bool | None = None
+    stop_unless_drift: bool | None = None
+
+
+class SelectStep(_FitSettings):
+    """``distgmm select``."""
+
+    run: Literal["select"]
+    store: JobPath
+    model: JobPath
+    components: ComponentRange | None = None
+    covariance_type: str | list[str] | None = None
+    criterion: Literal["bic", "aic"] | None = None
+    plot: bool | None = None
+
+
+class PredictStep(_Step):
+    """``distgmm predict`` (``out`` is required in a job: there is no terminal)."""
+
+    run: Literal["predict"]
+    model: JobPath
+    file: JobPath
+    out: JobPath
+    proba: bool | None = None
+    format: Literal["text", "csv", "npy", "parquet", "zarr"] | None = None
+    columns: str | None = None
+    header: bool | None = None
+    id_column: str | None = None
+
+
+class PlotStep(_Step):
+    """``distgmm plot``."""
+
+    run: Literal["plot"]
+    model: JobPath
+    store: JobPath
+    out: JobPath
+    labels: str | None = None
+    features: str | None = None
+    projection: Literal["auto", "pca", "features", "pairs"] | None = None
+    density: Literal["auto", "on", "off"] | None = None
+    width: int | None = None
+    height: int | None = None
+    variable: str | None = None
+
+
+class ExportStep(_Step):
+    """``distgmm export``."""
+
+    run: Literal["export"]
+    store: JobPath
+    out: JobPath
+    name: str
+    proba: bool | None = None
+    format: Literal["parquet", "csv"] | None = None
+    overwrite: bool | None = None
+
+
+#: The step models by kind, in the order the CLI lists its commands.
+STEP_MODELS: dict[str, type[_Step]] = {
+    "generate": GenerateStep, "ingest": IngestStep, "fit": FitStep, "label": LabelStep,
+    "select": SelectStep, "predict": PredictStep, "plot": PlotStep, "export": ExportStep,
 }
-_REQUIRED = {"generate": ("store",), "ingest": ("source", "store"),
-             "fit": ("store", "model", "components"), "label": ("model", "store"),
-             "select": ("store", "model")}
+#: Allowed keys of each step kind (``run`` is the kind itself).
+STEP_KEYS: dict[str, tuple[str, ...]] = {
+    kind: tuple(k for k in model.model_fields if k != "run") for kind, model in STEP_MODELS.items()}
+
+
+class JobInfo(BaseModel):
+    """The optional ``[job]`` table."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    description: str = ""
+
+
+class JobFile(BaseModel):
+    """A job file: ``[job]``, ``[vars]`` (text substituted for ``${name}``) and
+    ``[[step]]`` tables run in order."""
+
+    model_config = ConfigDict(extra="forbid", strict=True,
+                              json_schema_extra={"title": "distgmm job file"})
+
+    job: JobInfo = JobInfo()
+    vars: dict[str, str | int | float] = {}
+    step: list[Annotated[Union[tuple(STEP_MODELS.values())], Field(discriminator="run")]] = \
+        Field(min_length=1)
+
+
+def job_schema() -> dict[str, Any]:
+    """The JSON Schema of job files (``distgmm run --schema``)."""
+    return JobFile.model_json_schema()
+
+
+def _path_keys(model: type[BaseModel]) -> frozenset[str]:
+    """The keys of a step model that hold paths (:data:`JobPath`, optional or not)."""
+    def is_path(prop: dict) -> bool:
+        return prop.get("format") == "path" or any(is_path(p) for p in prop.get("anyOf", []))
+
+    properties = model.model_json_schema()["properties"]
+    return frozenset(name for name, prop in properties.items() if is_path(prop))
+
+
 _TOP = ("job", "vars", "step")
 _JOB_KEYS = ("description",)
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
@@ -137,7 +327,7 @@ def parse_sets(pairs: list[str] | None) -> dict[str, str]:
 
 
 def _type_name(value: Any) -> str:
-    return {str: _STR, int: _INT, float: _FLOAT, bool: _BOOL, list: "list",
+    return {str: "string", int: "integer", float: "number", bool: "boolean", list: "list",
             dict: "table"}.get(type(value), type(value).__name__)
 
 
@@ -189,38 +379,75 @@ class _Resolver:
                 "with --allow-outside if you trust this job file.")
         return path
 
-    def value(self, kind: str, step: int, key: str, expected: str, value: Any) -> Any:
-        where = self.where(step, kind, key)
-        if isinstance(value, str) and expected in (_INT, _FLOAT, _BOOL) and \
-                _VAR.fullmatch(value):
-            value = self.text(value, where)
-            try:
-                value = {_INT: int, _FLOAT: float,
-                         _BOOL: lambda v: {"true": True, "false": False}[v.lower()]}[expected](value)
-            except (ValueError, KeyError):
-                raise DistgmmInputError(f"{where}: {value!r} is not a {expected}.") from None
-        ok = {
-            _STR: lambda v: isinstance(v, str),
-            _PATH: lambda v: isinstance(v, str) and v != "",
-            _INT: lambda v: isinstance(v, int) and not isinstance(v, bool),
-            _FLOAT: lambda v: isinstance(v, (int, float)) and not isinstance(v, bool),
-            _BOOL: lambda v: isinstance(v, bool),
-            _RANGE: lambda v: isinstance(v, (str, int)) and not isinstance(v, bool) or (
-                isinstance(v, list) and all(isinstance(i, int) and not isinstance(i, bool)
-                                            for i in v)),
-            _KINDS: lambda v: isinstance(v, str) or (isinstance(v, list) and
-                                                     all(isinstance(i, str) for i in v)),
-        }[expected](value)
-        if not ok:
-            raise DistgmmInputError(f"{where} must be a {expected}, got {_type_name(value)} "
-                                    f"{value!r}.")
+    def substituted(self, value: Any, where: str) -> Any:
+        """``value`` with ``${name}`` replaced in its strings (also inside lists and tables)."""
         if isinstance(value, str):
-            value = self.text(value, where)
-            if expected == _PATH:
-                value = self.path_value(value, where)
-        elif isinstance(value, list):
-            value = [self.text(v, where) if isinstance(v, str) else v for v in value]
+            return self.text(value, where)
+        if isinstance(value, list):
+            return [self.substituted(v, where) for v in value]
+        if isinstance(value, dict):
+            return {k: self.substituted(v, where) for k, v in value.items()}
         return value
+
+    def step(self, index: int, raw: dict[str, Any]) -> JobStep:
+        """Validate one ``[[step]]`` table against its model; resolve and confine its paths."""
+        kind = raw.get("run")
+        if kind not in STEP_MODELS:
+            raise DistgmmInputError(f"{self.path}: step {index}: unknown step {kind!r} (key "
+                                    f"'run'); allowed: {', '.join(STEP_MODELS)}.")
+        model = STEP_MODELS[kind]
+        allowed = STEP_KEYS[kind]
+        values: dict[str, Any] = {"run": kind}
+        for key, value in raw.items():
+            if key == "run":
+                continue
+            if key not in allowed:
+                raise DistgmmInputError(
+                    f"{self.path}: step {index} ({kind}): unknown key {key!r}; allowed: "
+                    f"{', '.join(sorted(allowed))}.")
+            where = self.where(index, kind, key)
+            whole_variable = isinstance(value, str) and _VAR.fullmatch(value)
+            value = self.substituted(value, where)
+            if whole_variable:  # "${k}" where a number or boolean is expected: parse it
+                value = _parsed(model, key, value)
+            values[key] = value
+        try:
+            validated = model.model_validate(values)
+        except ValidationError as exc:
+            raise _step_error(self.path, index, kind, values, exc) from None
+        options = {k: v for k, v in validated.model_dump(exclude_unset=True).items()
+                   if k != "run"}
+        for key in _path_keys(model) & set(options):
+            options[key] = self.path_value(options[key], self.where(index, kind, key))
+        return JobStep(index, kind, options)
+
+
+def _parsed(model: type[BaseModel], key: str, text: str) -> Any:
+    """A variable's text as the key's type, when the key takes no string (``"3"`` -> 3)."""
+    annotation = model.model_fields[key].annotation
+    try:
+        return TypeAdapter(annotation, config=ConfigDict(strict=True)).validate_python(text)
+    except ValidationError:
+        pass
+    try:
+        return TypeAdapter(annotation).validate_python(text)
+    except ValidationError:
+        return text  # reported by the step's validation, with the key
+
+
+def _step_error(path: str, index: int, kind: str, values: dict[str, Any],
+                exc: ValidationError) -> DistgmmInputError:
+    """One line for the first problem pydantic found in a step."""
+    errors = exc.errors()
+    missing = [str(e["loc"][0]) for e in errors if e["type"] == "missing"]
+    if missing:
+        return DistgmmInputError(f"{path}: step {index} ({kind}): missing required key(s) "
+                                 f"{', '.join(missing)}.")
+    error = errors[0]
+    key = str(error["loc"][0]) if error["loc"] else "?"
+    value = values.get(key)
+    return DistgmmInputError(f"{path}: step {index} ({kind}), key {key!r}: {error['msg']}, got "
+                             f"{_type_name(value)} {value!r}.")
 
 
 def load_job(path: str | os.PathLike, sets: dict[str, str] | None = None,
@@ -293,34 +520,21 @@ def load_job(path: str | os.PathLike, sets: dict[str, str] | None = None,
     if not isinstance(raw_steps, list) or not raw_steps or \
             not all(isinstance(s, dict) for s in raw_steps):
         raise DistgmmInputError(f"{path}: no steps; add [[step]] tables with run = one of "
-                                f"{', '.join(STEP_KEYS)}.")
+                                f"{', '.join(STEP_MODELS)}.")
     resolver = _Resolver(path, variables, operator_values, allow_outside)
     steps = []
     for index, raw in enumerate(raw_steps, start=1):
-        kind = raw.get("run")
-        if kind not in STEP_KEYS:
-            raise DistgmmInputError(f"{path}: step {index}: unknown step {kind!r} (key 'run'); "
-                                    f"allowed: {', '.join(STEP_KEYS)}.")
-        allowed = STEP_KEYS[kind]
-        options = {}
-        for key, value in raw.items():
-            if key == "run":
-                continue
-            if key not in allowed:
-                raise DistgmmInputError(
-                    f"{path}: step {index} ({kind}): unknown key {key!r}; allowed: "
-                    f"{', '.join(sorted(allowed))}.")
-            options[key] = resolver.value(kind, index, key, allowed[key], value)
-        if kind == "fit":
+        step = resolver.step(index, raw)
+        if step.kind == "fit":
             try:
-                _fit_prior(options)
+                _fit_prior(step.options)
             except DistgmmInputError as exc:
                 raise DistgmmInputError(f"{path}: step {index} (fit): {exc}") from None
-        missing = [k for k in _REQUIRED[kind] if k not in options]
-        if missing:
-            raise DistgmmInputError(f"{path}: step {index} ({kind}): missing required key(s) "
-                                    f"{', '.join(missing)}.")
-        steps.append(JobStep(index, kind, options))
+        if step.kind == "label" and not step.options.get("scores") and (
+                step.options.get("fail_on_drift") or step.options.get("stop_unless_drift")):
+            raise DistgmmInputError(f"{path}: step {index} (label): fail_on_drift and "
+                                    "stop_unless_drift judge scores; add scores = true.")
+        steps.append(step)
     return Job(path=path, description=description, variables=variables, steps=steps)
 
 
@@ -331,10 +545,13 @@ class JobReport:
     path: str
     results: list[tuple[JobStep, Any]] = field(default_factory=list)
     seconds: float = 0.0
+    #: A label step with ``fail_on_drift`` reported drift and ended the job.
+    failed_on_drift: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dictionary."""
         return {"job": self.path, "seconds": self.seconds,
+                "failed_on_drift": self.failed_on_drift,
                 "steps": [{"step": s.index, "run": s.kind, **r.to_dict()}
                           for s, r in self.results]}
 
@@ -352,19 +569,21 @@ class SkippedStep:
         return {"skipped": True, "output": self.output, "reason": self.reason}
 
 
-def _store_meta(url: str) -> tuple[dict, Any] | None:
+def _store_meta(url: str, storage_options: dict | None = None) -> tuple[dict, Any] | None:
     """The ``distgmm`` attributes and group of a complete point store at ``url``, or None."""
     from distgmm.store import open_points
 
     try:
-        points = open_points(url)
+        points = open_points(url, storage_options)
     except DistgmmInputError:
+        return None
+    if points.foreign is not None:
         return None
     return points.attrs, points
 
 
 def _generate_done(o: dict[str, Any]) -> str | None:
-    found = _store_meta(o["store"])
+    found = _store_meta(o["store"], o.get("storage_options"))
     if found is None or o.get("overwrite"):
         return None
     attrs, points = found
@@ -384,13 +603,17 @@ def _generate_done(o: dict[str, Any]) -> str | None:
 
 
 def _ingest_done(o: dict[str, Any]) -> str | None:
-    found = _store_meta(o["store"])
-    if found is None or o.get("overwrite") or not os.path.isfile(o["source"]):
+    from distgmm._atomic import is_url
+    from distgmm.store._sources import source_digest
+
+    found = _store_meta(o["store"], o.get("storage_options"))
+    if found is None or o.get("overwrite"):
         return None
     attrs, points = found
-    from distgmm.store._ingest import source_digest
-
-    digest = source_digest(o["source"])
+    try:
+        digest = source_digest(o["source"], o.get("storage_options"))
+    except (OSError, ValueError):
+        return None  # no such source: the step reports it
     if o.get("append"):
         for entry in points.group["points"].attrs.get("row_log", []):
             if entry.get("source_sha256") == digest:
@@ -399,8 +622,8 @@ def _ingest_done(o: dict[str, Any]) -> str | None:
                         f"{entry['rows_after'] - 1:,})")
         return None
     provenance = attrs.get("provenance") or {}
-    if provenance.get("source_sha256") == digest and \
-            provenance.get("source") == os.path.abspath(o["source"]):
+    where = o["source"] if is_url(o["source"]) else os.path.abspath(o["source"])
+    if provenance.get("source_sha256") == digest and provenance.get("source") == where:
         return f"{o['store']} was ingested from this file already"
     return None
 
@@ -424,12 +647,15 @@ def _model_done(o: dict[str, Any], kind: str) -> str | None:
     from distgmm.store import read_model
     from distgmm.store._model import is_model_file
 
-    model = o["model"]
-    if o.get("overwrite") or not os.path.isfile(model) or not is_model_file(model):
+    from distgmm._atomic import file_exists
+
+    model, options = o["model"], o.get("storage_options")
+    if o.get("overwrite") or not file_exists(model, options) or \
+            not is_model_file(model, options):
         return None
-    found = _store_meta(o["store"])
+    found = _store_meta(o["store"], options)
     try:
-        loaded = read_model(model)
+        loaded = read_model(model, options)
     except ValueError:
         return None
     if found is None:
@@ -441,6 +667,11 @@ def _model_done(o: dict[str, Any], kind: str) -> str | None:
             and provenance.get("seed") == o.get("seed")
             and all(getattr(fitted, k) == o.get(k, v) for k, v in settings.items())
             and fitted.init_params == o.get("init", "kmeans"))
+    from distgmm._scores import DEFAULT_OUTLIER_QUANTILE
+
+    profile = getattr(fitted, "training_scores_", None)
+    same = same and (profile is None or profile.outlier_quantile == o.get(
+        "outlier_quantile", DEFAULT_OUTLIER_QUANTILE))
     if kind == "fit":
         prior = _fit_prior(o)
         same = same and fitted.n_components == o["components"] and \
@@ -481,6 +712,25 @@ def _run_step(step: JobStep, client: Any, hooks: JobHooks, lock_wait: float | No
     if skipped is not None:
         return skipped
     o = dict(step.options)
+    if "variable" in o:
+        from distgmm.store import StoreLocation
+
+        o["store"] = StoreLocation(o["store"]).child(o.pop("variable")).url
+    if step.kind == "predict":
+        from distgmm.jobs._predict import check_prediction_out, predict_file, write_prediction
+
+        out = o.pop("out")
+        check_prediction_out(out)
+        prediction = predict_file(o.pop("model"), o.pop("file"), **o)
+        return _Predicted(prediction, write_prediction(prediction, out))
+    if step.kind == "plot":
+        from distgmm.jobs._plot import plot_store
+
+        return plot_store(o.pop("model"), o.pop("store"), o.pop("out"), client=client, **o)
+    if step.kind == "export":
+        from distgmm.jobs._export import export_labels
+
+        return export_labels(o.pop("store"), o.pop("out"), client=client, **o)
     if step.kind == "generate":
         from distgmm.store import generate
 
@@ -502,6 +752,8 @@ def _run_step(step: JobStep, client: Any, hooks: JobHooks, lock_wait: float | No
     if step.kind == "label":
         from distgmm.jobs._label import label_store
 
+        o.pop("fail_on_drift", None)
+        o.pop("stop_unless_drift", None)
         return label_store(o.pop("model"), o.pop("store"), client=client,
                            on_progress=hooks.on_label_progress, lock_wait=lock_wait, **o)
     from distgmm.jobs._select import select_store
@@ -509,6 +761,20 @@ def _run_step(step: JobStep, client: Any, hooks: JobHooks, lock_wait: float | No
     return select_store(o.pop("store"), o.pop("model"), init_params=o.pop("init", "kmeans"),
                         covariance_types=o.pop("covariance_type", "full"), client=client,
                         on_candidate=hooks.on_candidate, **o)
+
+
+@dataclass(frozen=True)
+class _Predicted:
+    """What a predict step wrote (the report of a step, like the other jobs')."""
+
+    prediction: Any
+    out: str
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready dictionary."""
+        p = self.prediction
+        return {"model": p.model, "fingerprint": p.fingerprint, "file": p.file,
+                "n_rows": p.n_rows, "out": self.out}
 
 
 def run_job(job: Job, *, client: Any = None, hooks: JobHooks | None = None,
@@ -520,12 +786,25 @@ def run_job(job: Job, *, client: Any = None, hooks: JobHooks | None = None,
     hooks = hooks or JobHooks()
     report = JobReport(job.path)
     t0 = time.perf_counter()
+    ended: str | None = None  # why the remaining steps are skipped
     for step in job.steps:
-        if hooks.step_started is not None:
-            hooks.step_started(step)
-        result = _run_step(step, client, hooks, lock_wait)
+        if ended is not None:
+            output = step.options.get("model") if step.kind in ("fit", "select") else \
+                step.options.get("store")
+            result: Any = SkippedStep(step.kind, output, ended)
+        else:
+            if hooks.step_started is not None:
+                hooks.step_started(step)
+            result = _run_step(step, client, hooks, lock_wait)
         report.results.append((step, result))
         if hooks.step_finished is not None:
             hooks.step_finished(step, result)
+        if ended is None and step.kind == "label":
+            drift = result.drift_detected
+            if drift and step.options.get("fail_on_drift"):
+                report.failed_on_drift = True
+                break
+            if not drift and step.options.get("stop_unless_drift"):
+                ended = f"step {step.index} (label) reported no drift"
     report.seconds = time.perf_counter() - t0
     return report

@@ -12,7 +12,9 @@ from distgmm.store._labels import (
     label_state,
     prepare_labels,
     prepare_proba,
+    prepare_scores,
     record_chunks_done,
+    record_report,
 )
 from distgmm.store._location import StoreLocation
 from distgmm.store._lock import StoreBusyError
@@ -53,8 +55,10 @@ __all__ = [
     "open_points",
     "prepare_labels",
     "prepare_proba",
+    "prepare_scores",
     "read_model",
     "record_chunks_done",
+    "record_report",
     "save_model",
     "store_info",
 ]

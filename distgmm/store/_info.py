@@ -18,8 +18,15 @@ logger = logging.getLogger(__name__)
 
 
 def _codec_names(array) -> list[str]:
+    """The compression codecs of ``array`` (Zarr v3 codecs, or a v2 array's filters and
+    compressor), without the byte layout and the checksum."""
+    metadata = array.metadata
+    if metadata.zarr_format == 2:
+        codecs = list(metadata.filters or []) + ([metadata.compressor] if metadata.compressor
+                                                  else [])
+        return [codec.get_config().get("id", type(codec).__name__) for codec in codecs]
     names = []
-    for codec in array.metadata.codecs:
+    for codec in metadata.codecs:
         config = codec.to_dict()
         name = config.get("name", type(codec).__name__)
         settings = config.get("configuration") or {}
@@ -78,9 +85,11 @@ def store_info(store: str | StoreLocation, *, storage_options: dict[str, Any] | 
         with ``stats``, ``features`` (one ``{name, min, max, mean}`` per column).
     """
     points = open_points(store, storage_options)
+    if points.foreign is not None:
+        return _foreign_info(points, stats, client)
     group = points.group
     arrays = []
-    for path in ("points", "weights", "truth"):
+    for path in ("points", "weights", "truth", "ids", "dropped_rows"):
         if path in group:
             arrays.append(path)
     arrays += [f"labels/{n}" for n in label_names(group)]
@@ -112,10 +121,43 @@ def store_info(store: str | StoreLocation, *, storage_options: dict[str, Any] | 
     if "generated" in points.attrs:
         info["generated"] = points.attrs["generated"]
     if stats and points.n_rows:
-        values = feature_stats(points, client=client)
-        info["features"] = [
-            {"name": name, "min": float(values["min"][j]), "max": float(values["max"][j]),
-             "mean": float(values["mean"][j])}
-            for j, name in enumerate(points.columns)
-        ]
+        info["features"] = _features(points, client)
+    return info
+
+
+def _features(points: PointStore, client) -> list[dict[str, Any]]:
+    values = feature_stats(points, client=client)
+    return [{"name": name, "min": float(values["min"][j]), "max": float(values["max"][j]),
+             "mean": float(values["mean"][j])} for j, name in enumerate(points.columns)]
+
+
+def _foreign_info(points: PointStore, stats: bool, client) -> dict[str, Any]:
+    """:func:`store_info`'s keys for a foreign array (``foreign`` says what it is; no label
+    sets, provenance or row log; ``chunk_rows`` is the rows per task it is read in)."""
+    array = points.array
+    info: dict[str, Any] = {
+        "store": points.location.url,
+        "foreign": points.foreign,
+        "n_rows": points.n_rows,
+        "n_features": points.n_features,
+        "dtype": points.dtype.name,
+        "stored_dtype": str(array.dtype),
+        "chunk_rows": points.chunk_rows,
+        "n_chunks": points.n_chunks,
+        "stored_chunks": list(array.chunks),
+        "codec": _codec_names(array),
+        "checksums": False,
+        "bytes_on_disk": _size_on_disk(points.location),
+        "bytes_uncompressed": points.n_rows * points.n_features * array.dtype.itemsize,
+        "columns": points.columns,
+        "schema_version": None,
+        "arrays": [{"name": array.path or points.location.url.rstrip("/").rsplit("/", 1)[-1],
+                    "shape": list(array.shape),
+                    "dtype": str(array.dtype), "chunks": list(array.chunks)}],
+        "labels": [],
+        "provenance": None,
+        "row_log": [],
+    }
+    if stats and points.n_rows:
+        info["features"] = _features(points, client)
     return info

@@ -13,7 +13,7 @@ Decisions (schema 2 and later; see :data:`distgmm.store.SCHEMA_VERSION`):
   :func:`read_rows` turn its mismatch into a :class:`StoreIntegrityError` naming the array,
   the chunk, its rows and the fix.
 * **Missing chunks.** Zarr reads an absent chunk as the fill value, silently. Every chunk of
-  a row array (``points``, ``weights``, ``truth``) below the committed row count is written
+  a row array (``points``, ``weights``, ``truth``, ``ids``) below the committed row count is written
   (``write_empty_chunks`` is forced on for them, so even a chunk equal to the fill value is
   stored), so an absent one is damage. :class:`CheckedStore` wraps the store of every
   read-only open and raises instead of returning "absent" for such a chunk. Writers open the
@@ -43,7 +43,7 @@ __all__ = ["CHECKSUM_CODEC", "ROW_ARRAYS", "StoreIntegrityError", "CheckedStore"
 #: Name of the checksum codec (last in every array's codec chain from schema 2 on).
 CHECKSUM_CODEC = "crc32c"
 #: Arrays whose every committed chunk must exist (one value per stored row).
-ROW_ARRAYS = ("points", "weights", "truth")
+ROW_ARRAYS = ("points", "weights", "truth", "ids")
 _WRITE_ALL = ArrayConfig(order="C", write_empty_chunks=True)
 
 

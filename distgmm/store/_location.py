@@ -66,6 +66,14 @@ class StoreLocation:
         """The absolute local directory (only for local stores)."""
         return self.resolved
 
+    def child(self, name: str) -> "StoreLocation":
+        """The location of ``name`` inside this one (an array in a group), same options."""
+        name = name.strip("/")
+        if not name or ".." in name.split("/"):
+            raise DistgmmInputError(f"--variable {name!r} is not a path inside {self}; give "
+                                    "the array's name, e.g. --variable X.")
+        return StoreLocation(f"{self.url.rstrip('/')}/{name}", self.storage_options)
+
     def zarr_store(self, read_only: bool = True) -> zarr.abc.store.Store:
         """Open the underlying Zarr store object.
 
@@ -233,15 +241,24 @@ def building(location: StoreLocation, guard: Callable[[], ContextManager] | None
                     os.rename(tmp.path, target)
             if not swapped:
                 tmp = StoreLocation(old)
-            # After the exchange ``tmp`` holds the previous store, which is deleted below.
-            shutil.rmtree(tmp.path, ignore_errors=True)
+            # After the exchange ``tmp`` holds what was there before, deleted below.
+            _remove_path(tmp.path)
         else:
             os.rename(tmp.path, target)
         logger.info("committed store %s", target)
     except BaseException:
-        shutil.rmtree(tmp.path, ignore_errors=True)
+        _remove_path(tmp.path)
         _remove_empty(created)
         raise
+
+
+def _remove_path(path: str) -> None:
+    """Delete a directory tree or a file (what :func:`building` built or replaced)."""
+    if os.path.isdir(path) and not os.path.islink(path):
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
 
 
 def _make_parents(directory: str) -> list[str]:

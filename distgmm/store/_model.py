@@ -1,6 +1,6 @@
 """Model files: a fitted mixture as a versioned, checksummed ``.npz`` (no pickle) and its fingerprint.
 
-Format (``kind = "distgmm-model"``, ``format_version = 2``), written with
+Format (``kind = "distgmm-model"``, ``format_version = 3``), written with
 :func:`distgmm._serialize.save_arrays` (atomic rename, SHA-256 over arrays and metadata)::
 
     arrays   weights (K,), means (K, D), covariances, precisions_cholesky   (float64)
@@ -17,10 +17,17 @@ Format (``kind = "distgmm-model"``, ``format_version = 2``), written with
                             "mean_precision_prior", "degrees_of_freedom_prior"},
               "fit": {"converged", "n_iter", "lower_bound", "lower_bounds",
                       "lower_bounds_per_init"},
-              "provenance": {...free-form JSON: store, rows, alignment...}}
+              "provenance": {...free-form JSON: store, rows, alignment...},
+              "scoring": {...} (optional): the training scores' figures and outlier
+                         threshold, :meth:`distgmm._scores.ScoreProfile.to_dict`}
+
+Model files may live at any fsspec URL (``s3://bucket/model.npz``, with the command's
+``--storage-option`` values): written in one PUT, read with one GET, checked the same way.
+A URL is never taken for a local path: an unknown protocol is an error.
 
 Version 1 files (Gaussian mixtures written before Bayesian ones existed) are read as
-Gaussian mixtures.
+Gaussian mixtures; version 1 and 2 files (written before the training scores were
+recorded) have no ``scoring`` block, and are read with ``training_scores_ = None``.
 
 The file's SHA-256 digest is the model **fingerprint** recorded by label jobs. Nothing time-
 or host-dependent is stored, so the same fit (including one resumed from a checkpoint) gives
@@ -48,7 +55,7 @@ __all__ = ["MODEL_KIND", "MODEL_FORMAT_VERSION", "ModelFile", "save_model", "loa
 logger = logging.getLogger(__name__)
 
 MODEL_KIND = "distgmm-model"
-MODEL_FORMAT_VERSION = 2
+MODEL_FORMAT_VERSION = 3
 _ARRAYS = ("weights", "means", "covariances", "precisions_cholesky")
 _ESTIMATOR_KEYS = ("tol", "reg_covar", "max_iter", "n_init", "init_params", "random_state")
 #: A Bayesian mixture's variational arrays and priors, besides the Gaussian ones.
@@ -92,17 +99,20 @@ def _plain(value: Any) -> Any:
 
 
 def save_model(model: Any, path: str | os.PathLike, *,
-               provenance: dict[str, Any] | None = None) -> str:
+               provenance: dict[str, Any] | None = None,
+               storage_options: dict[str, Any] | None = None) -> str:
     """Write a fitted distgmm mixture to ``path`` atomically.
 
     Parameters
     ----------
     model : distgmm.GaussianMixture or distgmm.BayesianGaussianMixture
         Fitted (``means_`` etc. set).
-    path : path-like
-        Destination ``.npz`` file; replaced atomically if it exists.
+    path : path-like or URL
+        Destination ``.npz`` file (local, or an fsspec URL); replaced atomically if it exists.
     provenance : dict, optional
         JSON-serialisable facts stored with the model (part of the fingerprint).
+    storage_options : dict, optional
+        fsspec options for a URL.
 
     Returns
     -------
@@ -149,7 +159,10 @@ def save_model(model: Any, path: str | os.PathLike, *,
         },
         "provenance": dict(provenance or {}),
     }
-    digest = save_arrays(path, arrays, meta)
+    scoring = getattr(model, "training_scores_", None)
+    if scoring is not None:
+        meta["scoring"] = scoring.to_dict()
+    digest = save_arrays(path, arrays, meta, storage_options)
     logger.info("wrote model %s (K=%d, D=%d, %s), fingerprint %s", os.fspath(path), k, d,
                 model.covariance_type, digest[:12])
     return digest
@@ -170,11 +183,11 @@ def _check_meta(path: str, meta: dict) -> tuple[str, int, int]:
         raise DistgmmInputError(
             f"model file {path} has format version {version!r}, but this distgmm reads "
             f"version {MODEL_FORMAT_VERSION}; upgrade distgmm or refit the model.")
-    if version not in (1, MODEL_FORMAT_VERSION):
+    if version not in (1, 2, MODEL_FORMAT_VERSION):
         raise _refuse(path, f"has unsupported format version {version!r}")
     keys = _META_KEYS | ({"mixture"} if version >= 2 else set())
     missing = sorted(keys - set(meta))
-    extra = sorted(set(meta) - keys)
+    extra = sorted(set(meta) - keys - ({"scoring"} if version >= 3 else set()))
     if missing or extra:
         raise _refuse(path, f"has metadata keys missing {missing} / unexpected {extra}")
     from distgmm._kernels import COVARIANCE_TYPES
@@ -240,8 +253,10 @@ def _check_arrays(path: str, arrays: dict[str, np.ndarray], cov: str, k: int, d:
         raise _refuse(path, "has precision factors that do not match its covariances")
 
 
-def read_model(path: str | os.PathLike) -> ModelFile:
-    """Load and validate a model file; return the estimator with its fingerprint.
+def read_model(path: str | os.PathLike,
+               storage_options: dict[str, Any] | None = None) -> ModelFile:
+    """Load and validate a model file (a local path or an fsspec URL); return the estimator
+    with its fingerprint.
 
     Raises
     ------
@@ -254,17 +269,17 @@ def read_model(path: str | os.PathLike) -> ModelFile:
     from distgmm._estimator import GaussianMixture
     from distgmm._kernels import precisions_from_cholesky
 
+    from distgmm._atomic import file_exists, read_file
+
     path = os.fspath(path)
-    if not os.path.isfile(path):
+    if not file_exists(path, storage_options):
         raise DistgmmInputError(f"model file {path} does not exist; check the path or fit one "
                                 "with `distgmm fit`.")
-    with open(path, "rb") as f:
-        magic = f.read(4)
-    if magic != b"PK\x03\x04":  # an .npz is a zip file
+    if read_file(path, storage_options)[:4] != b"PK\x03\x04":  # an .npz is a zip file
         raise CorruptFileError(f"model file {path} is not an .npz file; pass a file written by "
                                "`distgmm fit` or `distgmm select`.")
     try:
-        arrays, meta, digest = load_arrays(path)
+        arrays, meta, digest = load_arrays(path, storage_options)
     except CorruptFileError as exc:
         raise CorruptFileError(f"model {exc}") from None
     cov, k, d = _check_meta(path, meta)
@@ -297,28 +312,56 @@ def read_model(path: str | os.PathLike) -> ModelFile:
     model.lower_bounds_ = list(fit.get("lower_bounds", []))
     model.lower_bounds_per_init_ = [list(h) for h in fit.get("lower_bounds_per_init", [])]
     model.n_features_in_ = d
+    model.training_scores_ = _scoring(path, meta.get("scoring"))
     return ModelFile(model=model, fingerprint=digest, path=path,
                      provenance=dict(meta["provenance"]))
 
 
-def load_model(path: str | os.PathLike) -> Any:
+def _scoring(path: str, block: Any) -> Any:
+    """The ``scoring`` block as a :class:`~distgmm._scores.ScoreProfile` (None if absent),
+    refusing one that is malformed."""
+    if block is None:
+        return None
+    from distgmm._scores import ScoreProfile
+
+    try:
+        profile = ScoreProfile.from_dict(block)
+        sketch = profile.sketch
+        numbers = (sketch.upper, sketch.weight, sketch.mean, sketch.moments.m2,
+                   profile.settling, profile.outlier_threshold, profile.outlier_share)
+        valid = (all(math.isfinite(v) for v in numbers) and sketch.weight > 0
+                 and sketch.moments.m2 >= 0 and 0 < profile.outlier_quantile < 1
+                 and 0 <= profile.outlier_share <= 1 and sketch.first >= 0
+                 and np.all(np.isfinite(sketch.counts)) and np.all(sketch.counts >= 0))
+    except (KeyError, TypeError, ValueError):
+        valid = False
+    if not valid:
+        raise _refuse(path, "has an invalid scoring block")
+    return profile
+
+
+def load_model(path: str | os.PathLike, storage_options: dict[str, Any] | None = None) -> Any:
     """Load a model file written by :func:`save_model` as a fitted ``GaussianMixture``.
 
     Never unpickles: the file is NumPy arrays plus JSON, checked against its SHA-256 and
     validated (version, shapes, covariance type) before use. Use :func:`read_model` to also
     get the fingerprint.
     """
-    return read_model(path).model
+    return read_model(path, storage_options).model
 
 
-def is_model_file(path: str | os.PathLike) -> bool:
+def is_model_file(path: str | os.PathLike, storage_options: dict[str, Any] | None = None) -> bool:
     """Whether ``path`` is a file written by :func:`save_model` (judged by its metadata's
     kind, not its checksum: a damaged model file may be replaced)."""
+    import io
     import json
     import zipfile
 
+    from distgmm._atomic import read_file
+
     try:
-        with zipfile.ZipFile(os.fspath(path)) as archive, archive.open("__meta__.npy") as raw:
+        data = io.BytesIO(read_file(path, storage_options))
+        with zipfile.ZipFile(data) as archive, archive.open("__meta__.npy") as raw:
             meta = json.loads(np.lib.format.read_array(raw, allow_pickle=False).tobytes())
     except Exception:  # not a zip, no metadata, not JSON: not ours
         return False
@@ -326,20 +369,25 @@ def is_model_file(path: str | os.PathLike) -> bool:
 
 
 def check_model_destination(path: str | os.PathLike, *, overwrite: bool,
-                            option: str = "--model") -> None:
+                            option: str = "--model",
+                            storage_options: dict[str, Any] | None = None) -> None:
     """Refuse, before any work, a model file that cannot or must not be written: a
-    directory, a path under a file or in an unwritable place, an existing file without
-    ``overwrite``, or an existing file that is not a distgmm model (whatever ``overwrite``
-    says)."""
-    from distgmm._atomic import check_output_file
+    directory, a path under a file or in an unwritable place (a URL: an unknown protocol,
+    an unreachable or missing bucket), an existing file without ``overwrite``, or an
+    existing file that is not a distgmm model (whatever ``overwrite`` says)."""
+    from distgmm._atomic import check_output_file, check_output_url, is_url
 
     path = os.fspath(path)
-    check_output_file(path, what=option, kind="npz", replace=overwrite)
-    if os.path.lexists(path):
+    if is_url(path):
+        exists = check_output_url(path, what=option, storage_options=storage_options)
+    else:
+        check_output_file(path, what=option, kind="npz", replace=overwrite)
+        exists = os.path.lexists(path)
+    if exists:
         if not overwrite:
             raise DistgmmInputError(f"model file {path} already exists; pass --overwrite to "
                                     f"replace it, or choose another {option} path.")
-        if not is_model_file(path):
+        if not is_model_file(path, storage_options):
             raise DistgmmInputError(f"{option} {path} exists and is not a distgmm model file; "
                                     "refusing to replace it. Choose another path or remove "
                                     "it yourself.")
