@@ -62,6 +62,7 @@ from .engine import (
     EMConfig,
     FileCheckpoint,
     IterationInfo,
+    PassInfo,
     LocalPoints,
     cluster_points,
     fit_em,
@@ -414,6 +415,7 @@ class _BaseMixture(DensityMixin, BaseEstimator):
         *,
         on_iteration: Callable[[IterationInfo], None] | None = None,
         checkpoint: str | os.PathLike | FileCheckpoint | None = None,
+        on_pass: Callable[[PassInfo], None] | None = None,
     ):
         """Estimate the parameters with EM.
 
@@ -429,19 +431,22 @@ class _BaseMixture(DensityMixin, BaseEstimator):
             Checkpoint file written atomically after every iteration (a URL such as
             ``s3://...`` too; a ``FileCheckpoint`` carries fsspec options). If it exists and
             belongs to the same fit (same data, options and seed), the fit resumes from it.
+        on_pass : callable, optional
+            Called with a :class:`distgmm.engine.PassInfo` after every pass over the data,
+            initialisation passes included (for progress bars, :mod:`distgmm.engine.progress`).
 
         Returns
         -------
         self
         """
-        self._fit(X, sample_weight, on_iteration, checkpoint)
+        self._fit(X, sample_weight, on_iteration, checkpoint, on_pass)
         return self
 
     def fit_predict(self, X, y=None, sample_weight=None):
         """Fit, then return the label of every point; equals ``fit(X).predict(X)``."""
         return self.fit(X, sample_weight=sample_weight).predict(X)
 
-    def _fit(self, X, sample_weight, on_iteration, checkpoint):
+    def _fit(self, X, sample_weight, on_iteration, checkpoint, on_pass=None):
         self._validate_params()
         X, sample_weight, in_memory = self._validated(X, sample_weight)
         n_rows, n_features = X.shape
@@ -478,7 +483,7 @@ class _BaseMixture(DensityMixin, BaseEstimator):
             data, cfg, seed, warm_start=warm, on_iteration=report,
             checkpoint=checkpoint if checkpoint is None or isinstance(checkpoint, FileCheckpoint)
             else FileCheckpoint(checkpoint),
-            initial_params=initial_params,
+            initial_params=initial_params, on_pass=on_pass,
         )
         self._set_result(result, X.dtype if in_memory else np.float64)
         if not self.converged_ and self.max_iter > 0:

@@ -20,7 +20,7 @@ from ._base import CLIENT_MIN_BYTES, _BaseMixture, _initialisation, _n_rows, as_
     sklearn_resp_statistics
 from ._kernels import precisions_from_cholesky
 from ._statistics import MixtureParams, m_step
-from .engine import EMConfig, IterationInfo, fit_many, override, score_many
+from .engine import EMConfig, IterationInfo, PassInfo, fit_many, override, score_many
 
 __all__ = ["GaussianMixture", "as_points", "fit_candidates", "CLIENT_MIN_BYTES"]
 
@@ -271,6 +271,7 @@ def fit_candidates(
     sample_weight=None,
     *,
     on_iteration: Callable[[IterationInfo], None] | None = None,
+    on_pass: Callable[[PassInfo], None] | None = None,
 ) -> list[tuple[float, float] | str]:
     """Fit several unfitted estimators on the same data in lockstep and score them.
 
@@ -287,6 +288,9 @@ def fit_candidates(
         As for :meth:`GaussianMixture.fit`.
     on_iteration : callable, optional
         Receives every run's :class:`IterationInfo`; ``info.config`` indexes ``models``.
+    on_pass : callable, optional
+        Receives a :class:`distgmm.engine.PassInfo` after every pass over the data
+        (initialisation passes included; the scoring pass is not reported).
 
     Returns
     -------
@@ -312,7 +316,7 @@ def fit_candidates(
     data = first._placed(X_checked, sample_weight, in_memory)
     seed, initial_params = _initialisation(data, models, configs, False)
     results = fit_many(data, configs, seed, on_iteration=on_iteration, errors="record",
-                       initial_params=initial_params)
+                       initial_params=initial_params, on_pass=on_pass)
     fitted = [i for i, r in enumerate(results) if r.params is not None]
     scores = score_many(data, [results[i].params for i in fitted]) if fitted else []
     out: list[tuple[float, float] | str] = [r.error for r in results]

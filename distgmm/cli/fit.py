@@ -10,6 +10,7 @@ from rich.table import Table
 
 from distgmm.errors import DistgmmInputError
 
+from distgmm.cli._progress_view import ProgressView
 from distgmm.cli._options import (
     ClusterOptions, Output, StorageOption, Variable, command, dask_client, handle_errors,
     points_url, storage_options,
@@ -143,7 +144,7 @@ def fit(
                           storage_options=options)
         if align_to is not None:
             read_model(align_to, options)
-        with dask_client(cluster, output) as client:
+        with dask_client(cluster, output) as client, ProgressView(output) as progress:
             report = fit_store(
                 store, model, n_components=components, covariance_type=covariance_type.value,
                 tol=tol, max_iter=max_iter, n_init=n_init, init_params=init.value,
@@ -151,7 +152,8 @@ def fit(
                 resume=resume, align_to=align_to, overwrite=overwrite, client=client,
                 storage_options=options, on_iteration=iteration_printer(output), plot=plot,
                 prior=(prior or WeightPrior.dirichlet_process).value if bayesian else None,
-                weight_concentration=weight_concentration, outlier_quantile=outlier_quantile)
+                weight_concentration=weight_concentration, outlier_quantile=outlier_quantile,
+                on_pass=progress.on_pass)
             result = report.to_dict()
         if output.json:
             output.emit_json(result)

@@ -9,19 +9,13 @@ from rich.table import Table
 
 from distgmm.errors import DistgmmInputError
 
+from distgmm.cli._progress_view import ProgressView
 from distgmm.cli._options import (
     EXIT_DRIFT, ClusterOptions, LockWait, Output, StorageOption, command, dask_client,
     handle_errors, storage_options,
 )
 
-__all__ = ["label", "progress_printer", "render_label", "render_drift"]
-
-
-def progress_printer(output: Output):
-    """An ``on_progress`` callback printing recorded chunk counts on stderr."""
-    def show(done: int, total: int) -> None:
-        output.message(f"labelled {done}/{total} chunks")
-    return show
+__all__ = ["label", "render_label", "render_drift"]
 
 
 def _arrays(result: dict[str, Any]) -> str:
@@ -120,11 +114,11 @@ def label(
             raise DistgmmInputError("--fail-on-drift judges scores: add --scores.")
         if scores:
             check_scoring_model(loaded)
-        with dask_client(cluster, output) as client:
+        with dask_client(cluster, output) as client, ProgressView(output) as progress:
             report = label_store(loaded, store, name=name, proba=proba, replace=replace,
                                  scores=scores, drift_threshold=drift_threshold,
                                  client=client, storage_options=options,
-                                 on_progress=progress_printer(output), lock_wait=lock_wait)
+                                 on_progress=progress.on_chunks, lock_wait=lock_wait)
             result = report.to_dict()
         if output.json:
             output.emit_json({**result, "rows_written": result["rows_labeled"]})

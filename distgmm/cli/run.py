@@ -13,7 +13,8 @@ from distgmm.cli._options import (
     EXIT_DRIFT, ClusterOptions, LockWait, Output, command, dask_client, handle_errors,
 )
 from distgmm.cli.fit import iteration_printer, render_fit
-from distgmm.cli.label import progress_printer, render_label
+from distgmm.cli.label import render_label
+from distgmm.cli._progress_view import ProgressView
 from distgmm.cli.select import candidate_printer, render_select
 
 __all__ = ["run"]
@@ -71,13 +72,14 @@ def run(
         job = load_job(job_file, parse_sets(set_), allow_outside=allow_outside)
         output.message(f"job {job_file}: {len(job.steps)} steps"
                        + (f" ({job.description})" if job.description else ""))
+        progress = ProgressView(output)
         hooks = JobHooks(
             step_started=lambda s: output.message(f"step {s.index}/{len(job.steps)}: {s.kind}"),
             step_finished=None if output.json else
             lambda s, r: _render_step(output, s.kind, r.to_dict()),
-            on_iteration=iteration_printer(output), on_label_progress=progress_printer(output),
-            on_candidate=candidate_printer(output))
-        with dask_client(cluster, output) as client:
+            on_iteration=iteration_printer(output), on_label_progress=progress.on_chunks,
+            on_candidate=candidate_printer(output), on_pass=progress.on_pass)
+        with dask_client(cluster, output) as client, progress:
             report = run_job(job, client=client, hooks=hooks, lock_wait=lock_wait)
             result = report.to_dict()
         if output.json:

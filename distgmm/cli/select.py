@@ -7,6 +7,7 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
+from distgmm.cli._progress_view import ProgressView
 from distgmm.cli._options import (
     ClusterOptions, Output, StorageOption, Variable, command, dask_client, handle_errors,
     points_url, storage_options,
@@ -88,13 +89,14 @@ def select(
         open_points(store, options)
         check_select_outputs(model, overwrite=overwrite, plot=plot, storage_options=options)
         check_outlier_quantile(outlier_quantile)
-        with dask_client(cluster, output) as client:
+        with dask_client(cluster, output) as client, ProgressView(output) as progress:
             report = select_store(
                 store, model, components=components, covariance_types=covariance_type,
                 criterion=criterion, tol=tol, max_iter=max_iter, n_init=n_init,
                 init_params=init.value, reg_covar=reg_covar, seed=seed, overwrite=overwrite,
                 plot=plot, client=client, storage_options=options,
-                on_candidate=candidate_printer(output), outlier_quantile=outlier_quantile)
+                on_candidate=candidate_printer(output), outlier_quantile=outlier_quantile,
+                on_pass=progress.on_pass)
             result = report.to_dict()
         if output.json:
             output.emit_json(result)

@@ -141,7 +141,8 @@ def fit_points(points: Any, *, n_components: int, covariance_type: str = "full",
                init_params: str = "kmeans", reg_covar: float = 1e-6, seed: int | None = None,
                sample_weight: Any = None, checkpoint: str | None = None, client: Any = None,
                on_iteration: Callable | None = None, prior: str | None = None,
-               weight_concentration: float | None = None) -> Any:
+               weight_concentration: float | None = None,
+               on_pass: Callable | None = None) -> Any:
     """Fit a ``GaussianMixture`` on the current cluster (a ``BayesianGaussianMixture`` with
     the weight ``prior`` when given); convergence warnings go to the log."""
     common = dict(covariance_type=covariance_type, tol=tol, reg_covar=reg_covar,
@@ -168,7 +169,7 @@ def fit_points(points: Any, *, n_components: int, covariance_type: str = "full",
     with resolve_client(client).as_current(), warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", ConvergenceWarning)
         model.fit(points, sample_weight=sample_weight, on_iteration=report,
-                  checkpoint=checkpoint)
+                  checkpoint=checkpoint, on_pass=on_pass)
     for w in caught:
         if issubclass(w.category, ConvergenceWarning):
             logger.warning("%s (K=%d, %s)", w.message, n_components, covariance_type)
@@ -199,6 +200,7 @@ def fit_store(
     prior: str | None = None,
     weight_concentration: float | None = None,
     outlier_quantile: float = DEFAULT_OUTLIER_QUANTILE,
+    on_pass: Callable | None = None,
 ) -> FitReport:
     """Fit a Gaussian mixture (or a Bayesian one) to a point store and write the model file.
 
@@ -226,6 +228,8 @@ def fit_store(
     storage_options : dict, optional
     on_iteration : callable, optional
         Called with every :class:`distgmm.engine.IterationInfo`.
+    on_pass : callable, optional
+        Called with a :class:`distgmm.engine.PassInfo` after every pass over the data.
     plot : bool
         Also write the convergence curve (one line per restart) to
         :func:`convergence_plot_path`.
@@ -284,7 +288,7 @@ def fit_store(
                        n_init=n_init, init_params=init_params, reg_covar=reg_covar, seed=seed,
                        sample_weight=sample_weight, checkpoint=checkpoint, client=client,
                        on_iteration=on_iteration, prior=prior,
-                       weight_concentration=weight_concentration)
+                       weight_concentration=weight_concentration, on_pass=on_pass)
     permutation = None
     if reference is not None:
         permutation = [int(p) for p in alignment_permutation(model, reference.model)]

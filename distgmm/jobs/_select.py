@@ -96,6 +96,7 @@ def select_store(
     storage_options: dict[str, Any] | None = None,
     on_candidate: Callable[[dict[str, Any]], None] | None = None,
     outlier_quantile: float = DEFAULT_OUTLIER_QUANTILE,
+    on_pass: Callable | None = None,
 ) -> SelectReport:
     """Fit each candidate on the store, pick the lowest ``criterion``, write it and the curve.
 
@@ -116,6 +117,8 @@ def select_store(
         Called with each candidate's record as soon as it is fitted.
     outlier_quantile : float
         As for :func:`~distgmm.jobs.fit_store`, for the chosen model.
+    on_pass : callable, optional
+        Called with a :class:`distgmm.engine.PassInfo` after every pass of the candidates' fit.
 
     Returns
     -------
@@ -145,7 +148,7 @@ def select_store(
     start = time.perf_counter()
     with client.as_current(), warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
-        outcomes = fit_candidates(models, points.points)
+        outcomes = fit_candidates(models, points.points, on_pass=on_pass)
     seconds = time.perf_counter() - start
     by_candidate = {c: (m, o) for c, m, o in zip(fittable, models, outcomes)}
     records: list[dict[str, Any]] = []

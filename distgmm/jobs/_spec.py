@@ -312,6 +312,7 @@ class JobHooks:
     on_iteration: Callable[[Any], None] | None = None
     on_label_progress: Callable[[int, int], None] | None = None
     on_candidate: Callable[[dict[str, Any]], None] | None = None
+    on_pass: Callable[[Any], None] | None = None
 
 
 def parse_sets(pairs: list[str] | None) -> dict[str, str]:
@@ -748,7 +749,8 @@ def _run_step(step: JobStep, client: Any, hooks: JobHooks, lock_wait: float | No
         o.pop("bayesian", None)
         return fit_store(o.pop("store"), o.pop("model"), n_components=o.pop("components"),
                          init_params=o.pop("init", "kmeans"), checkpoint_dir=o.pop("checkpoint", None),
-                         client=client, on_iteration=hooks.on_iteration, **o)
+                         client=client, on_iteration=hooks.on_iteration,
+                         on_pass=hooks.on_pass, **o)
     if step.kind == "label":
         from distgmm.jobs._label import label_store
 
@@ -760,7 +762,7 @@ def _run_step(step: JobStep, client: Any, hooks: JobHooks, lock_wait: float | No
 
     return select_store(o.pop("store"), o.pop("model"), init_params=o.pop("init", "kmeans"),
                         covariance_types=o.pop("covariance_type", "full"), client=client,
-                        on_candidate=hooks.on_candidate, **o)
+                        on_candidate=hooks.on_candidate, on_pass=hooks.on_pass, **o)
 
 
 @dataclass(frozen=True)
