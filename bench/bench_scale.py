@@ -12,7 +12,7 @@ the workers), so that the kernels take microseconds and the time is the machiner
 every number of single-threaded workers (a scheduler and ``dask worker --nworkers N`` as
 processes of their own, so that the CPU time of the client, the scheduler and the
 workers can be told apart) and every number of chunks, the same EM pass (one model,
-K=8, D=8: a 4.7 KB value per chunk) is run through each runner of
+K=8, D=8: its statistics and score sketch per chunk) is run through each runner of
 :class:`distgmm.engine.ClusterPoints`:
 
 * ``graph``: one task per chunk and the merge tree's tasks, through the scheduler;
@@ -46,7 +46,8 @@ from distributed import Client
 from distgmm._statistics import MixtureParams
 from distgmm.engine import ClusterPoints, scattered
 from distgmm.engine import passes
-from distgmm.engine.em import _merge_lists, _statistics_of
+from distgmm._scores import score_upper_bound
+from distgmm.engine.em import _merge_scored_lists, _scored_statistics_of
 
 
 def start_cluster(n_workers: int, directory: str) -> tuple[Client, list[subprocess.Popen]]:
@@ -100,7 +101,8 @@ def run_passes(points: ClusterPoints, runner: str, repeats: int, procs, profile=
         started = time.perf_counter()
         if profile is not None:
             profile.enable()
-        points.map_reduce(_statistics_of, params, merge=_merge_lists)
+        points.map_reduce(_scored_statistics_of, params, [score_upper_bound(p) for p in params],
+                          merge=_merge_scored_lists)
         if profile is not None:
             profile.disable()
         walls.append(time.perf_counter() - started)
@@ -120,7 +122,8 @@ def run_passes(points: ClusterPoints, runner: str, repeats: int, procs, profile=
 
 def _value() -> list:
     """One chunk's value of the benchmark's pass."""
-    return _statistics_of(np.random.default_rng(1).normal(size=(64, 8)), None, 0, [model()])
+    block = np.random.default_rng(1).normal(size=(64, 8))
+    return _scored_statistics_of(block, None, 0, [model()], [score_upper_bound(model())])
 
 
 def merge_cost(n_values: int) -> float:
@@ -128,7 +131,7 @@ def merge_cost(n_values: int) -> float:
     merge), from values computed once."""
     value = _value()
     started = time.perf_counter()
-    passes.merge_values([value] * n_values, _merge_lists)
+    passes.merge_values([value] * n_values, _merge_scored_lists)
     return time.perf_counter() - started
 
 
@@ -157,7 +160,8 @@ def main() -> None:
                     X = scattered(client, parts)
                     points = ClusterPoints(X, None, client)
                     points.keepalive = [X]
-                    points.map_reduce(_statistics_of, [model()], merge=_merge_lists)  # validates
+                    points.map_reduce(_scored_statistics_of, [model()],  # validates
+                                      [score_upper_bound(model())], merge=_merge_scored_lists)
                     for runner in ("graph", "in place"):
                         profile = (cProfile.Profile() if args.profile and n_chunks ==
                                    max(args.chunks) and n_workers == max(args.workers) else None)
