@@ -284,7 +284,7 @@ def bad_inputs(tmp_path, blobs_model, client):
      "'n_components' parameter of GaussianMixture must be an int in the range [1, inf)"),
     (["run", "{tmp}/malformed.toml"], "is not valid TOML"),
     (["run", "{tmp}/unknown.toml"], "unknown key 'probability'; allowed: drift_threshold, "
-     "fail_on_drift, model, name, proba, replace, scores, stop_unless_drift, store"),
+     "fail_on_drift, model, name, proba, replace, scores, stop_unless_drift, storage_options, store"),
     (["run", "{tmp}/gate.toml"], "judge scores; add scores = true"),
     (["label", "{model}", "{store}", "--drift-threshold", "0"],
      "--drift-threshold must be a positive number of standard errors"),

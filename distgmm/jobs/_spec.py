@@ -218,6 +218,8 @@ class PlotStep(_Step):
     width: int | None = None
     height: int | None = None
     variable: str | None = None
+    scores: str | None = None
+    drift_threshold: float | None = None
 
 
 class ExportStep(_Step):
