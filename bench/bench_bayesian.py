@@ -22,6 +22,8 @@ import time
 import warnings
 
 import numpy as np
+
+from _table import print_markdown
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.mixture import BayesianGaussianMixture as SkBayesianGaussianMixture
 from threadpoolctl import threadpool_limits
@@ -86,12 +88,7 @@ def main() -> None:
     client = local_cluster_client(args.workers, memory_limit="8GiB")
     with client.cluster, client, client.as_current():
         rows = [bench_size(client, n, d, k, cov, args.iters) for n, d, k, cov in args.sizes]
-    keys = list(rows[0])
-    print("| " + " | ".join(keys) + " |")
-    print("|" + "---|" * len(keys))
-    for row in rows:
-        print("| " + " | ".join(f"{row[k]:.3g}" if isinstance(row[k], float) else str(row[k])
-                                for k in keys) + " |")
+    print_markdown(rows)
 
 
 if __name__ == "__main__":

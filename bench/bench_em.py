@@ -32,6 +32,8 @@ import time
 import warnings
 
 import numpy as np
+
+from _table import print_markdown
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.mixture import GaussianMixture as SkGaussianMixture
 from threadpoolctl import threadpool_limits
@@ -198,13 +200,8 @@ def main() -> None:
             rows.append(row)
             print("  ".join(f"{key}={val:.3g}" if isinstance(val, float) else f"{key}={val}"
                             for key, val in row.items()), flush=True)
-    keys = list(rows[0])
     print()
-    print("| " + " | ".join(keys) + " |")
-    print("|" + "---|" * len(keys))
-    for row in rows:
-        print("| " + " | ".join(f"{row[k]:.3g}" if isinstance(row[k], float) else str(row[k])
-                                for k in keys) + " |")
+    print_markdown(rows)
 
 
 if __name__ == "__main__":
