@@ -199,7 +199,9 @@ def test_scheduler_killed_during_fit_fails_fast_then_resumes_on_a_new_one(
     finally:
         fit.kill()
     first.stop()
-    assert code == 1 and out == ""
+    assert code == 1
+    error = json.loads(out)  # --json: the error object on stdout, the line on stderr
+    assert error["ok"] is False and error["error"]["type"] == "cluster", out
     last = err.strip().splitlines()[-1]
     assert last.startswith(f"error: lost the Dask scheduler at {first.address}"), err
     assert "--resume" in last
