@@ -245,6 +245,8 @@ def _prepare(X, weights, means, prec_chol, covariance_type):
     """Diag/spherical loop kernels' inputs: shifted transposed points, precisions (K, D),
     shifted means and log constants."""
     K, D = means.shape
+    weights, means, prec_chol = (np.asarray(a, dtype=np.float64)
+                                 for a in (weights, means, prec_chol))  # as _expanded_setup
     shift = means.mean(axis=0)
     xt = np.ascontiguousarray((np.asarray(X, dtype=np.float64) - shift).T)
     pc = prec_chol if covariance_type == "diag" else np.repeat(prec_chol[:, None], D, axis=1)
@@ -549,6 +551,10 @@ def _expanded_setup(weights, means, prec_chol, covariance_type) -> ExpandedSetup
     cross_terms = covariance_type in ("full", "tied")
     if not cross_terms and K * D < _DIAG_GEMM_MIN_WORK:
         return None
+    # The setup is float64 whatever the model's dtype (a model fitted on float32 points
+    # keeps float32 attributes): one specialization per kernel, the one compiled ahead.
+    weights, means, prec_chol = (np.asarray(a, dtype=np.float64)
+                                 for a in (weights, means, prec_chol))
     shift = means.mean(axis=0)
     mc = np.ascontiguousarray(means - shift)
     with np.errstate(divide="ignore"):
