@@ -79,13 +79,16 @@ def test_two_appends_at_once_queue_and_keep_every_row(tmp_path, batches):
 @pytest.mark.timeout(120)
 def test_an_append_that_may_not_wait_fails_clearly_and_changes_nothing(tmp_path, batches):
     url, a, _ = batches
+    resume = tmp_path / "resume"
     first = Watched("ingest", str(tmp_path / "a.npy"), url, "--append", "--json",
-                    DISTGMM_TEST_PAUSE_AFTER_CHUNKS="1", DISTGMM_TEST_PAUSE_SECONDS="3")
+                    DISTGMM_TEST_PAUSE_AFTER_CHUNKS="1", DISTGMM_TEST_PAUSE_SECONDS="120",
+                    DISTGMM_TEST_RESUME_FILE=str(resume))
     try:
         first.wait_for(PAUSED_CHUNKS)
         started = time.monotonic()
         second = cli("ingest", str(tmp_path / "b.npy"), url, "--append", "--lock-wait", "0.5")
         assert time.monotonic() - started < 20
+        resume.touch()
         finished(first)
     finally:
         first.kill()
@@ -172,12 +175,15 @@ def test_two_label_runs_of_one_name_with_different_models(tmp_path, labelled,
 def test_a_label_run_that_may_not_wait_fails_clearly(tmp_path, labelled, scheduler_address):
     url, (old, new) = labelled
     cluster = ["--scheduler", scheduler_address]
+    resume = tmp_path / "resume"
     first = Watched("label", old, url, "--name", "current", *cluster,
-                    DISTGMM_TEST_PAUSE_AFTER_LABEL_CHUNKS="1", DISTGMM_TEST_PAUSE_SECONDS="3")
+                    DISTGMM_TEST_PAUSE_AFTER_LABEL_CHUNKS="1", DISTGMM_TEST_PAUSE_SECONDS="120",
+                    DISTGMM_TEST_RESUME_FILE=str(resume))
     try:
         first.wait_for(PAUSED_LABELS)
         second = cli("label", new, url, "--name", "current", "--replace", "--lock-wait", "0",
                      *cluster)
+        resume.touch()
         code, _, err = first.finish()
         assert code == 0, err
     finally:

@@ -48,6 +48,7 @@ import asyncio
 import functools
 import logging
 import os
+import time
 import uuid
 import weakref
 from concurrent.futures import ThreadPoolExecutor
@@ -358,6 +359,33 @@ def _chunk_from(data, pass_: Pass, item: tuple):
     return pass_(data[block_key], weights, index)
 
 
+#: Seconds a failed graph pass waits for its chunk functions still running on the workers.
+STOP_WAIT_SECONDS = 60
+#: Worker task states in which a task's function runs or may still start (until the
+#: cancellation reaches the worker).
+_RUNNING_STATES = frozenset({"waiting", "ready", "constrained", "executing", "long-running",
+                             "cancelled", "resumed"})
+
+
+def _running(keys: list, dask_worker=None) -> int:
+    """Run by ``Client.run``: how many of ``keys`` this worker runs or may still start."""
+    tasks = dask_worker.state.tasks
+    return sum(1 for k in keys if k in tasks and tasks[k].state in _RUNNING_STATES)
+
+
+def _wait_until_stopped(client: Any, keys: list) -> None:
+    """Wait (at most :data:`STOP_WAIT_SECONDS`) until no worker runs any of ``keys``;
+    give up quietly when the cluster cannot be asked (the failure being reported)."""
+    deadline = time.monotonic() + STOP_WAIT_SECONDS
+    try:
+        while time.monotonic() < deadline:
+            if not any(client.run(_running, keys).values()):
+                return
+            time.sleep(0.05)
+    except Exception:  # noqa: BLE001 - the original error is the one to report
+        logger.debug("could not ask the workers whether the failed pass stopped", exc_info=True)
+
+
 async def _in_place_on_worker(pass_: Pass, plan: dict, dask_worker=None):
     """Run by ``Client.run`` on each worker: the pass over the chunks ``plan`` lists for
     this worker, read from its own memory (spilled chunks are read back as for a task),
@@ -514,8 +542,13 @@ class ClusterPoints(Points):
                 values[index_of[future.key]] = value = future.result()
                 if on_value is not None:
                     on_value(index_of[future.key], value)
-        finally:
+        except BaseException:
+            # As the in-place runner: report a failure only once no chunk function of this
+            # pass still runs, so that a caller removing what the pass wrote (a label set
+            # being written) does not race a worker still writing into it.
             self.client.cancel([f for f in futures if not f.done()])
+            _wait_until_stopped(self.client, list(index_of))
+            raise
         return [values[i] for i in chunks]
 
     # ------------------------------------------------------------------ runner choice

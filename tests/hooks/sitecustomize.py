@@ -3,8 +3,10 @@
 When ``DISTGMM_TEST_PAUSE_AFTER_<WHAT>=N`` is set, a handler on distgmm's progress logger
 (:mod:`distgmm._progress`) writes ``DISTGMM_TEST_PAUSE_AFTER_<WHAT>: paused after N ...`` to
 stderr at the N-th such event and sleeps ``$DISTGMM_TEST_PAUSE_SECONDS`` (default 60), so
-a test can kill the process, or start another one, at a known point. Without those
-variables this file does nothing. It is not part of distgmm.
+a test can kill the process, or start another one, at a known point; with
+``DISTGMM_TEST_RESUME_FILE`` it resumes as soon as that file exists (so a test that lets
+another process run into the paused one's lock does not depend on how fast that process
+starts). Without those variables this file does nothing. It is not part of distgmm.
 """
 
 import logging
@@ -35,7 +37,10 @@ class _Pause(logging.Handler):
         self.done.add(event)
         sys.stderr.write(f"{env}: paused after {record.distgmm_count} {what}\n")
         sys.stderr.flush()
-        time.sleep(float(os.environ.get("DISTGMM_TEST_PAUSE_SECONDS", "60")))
+        until = time.monotonic() + float(os.environ.get("DISTGMM_TEST_PAUSE_SECONDS", "60"))
+        resume = os.environ.get("DISTGMM_TEST_RESUME_FILE")
+        while time.monotonic() < until and not (resume and os.path.exists(resume)):
+            time.sleep(0.05)
 
 
 if any(env in os.environ for env, _ in _PAUSES.values()):
