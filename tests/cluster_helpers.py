@@ -10,9 +10,11 @@ here is killed by :meth:`DaskProcesses.stop`, which the fixtures call in their t
 from __future__ import annotations
 
 import datetime
+import json
 import os
 import queue
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -25,6 +27,8 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
+#: The origin project's 30 two-dimensional points, as shipped in the package.
+KMEANS_SAMPLES = str(REPO / "distgmm" / "data" / "kmeansSamples.txt")
 #: The ``dask`` command of the interpreter running the tests.
 DASK = [sys.executable, "-m", "dask"]
 
@@ -332,3 +336,49 @@ def _ca_and_leaf(directory: Path, prefix: str) -> TlsFiles:
         serialization.NoEncryption()))
     os.chmod(files.key, 0o600)
     return files
+
+
+# ------------------------------------------------------------------- CLI test helpers
+def run(*args: str, timeout: float = 180) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "distgmm.cli", *args], capture_output=True,
+                          text=True, env=cli_env(), timeout=timeout)
+
+
+def run_json(*args: str) -> dict:
+    done = run(*args, "--json")
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout)  # stdout is exactly one JSON object
+
+
+def one_error_line(done: subprocess.CompletedProcess) -> str:
+    """The command failed with exit 2 and exactly one ``error:`` line, no traceback."""
+    assert done.returncode == 2, (done.returncode, done.stderr)
+    errors = [line for line in done.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "Traceback" not in done.stderr, done.stderr
+    assert done.stderr.strip().splitlines()[-1] == errors[0]
+    return errors[0]
+
+
+def copy_store(src: str, dst) -> str:
+    shutil.copytree(src, dst)
+    return str(dst)
+
+
+def kill_when_paused(args: list[str], env: dict[str, str], marker: str) -> None:
+    """Run the CLI with a pause hook and SIGKILL it while it sleeps at the hook."""
+    proc = subprocess.Popen([sys.executable, "-m", "distgmm.cli", *args],
+                            stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True,
+                            env=cli_env(DISTGMM_TEST_PAUSE_SECONDS="60", **env))
+    try:
+        deadline = time.monotonic() + 120
+        for line in proc.stderr:
+            if marker in line:
+                break
+            assert time.monotonic() < deadline
+        else:
+            pytest.fail(f"the command ended without pausing (exit {proc.wait()})")
+        os.kill(proc.pid, signal.SIGKILL)
+        assert proc.wait(timeout=30) == -signal.SIGKILL
+    finally:
+        if proc.poll() is None:
+            proc.kill()

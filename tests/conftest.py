@@ -72,3 +72,27 @@ def s3_options():
         fs.mkdir("distgmm-test")
     yield options
     server.stop()
+
+
+@pytest.fixture(scope="module")
+def blobs(tmp_path_factory, client):
+    """For the CLI tests: a 3-component store of 3000 rows in 10 chunks (300 rows each),
+    reused read-only."""
+    from distgmm.store import generate
+
+    url = str(tmp_path_factory.mktemp("blobs") / "b.zarr")
+    generate(url, n_points=3000, n_features=2, n_components=3, seed=11, chunk_rows=300,
+             client=client)
+    return url
+
+
+@pytest.fixture(scope="module")
+def blobs_model(tmp_path_factory, blobs, scheduler_address):
+    """A model of ``blobs`` fitted by the CLI (K=3, seed 0)."""
+    from cluster_helpers import run_json
+
+    path = str(tmp_path_factory.mktemp("model") / "m.npz")
+    result = run_json("fit", blobs, "-k", "3", "--model", path, "--seed", "0",
+                      "--scheduler", scheduler_address)
+    assert result["model"] == path
+    return path

@@ -12,10 +12,10 @@ import time
 import numpy as np
 import pytest
 
-from cluster_helpers import cli_env
+from cluster_helpers import KMEANS_SAMPLES, cli_env
 from distgmm.store import open_points
 
-KMEANS = "/work/shared/data/kmeansSamples.txt"
+KMEANS = KMEANS_SAMPLES
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 

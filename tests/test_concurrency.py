@@ -19,12 +19,12 @@ import pytest
 import zarr
 
 import distgmm
-from cluster_helpers import Watched, distgmm as cli
+from cluster_helpers import KMEANS_SAMPLES, Watched, distgmm as cli
 from distgmm.store import append, generate, ingest, label_state, open_points
 from distgmm.store._lock import StoreBusyError, StoreLock, lock_url
 from distgmm.store._location import StoreLocation
 
-KMEANS = "/work/shared/data/kmeansSamples.txt"
+KMEANS = KMEANS_SAMPLES
 PAUSED_CHUNKS = "DISTGMM_TEST_PAUSE_AFTER_CHUNKS: paused"
 PAUSED_LABELS = "DISTGMM_TEST_PAUSE_AFTER_LABEL_CHUNKS: paused"
 PAUSED_FIT = "DISTGMM_TEST_PAUSE_AFTER_ITERATIONS: paused"

@@ -27,7 +27,7 @@ from distgmm.plotting import (
 )
 
 REPO = Path(__file__).resolve().parents[1]
-KMEANS_SAMPLES = Path("/work/shared/data/kmeansSamples.txt")
+KMEANS_SAMPLES = Path(__file__).resolve().parent.parent / "distgmm" / "data" / "kmeansSamples.txt"
 COVARIANCE_TYPES = ["full", "tied", "diag", "spherical"]
 
 

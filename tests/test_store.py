@@ -9,6 +9,7 @@ import pytest
 import zarr
 from distributed import Client, LocalCluster
 
+from cluster_helpers import KMEANS_SAMPLES
 from distgmm.errors import DistgmmInputError
 from distgmm.store import StoreIntegrityError
 from distgmm.store import (
@@ -22,7 +23,7 @@ from distgmm.store import (
     store_info,
 )
 
-KMEANS = "/work/shared/data/kmeansSamples.txt"
+KMEANS = KMEANS_SAMPLES
 
 
 def _leftovers(directory) -> list[str]:
