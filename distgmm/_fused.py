@@ -44,6 +44,7 @@ the two paths in a benchmark).
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 from typing import NamedTuple
@@ -818,6 +819,7 @@ class KernelCall(NamedTuple):
     seconds: float
 
 
+@functools.cache
 def kernel_calls() -> list[KernelCall]:
     """Every specialization the wrappers compile: the kernels for float32 and float64
     points (``dtype``), and the loop kernels, which take float64 copies (``dtype`` None).

@@ -52,6 +52,7 @@ from typing import Any
 
 import numpy as np
 
+from ._kernels import log_det_cholesky
 from ._score_kernels import bucket_lower_edges, labels_and_scores, score_buckets, score_moments
 from ._statistics import BLOCK_ROWS, MixtureParams, SufficientStatistics, chunk_statistics, \
     merged_moments
@@ -229,8 +230,13 @@ class ScoreSketch:
 
 def score_upper_bound(params: MixtureParams) -> float:
     """``log sum_k w_k N(m_k | k)``: no point scores higher, since every component's
-    density peaks at its mean. Scores are bucketed by their distance below it."""
-    return float(np.logaddexp.reduce(np.diagonal(params.weighted_log_prob(params.means))))
+    density peaks at its mean. Scores are bucketed by their distance below it.
+
+    ``log N(m_k | k) = log det(L_k) - D/2 log(2 pi)`` with ``L_k`` the precision Cholesky
+    factor, from its diagonal (no E-step: this runs once per EM iteration)."""
+    log_peaks = log_det_cholesky(params.precisions_cholesky, params.covariance_type,
+                                 params.n_features) - 0.5 * params.n_features * np.log(2 * np.pi)
+    return float(np.logaddexp.reduce(np.log(params.weights) + log_peaks))
 
 
 def chunk_score_sketch(scores: np.ndarray, weights: np.ndarray | None,
