@@ -4,15 +4,13 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 
 import numpy as np
 import pytest
 
-from cluster_helpers import KMEANS_SAMPLES, cli_env
+from cluster_helpers import KMEANS_SAMPLES, cli_env, kill_when_paused
 from distgmm.store import open_points
 
 KMEANS = KMEANS_SAMPLES
@@ -94,23 +92,8 @@ def test_destination_and_append_checks(tmp_path):
 
 def _kill_when_paused(args: list[str], pause_after: int) -> None:
     """Run the CLI with the pause hook and SIGKILL it while it sleeps after ``pause_after`` chunks."""
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "distgmm.cli", *args], stderr=subprocess.PIPE, text=True,
-        env=cli_env(DISTGMM_TEST_PAUSE_AFTER_CHUNKS=str(pause_after),
-                 DISTGMM_TEST_PAUSE_SECONDS="60"))
-    try:
-        deadline = time.monotonic() + 60
-        for line in proc.stderr:
-            if "DISTGMM_TEST_PAUSE_AFTER_CHUNKS: paused" in line:
-                break
-            assert time.monotonic() < deadline
-        else:
-            pytest.fail(f"the command ended without pausing (exit {proc.wait()})")
-        os.kill(proc.pid, signal.SIGKILL)
-        assert proc.wait(timeout=30) == -signal.SIGKILL
-    finally:
-        if proc.poll() is None:
-            proc.kill()
+    kill_when_paused(args, {"DISTGMM_TEST_PAUSE_AFTER_CHUNKS": str(pause_after)},
+                     "DISTGMM_TEST_PAUSE_AFTER_CHUNKS: paused")
 
 
 # 45 rows into a 30-row store with 8-row chunks: the append writes chunk 3 (the old partial
