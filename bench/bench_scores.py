@@ -10,6 +10,9 @@ workers, relabelling every chunk into a fresh label set each run:
 * with ``scores=True`` (also ``scores/<name>`` float32, ``outliers/<name>`` bool, each
   chunk's score figures in the label state, and the drift report).
 
+Each repeat runs the two jobs back to back; the median of the pairs' ratios is the figure
+the machine's drift moves least.
+
 The label job's wall time on this shared machine moves by tens of percent from run to
 run, so it also measures, in this process and in CPU time (best of ``--repeats``), what
 each worker does per chunk: the whole chunk function of the label job (read the chunk
@@ -17,7 +20,7 @@ from the store, label it, write its arrays), the kernels behind it (labels alone
 and scores from one E-step), and the EM statistics with and without the score sketch a fit
 now computes in every pass.
 
-    python bench/bench_scores.py --rows 1e6 --features 8 --components 8 --repeats 7
+    python bench/bench_scores.py --rows 1e6 --features 8 --components 8 --repeats 15
 """
 
 from __future__ import annotations
@@ -123,9 +126,11 @@ def main() -> None:
                                           client=client).seconds)
             b0, b1 = min(plain), min(scored)
             m0, m1 = np.median(plain), np.median(scored)
+            paired = np.median(np.array(scored) / np.array(plain))
             print(f"{kind:>9}: label job {b0:.3f} s, with scores {b1:.3f} s: "
                   f"{100 * (b1 / b0 - 1):+.1f}% best of {args.repeats} "
-                  f"(medians {m0:.3f} / {m1:.3f} s: {100 * (m1 / m0 - 1):+.1f}%)")
+                  f"(medians {m0:.3f} / {m1:.3f} s: {100 * (m1 / m0 - 1):+.1f}%; "
+                  f"median of the paired runs' ratios {100 * (paired - 1):+.1f}%)")
             times = per_chunk(store, model, (f"{kind}-l0", f"{kind}-s0"), args.repeats)
             print("           one chunk, CPU in this process: " + ", ".join(
                 f"{name} {1000 * t:.1f} ms" for name, t in times.items()))

@@ -51,6 +51,31 @@ def test_labels_and_scores_are_scikit_learns(kernel, covariance_type, n_componen
     np.testing.assert_allclose(probs, ref.predict_proba(X), atol=1e-6)
 
 
+@pytest.mark.parametrize("covariance_type", ["full", "diag"])
+def test_scores_of_rows_far_from_and_between_components(covariance_type):
+    """Rows whose runner-up component is far below the best skip the log-sum-exp (their
+    score is the best log-density exactly); rows between components, or near the cut, do not."""
+    means = np.array([[0.0, 0, 0], [30, 0, 0], [0, 30, 0]])
+    ref = SkGaussianMixture(3, covariance_type=covariance_type, means_init=means,
+                            max_iter=1).fit(np.vstack([m + RNG.normal(0, 1, (200, 3))
+                                                       for m in means]))
+    # at the means (gaps of hundreds of nats), midway (gap 0) and along the line between
+    # the first two, where the gap crosses the cut of -39 - log(2) nats
+    far = ref.means_ + RNG.normal(0, 0.1, (3, 3))
+    line = np.outer(np.linspace(0, 30, 601), [1, 0, 0])
+    Y = np.vstack([far, line])
+    params = MixtureParams.of_model(ref)
+    labels, scores = labels_and_scores(Y, *(getattr(params, a) for a in (
+        "weights", "means", "precisions_cholesky", "covariance_type")))
+    expected = ref.score_samples(Y)
+    np.testing.assert_array_equal(labels, ref.predict(Y))
+    np.testing.assert_allclose(scores, expected, rtol=1e-13, atol=0)
+    gaps = np.sort(ref._estimate_weighted_log_prob(Y), axis=1)
+    gaps = gaps[:, -2] - gaps[:, -1]
+    assert (gaps < -100).sum() >= 3 and (np.abs(gaps) < 1).any()
+    assert ((gaps > -45) & (gaps < -35)).any()   # rows on both sides of the cut
+
+
 def test_bayesian_scores_are_scikit_learns_score_samples(kernel):
     ref = SkBayesian(n_components=6, random_state=0, max_iter=500).fit(X)
     model = distgmm.BayesianGaussianMixture(n_components=6, random_state=0,

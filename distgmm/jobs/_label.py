@@ -269,8 +269,10 @@ def _label_locked(loaded: ModelFile, store: str, location: StoreLocation, name: 
             threshold=profile.outlier_threshold if profile else math.nan,
             score_shift=model_score_shift(loaded.model))
         rows = ClusterPoints(open_points(location).points[:n_rows], None, client)
-        _label_chunks(rows, model_parameters(loaded.model), target, pending, group, name,
-                      on_progress, lock, finished, time.time())
+        run = uuid.uuid4().hex
+        last = _label_chunks(rows, model_parameters(loaded.model), target, pending, group,
+                             name, on_progress, lock, finished, time.time(),
+                             (run_at, run) if with_scores else None)
     except BaseException:
         if not finished:  # nothing to keep: leave the store as it was
             for created_path in created:  # arrays, then their groups
@@ -279,10 +281,10 @@ def _label_locked(loaded: ModelFile, store: str, location: StoreLocation, name: 
         raise
     drift = None
     if with_scores:
-        lock.ensure_held()
-        run = uuid.uuid4().hex
-        drift = drift_report(record_report(group, name, run_at, run), profile,
-                             drift_threshold, run)
+        if last is None:  # nothing labelled now, or the last chunks' record had no report
+            lock.ensure_held()
+            last = record_report(group, name, run_at, run)
+        drift = drift_report(last, profile, drift_threshold, run)
     rows = sum(min((i + 1) * chunk_rows, n_rows) - i * chunk_rows for i in finished)
     return LabelReport(
         store=store, name=name, model=loaded.path, fingerprint=loaded.fingerprint,
@@ -295,27 +297,32 @@ def _label_locked(loaded: ModelFile, store: str, location: StoreLocation, name: 
 
 def _label_chunks(points: ClusterPoints, params, target: LabelTarget, pending: list[int],
                   group, name: str, on_progress: Callable[[int, int], None] | None,
-                  lock: StoreLock, finished: list[int], started: float) -> None:
+                  lock: StoreLock, finished: list[int], started: float,
+                  report: tuple[str, str] | None) -> LabelState | None:
     """Label the pending chunks and record them (with their score figures), in batches, as
     they finish (into the store and into ``finished``), while ``lock`` is still ours;
-    ``started`` (Unix seconds) is recorded as each scored chunk's labelling time."""
+    ``started`` (Unix seconds) is recorded as each scored chunk's labelling time. Once
+    every chunk is written, the last batch's record also makes the run's ``report`` (at,
+    run) and its state is returned; None if there was no last batch to record."""
     if not pending:
-        return
+        return None
     batch_size = max(1, len(pending) // _RECORD_BATCHES)
     batch: list[int] = []
     batch_scores: dict[int, list[float]] = {}
     last = time.monotonic()
 
-    def flush() -> None:
+    def flush(report: tuple[str, str] | None = None) -> LabelState | None:
         nonlocal batch, batch_scores, last
-        if batch:
-            lock.ensure_held()
-            record_chunks_done(group, name, batch, batch_scores)
-            finished.extend(batch)
-            batch, batch_scores, last = [], {}, time.monotonic()
-            _progress.report(_progress.LABEL_CHUNKS_RECORDED, len(finished))
-            if on_progress is not None:
-                on_progress(len(finished), len(pending))
+        if not batch:
+            return None
+        lock.ensure_held()
+        state = record_chunks_done(group, name, batch, batch_scores, report)
+        finished.extend(batch)
+        batch, batch_scores, last = [], {}, time.monotonic()
+        _progress.report(_progress.LABEL_CHUNKS_RECORDED, len(finished))
+        if on_progress is not None:
+            on_progress(len(finished), len(pending))
+        return state
 
     def done(index: int, rows: int, moments: ScoreMoments | None) -> None:
         batch.append(index)
@@ -326,6 +333,9 @@ def _label_chunks(points: ClusterPoints, params, target: LabelTarget, pending: l
 
     try:
         write_labels(points, params, target, chunks=pending, on_chunk=done)
-    finally:
+    except BaseException:
         flush()
+        raise
+    state = flush(report)
     finished.sort()
+    return state

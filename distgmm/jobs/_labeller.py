@@ -42,7 +42,7 @@ from distgmm._scores import ScoreMoments, score_block
 from distgmm._statistics import MixtureParams, label_block
 from distgmm.engine import ClusterPoints, Points, numpy_chunk_rows, scattered
 from distgmm.errors import DistgmmInputError
-from distgmm.store import StoreLocation, create_label_array
+from distgmm.store import StoreLocation, create_label_array, write_rows
 from distgmm.store._integrity import check_finite_rows
 from distgmm.store._location import building
 
@@ -101,6 +101,7 @@ def _write_chunk(block, weights, index, params: MixtureParams, target: LabelTarg
                           int(starts[1] if len(starts) > 1 else X.shape[0]))
     stop = start + X.shape[0]
     moments = None
+    writes = []
     if target.scores is None:
         labels, probs = label_block(params, X, target.proba is not None)
     else:
@@ -108,11 +109,12 @@ def _write_chunk(block, weights, index, params: MixtureParams, target: LabelTarg
                                             target.proba is not None)
         stored, flags, mean, m2, outliers = stored_scores(scores, target.threshold)
         moments = ScoreMoments(float(len(scores)), mean, m2, float(outliers))
-        _array(target.location, target.scores, token)[start:stop] = stored
-        _array(target.location, target.outliers, token)[start:stop] = flags
+        writes += [(target.scores, stored), (target.outliers, flags)]
     if target.proba is not None:
-        _array(target.location, target.proba, token)[start:stop] = probs
-    _array(target.location, target.labels, token)[start:stop] = labels
+        writes.append((target.proba, probs))
+    writes.append((target.labels, labels))
+    write_rows([(_array(target.location, path, token), values) for path, values in writes],
+               start, stop)
     return X.shape[0], moments
 
 

@@ -15,6 +15,7 @@ from distgmm.store._labels import (
     prepare_scores,
     record_chunks_done,
     record_report,
+    write_rows,
 )
 from distgmm.store._location import StoreLocation
 from distgmm.store._lock import StoreBusyError
@@ -61,4 +62,5 @@ __all__ = [
     "record_report",
     "save_model",
     "store_info",
+    "write_rows",
 ]

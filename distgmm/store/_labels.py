@@ -39,6 +39,7 @@ Rules (shared by :func:`label_state`, :func:`prepare_labels` and the label job):
 
 from __future__ import annotations
 
+import asyncio
 import math
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
@@ -57,7 +58,7 @@ from distgmm.store._points import _compressors, _label_compressors, open_group_c
 
 __all__ = ["LABELS_ATTR", "LabelState", "label_state", "label_names", "prepare_labels",
            "prepare_proba", "prepare_scores", "record_chunks_done", "record_report",
-           "create_label_array"]
+           "create_label_array", "write_rows"]
 
 LABELS_ATTR = "distgmm_labels"
 LABELS_SCHEMA_VERSION = 1
@@ -177,6 +178,17 @@ def label_state(store: str | StoreLocation | zarr.Group, name: str) -> LabelStat
     return _state_from(name, group[path], points.shape[0], points.chunks[0])
 
 
+def write_rows(arrays: Iterable[tuple[zarr.Array, np.ndarray]], start: int, stop: int) -> None:
+    """Write rows ``start:stop`` of several per-row arrays (a chunk's labels, probabilities,
+    scores, outlier flags) in one trip through Zarr's event loop: their encodings and
+    store writes overlap instead of queueing (about a third of the wall time of three
+    local writes; one round trip instead of three on object stores)."""
+    async def _all() -> None:
+        await asyncio.gather(*(array._async_array.setitem(slice(start, stop), values)
+                               for array, values in arrays))
+    sync(_all())
+
+
 def _save(array: zarr.Array, n_rows: int, record: dict[str, Any]) -> None:
     """Save shape and record in one ``zarr.json`` write."""
     aa = array._async_array
@@ -226,9 +238,12 @@ def prepare_labels(store: str | StoreLocation | zarr.Group, name: str, model_fin
 
 def record_chunks_done(store: str | StoreLocation | zarr.Group, name: str,
                        chunks: Iterable[int],
-                       chunk_scores: dict[int, list[float]] | None = None) -> LabelState:
+                       chunk_scores: dict[int, list[float]] | None = None,
+                       report: tuple[str, str] | None = None) -> LabelState:
     """Add chunk indices to the done record of ``labels/<name>`` (call from one process only),
-    with their scores' figures if given (then also to ``unreported``), in one write."""
+    with their scores' figures if given (then also to ``unreported``), in one write; with
+    ``report=(at, run)`` (a run's last chunks) that same write is also
+    :func:`record_report`'s."""
     group = _group(store, mode="r+")
     labels = group[f"labels/{name}"]
     record = dict(labels.attrs.get(LABELS_ATTR) or {})
@@ -238,6 +253,8 @@ def record_chunks_done(store: str | StoreLocation | zarr.Group, name: str,
         record["chunk_scores"] = {**(record.get("chunk_scores") or {}),
                                   **{str(int(i)): list(v) for i, v in chunk_scores.items()}}
         record["unreported"] = sorted(set(record.get("unreported", [])) | set(chunk_scores))
+    if report is not None:
+        _move_unreported(record, *report)
     _save(labels, labels.shape[0], record)
     points = group["points"]
     return _state_from(name, labels, points.shape[0], points.chunks[0])
@@ -250,12 +267,19 @@ def record_report(store: str | StoreLocation | zarr.Group, name: str, at: str,
     group = _group(store, mode="r+")
     labels = group[f"labels/{name}"]
     record = dict(labels.attrs.get(LABELS_ATTR) or {})
-    if record.get("unreported"):
-        record["report"] = {"at": at, "run": run, "chunks": sorted(record["unreported"])}
-        record["unreported"] = []
+    if _move_unreported(record, at, run):
         _save(labels, labels.shape[0], record)
     points = group["points"]
     return _state_from(name, labels, points.shape[0], points.chunks[0])
+
+
+def _move_unreported(record: dict[str, Any], at: str, run: str) -> bool:
+    """Make the record's unreported chunks its ``report``; whether there were any."""
+    if not record.get("unreported"):
+        return False
+    record["report"] = {"at": at, "run": run, "chunks": sorted(record["unreported"])}
+    record["unreported"] = []
+    return True
 
 
 def _score_compressors() -> list:
