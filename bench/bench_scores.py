@@ -18,7 +18,8 @@ run, so it also measures, in this process and in CPU time (best of ``--repeats``
 each worker does per chunk: the whole chunk function of the label job (read the chunk
 from the store, label it, write its arrays), the kernels behind it (labels alone; labels
 and scores from one E-step), and the EM statistics with and without the score sketch a fit
-now computes in every pass.
+now computes in every pass. Last, the two kernels on in-memory data whose components
+overlap more or less, since only rows between components pay the scores' log-sum-exp.
 
     python bench/bench_scores.py --rows 1e6 --features 8 --components 8 --repeats 15
 """
@@ -87,6 +88,37 @@ def per_chunk(store: str, model: str, names: tuple[str, str], repeats: int
         }
 
 
+def kernels_by_overlap(rows: int, features: int, components: int, repeats: int) -> None:
+    """The labels kernel against labels and scores on in-memory data whose components
+    overlap more or less (means drawn with spread 0.5, 3 and 20 around unit-variance
+    noise): the share of rows that need the log-sum-exp decides what scores cost."""
+    from sklearn.mixture import GaussianMixture
+    from threadpoolctl import threadpool_limits
+
+    from distgmm._scores import score_block
+    from distgmm._statistics import MixtureParams, label_block
+
+    rng = np.random.default_rng(0)
+    for spread in (0.5, 3.0, 20.0):
+        means = rng.normal(0, spread, (components, features))
+        X = (means[rng.integers(0, components, rows)]
+             + rng.normal(0, 1, (rows, features))).astype(np.float32)
+        for kind in ("full", "diag"):
+            sample = X[:50_000].astype(np.float64)
+            ref = GaussianMixture(components, covariance_type=kind, max_iter=3,
+                                  random_state=0).fit(sample)
+            params = MixtureParams.of_model(ref)
+            top2 = np.sort(ref._estimate_weighted_log_prob(sample), axis=1)[:, -2:]
+            cut = np.log(2.0 ** -56 / (components - 1))  # the kernel's (_runner_up_cut)
+            share = np.mean(top2[:, 0] - top2[:, 1] >= cut)
+            with threadpool_limits(limits=1, user_api="blas"):
+                t0 = best_cpu(lambda: label_block(params, X), repeats)
+                t1 = best_cpu(lambda: score_block(params, X), repeats)
+            print(f"  spread {spread:>4}, {kind}: {100 * share:5.1f}% of rows need the sum; "
+                  f"labels kernel {1000 * t0:.1f} ms, labels and scores {1000 * t1:.1f} ms "
+                  f"({100 * (t1 / t0 - 1):+.0f}%)")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=float, default=1e6)
@@ -137,6 +169,9 @@ def main() -> None:
             c0, c1 = times["chunk (read, label, write)"], times["chunk with scores"]
             print(f"           a worker's work per chunk: {100 * (c1 / c0 - 1):+.1f}% with "
                   "scores")
+        print(f"kernels on {int(args.rows) // 2:,} in-memory rows by how much the components "
+              "overlap, CPU in this process:")
+        kernels_by_overlap(int(args.rows) // 2, args.features, args.components, args.repeats)
     finally:
         client.close()
         cluster.close()

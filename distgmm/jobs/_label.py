@@ -328,6 +328,8 @@ def _label_chunks(points: ClusterPoints, params, target: LabelTarget, pending: l
         batch.append(index)
         if moments is not None:
             batch_scores[index] = moments.to_list() + [started]
+        if len(finished) + len(batch) == len(pending):
+            return  # the run's last chunk: recorded with the report once the pass returns
         if len(batch) >= batch_size or time.monotonic() - last > _RECORD_SECONDS:
             flush()
 
