@@ -817,6 +817,7 @@ class KernelCall(NamedTuple):
     kernel: object
     arguments: tuple
     seconds: float
+    on_client: bool = False  # called by the process driving the fit, not by the workers
 
 
 @functools.cache
@@ -847,6 +848,10 @@ def kernel_calls() -> list[KernelCall]:
                          (xt, w, prec, mc, log_const, scores), 1.8),
               KernelCall("small diag log-densities", None, _fused_log_prob,
                          (xt, prec, mc, log_const), 0.3)]
+    from distgmm._kmeans import kernel_arguments  # it imports this module's _jit
+
+    calls += [KernelCall("sample k-means", None, kernel, arguments, seconds, on_client=True)
+              for kernel, arguments, seconds in kernel_arguments()]
     return calls
 
 
@@ -867,12 +872,18 @@ def _is_compiled(call: KernelCall) -> bool:
         return True
 
 
-def fit_kernels(dtype: str, models: list[tuple[str, int, int]]) -> list[int]:
+def fit_kernels(dtype: str, models: list[tuple[str, int, int]],
+                sample_kmeans: bool = False) -> list[int]:
     """Indices in :func:`kernel_calls` of the specializations a fit of points of ``dtype``
     calls, for models given as ``(covariance_type, n_components, n_features)``: the
     validation moments, and the E-step kernels the models take (the expanded kernel, or
-    the loop kernel for diag and spherical models with K * D below _DIAG_GEMM_MIN_WORK)."""
+    the loop kernel for diag and spherical models with K * D below _DIAG_GEMM_MIN_WORK);
+    with ``sample_kmeans``, the k-means of the ``kmeans`` start's sample
+    (:mod:`distgmm._kmeans`), which the client runs: compiled by the workers with the
+    rest, it is in the cache the client loads when they share its machine."""
     wanted = {("validation", dtype)}
+    if sample_kmeans:
+        wanted.add(("sample k-means", None))
     for covariance_type, n_components, n_features in models:
         loop = (covariance_type in ("diag", "spherical")
                 and n_components * n_features < _DIAG_GEMM_MIN_WORK)
@@ -883,9 +894,10 @@ def fit_kernels(dtype: str, models: list[tuple[str, int, int]]) -> list[int]:
 def describe_kernels(indices: list[int]) -> str:
     """What the specializations at ``indices`` are, in a few words (for a log line)."""
     calls = [kernel_calls()[i] for i in sorted(indices)]
-    names = ", ".join(dict.fromkeys(call.name for call in calls))
+    typed = ", ".join(dict.fromkeys(call.name for call in calls if call.dtype))
     dtypes = " and ".join(dict.fromkeys(call.dtype for call in calls if call.dtype))
-    return f"{names} for {dtypes} points" if dtypes else names
+    untyped = list(dict.fromkeys(call.name for call in calls if not call.dtype))
+    return ", ".join(([f"{typed} for {dtypes} points"] if typed else []) + untyped)
 
 
 def missing_kernels(indices: list[int] | None = None) -> list[int]:

@@ -18,7 +18,6 @@ quadratic forms used for the diagonal and spherical types.
 
 from __future__ import annotations
 
-import functools
 
 import numpy as np
 from scipy.special import logsumexp
@@ -44,7 +43,6 @@ __all__ = [
     "weighted_kmeans_plusplus",
     "sample_rows",
     "distinct_rows",
-    "kmeans_labels",
     "plane_histograms",
 ]
 
@@ -473,28 +471,6 @@ def distinct_rows(X: np.ndarray, weights: np.ndarray | None) -> int:
     if weights is not None:
         X = X[weights > 0]
     return int(np.unique(X, axis=0).shape[0]) if X.shape[0] else 0
-
-
-def kmeans_labels(X: np.ndarray, weights: np.ndarray | None, n_clusters: int, n_init: int,
-                  seed: int) -> np.ndarray:
-    """Labels (m,) of scikit-learn's ``KMeans`` (greedy k-means++ seeding, then Lloyd's
-    iterations to its default tolerance; the lowest inertia of ``n_init`` runs) on a small
-    in-memory point set, with one thread, so that the result does not depend on the
-    machine (its threads merge partial sums in the order they finish)."""
-    from sklearn.cluster import KMeans
-
-    with _thread_pools().limit(limits=1):
-        return KMeans(n_clusters, n_init=n_init, random_state=seed).fit(
-            X, sample_weight=weights).labels_
-
-
-@functools.cache
-def _thread_pools():
-    """This process's BLAS and OpenMP thread pools (scikit-learn's KMeans loaded), found
-    once: ``threadpool_limits`` looks for them again on every call (1.5-8 ms)."""
-    from threadpoolctl import ThreadpoolController
-
-    return ThreadpoolController()
 
 
 # ---------------------------------------------------------------------------- plot histograms

@@ -428,6 +428,7 @@ def test_kernel_calls_list_every_specialization_the_wrappers_compile():
     compiled specialization beyond those :func:`kernel_calls` lists (which the engine
     compiles ahead of a fit, and whose absence it announces)."""
     from distgmm._fused import compile_kernels, kernel_calls, missing_kernels
+    from distgmm._kmeans import kmeans_labels
 
     calls = kernel_calls()
     compile_kernels(list(range(len(calls))))
@@ -454,6 +455,8 @@ def test_kernel_calls_list_every_specialization_the_wrappers_compile():
                     chunk_statistics(X, weights, params)
                 params.labels(X)
                 params.weighted_log_prob(X)
+            kmeans_labels(X, None, 3, 2, 0)
+            kmeans_labels(X, w, 3, 2, 0)
     for kernel, signatures in listed.items():
         assert set(kernel.signatures) == signatures, kernel.py_func.__name__
 

@@ -485,8 +485,10 @@ def fit_many(
     save = functools.partial(_save, checkpoint, configs, runs,
                              _fingerprint(configs, data, root.entropy), root.entropy)
 
+    drawn = warm_start is None and initial_params is None
     data.prepare_kernels(fit_kernels(data.dtype.name, [
-        (cfg.covariance_type, cfg.n_components, data.n_features) for cfg in configs]))
+        (cfg.covariance_type, cfg.n_components, data.n_features) for cfg in configs],
+        sample_kmeans=drawn and any(cfg.init_params == "kmeans" for cfg in configs)))
     samples: dict = {}  # kmeans samples, shared by the configurations of a restart
     for run in runs:  # initialise the runs a checkpoint did not hold
         if run.done or run.params is not None:

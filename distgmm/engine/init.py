@@ -6,10 +6,11 @@ in where k-means runs)
     number kept in a chunk is binomial, which rows from the chunk's own stream), where
     ``size`` is :data:`INIT_SAMPLE_ROWS` or :data:`INIT_SAMPLE_ROWS_PER_COMPONENT` per
     component, whichever is larger; the whole data when it has fewer rows. On this
-    process, scikit-learn's ``KMeans`` clusters the sample (greedy k-means++ seeding, then
-    Lloyd's iterations to its tolerance, with the rows' weights), keeping the lowest
-    inertia of :data:`INIT_SAMPLE_KMEANS_RUNS` runs (fewer for large K, see
-    :data:`INIT_SAMPLE_KMEANS_WORK`), on one thread. The start is the M-step of the
+    process, k-means clusters the sample (scikit-learn's ``KMeans`` algorithm, compiled:
+    greedy k-means++ seeding, then Lloyd's iterations to its tolerance, with the rows'
+    weights; :mod:`distgmm._kmeans`), keeping the lowest inertia of
+    :data:`INIT_SAMPLE_KMEANS_RUNS` runs (fewer for large K, see
+    :data:`INIT_SAMPLE_KMEANS_WORK`). The start is the M-step of the
     sample's hard assignments, their counts and scatter scaled to the data's total weight.
     So it costs one pass whatever K and ``n_init`` per restart, shared by the model-selection
     candidates of that restart, where scikit-learn's ``kmeans`` runs k-means over all the
@@ -48,14 +49,13 @@ from distgmm._kernels import (
     _too_few_distinct,
     center_weights,
     d2_scores,
-    distinct_rows,
     draw_by_score,
-    kmeans_labels,
     lloyd_statistics,
     precision_cholesky_from_precisions,
     sample_rows,
     weighted_kmeans_plusplus,
 )
+from distgmm._kmeans import KMEANS_MAX_ITER, KMEANS_TOL, kmeans_labels
 from distgmm._statistics import (
     MixtureParams,
     SufficientStatistics,
@@ -77,10 +77,6 @@ INIT_METHODS = ("kmeans", "k-means||", "k-means++", "random", "random_from_data"
 
 #: k-means|| rounds of candidate sampling; Bahmani et al. find about 5 enough.
 KMEANS_PARALLEL_ROUNDS = 5
-#: Lloyd iterations stop after this many, or when the squared shift of the centers falls
-#: below KMEANS_TOL times the data's mean variance (scikit-learn's KMeans defaults).
-KMEANS_MAX_ITER = 300
-KMEANS_TOL = 1e-4
 
 #: ``kmeans``: rows in the uniform sample (about: the count is binomial; all rows when
 #: there are fewer). At least INIT_SAMPLE_ROWS, so that the candidates of a model selection
@@ -312,13 +308,13 @@ def _kmeans_start(data: Points, cfg: "EMConfig", root, restart: int, report: _Re
     K, cov = cfg.n_components, cfg.covariance_type
     size = max(INIT_SAMPLE_ROWS, INIT_SAMPLE_ROWS_PER_COMPONENT * K)
     X, w = _uniform_sample(data, size, root, restart, report, samples)
-    if distinct_rows(X, w) < K:  # few distinct rows: exact seeding finds them, or says so
-        centers = _lloyd(data, _kmeans_plusplus(data, K, root, restart, report), report)
-        with report("init-statistics", 1, 1):
-            return data.map_reduce(_hard_task, centers, cov)
     runs = max(1, min(INIT_SAMPLE_KMEANS_RUNS, INIT_SAMPLE_KMEANS_WORK // (X.shape[0] * K)))
     seed = int(_rng(root, restart, _P_SAMPLE, 1).integers(2**31 - 1))
     labels = kmeans_labels(X, w, K, runs, seed)
+    if labels is None:  # few distinct rows: exact seeding finds them, or says so
+        centers = _lloyd(data, _kmeans_plusplus(data, K, root, restart, report), report)
+        with report("init-statistics", 1, 1):
+            return data.map_reduce(_hard_task, centers, cov)
     total = labelled_statistics(X, labels, w, K, cov)
     return total.scaled_to(data.summary.weight_sum, data.n_rows)
 

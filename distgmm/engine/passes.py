@@ -34,7 +34,9 @@ which specializations numba's cache lacks, one line (a warning, so that it shows
 command line's normal verbosity) says that they are being compiled and about how long it
 takes, and the workers of each machine share the compilation out (numba compiles one
 kernel at a time per process; they then load each other's work from the shared cache).
-In this process, the line only: what a fit needs compiles as it is first called.
+In this process, the line only: what a fit needs compiles as it is first called (so
+also for the kernels the client itself calls, the ``kmeans`` start's sample k-means, when
+the workers' cache is not on the client's machine).
 
 The first pass over any points also computes the validation summary
 (:class:`~distgmm._statistics.DataSummary`: non-finite rows, bad weights, per-feature
@@ -314,17 +316,7 @@ class LocalPoints(Points):
         return merge_values(self._map(pass_, list(range(self.n_chunks))), pass_.merge)
 
     def prepare_kernels(self, indices: list[int]) -> None:
-        # Checked once per process: after the first fit they are loaded (or were said to
-        # compile), and reading numba's cache index again cost a fit of iris 1.4 ms.
-        indices = [i for i in indices if i not in _checked_here]
-        if not indices:
-            return
-        _checked_here.update(indices)
-        calls = kernel_calls()
-        missing = missing_kernels(indices)
-        if missing:
-            logger.warning(_COMPILING, describe_kernels(missing),
-                           sum(calls[i].seconds for i in missing))
+        _announce_here(indices)
 
     def take_rows(self, indices: np.ndarray) -> np.ndarray:
         """Rows at the given global indices, as float64."""
@@ -451,6 +443,22 @@ _checked_here: set[int] = set()
 _COMPILING = "compiling kernels (%s; first run on this machine only, about %.0f s)"
 
 
+def _announce_here(indices: list[int]) -> None:
+    """Say so when kernels at ``indices`` that this process calls are not compiled yet (they
+    compile when first called). Checked once per process: after the first fit they are
+    loaded (or were said to compile), and reading numba's cache index again cost a fit of
+    iris 1.4 ms."""
+    indices = [i for i in indices if i not in _checked_here]
+    if not indices:
+        return
+    _checked_here.update(indices)
+    calls = kernel_calls()
+    missing = missing_kernels(indices)
+    if missing:
+        logger.warning(_COMPILING, describe_kernels(missing),
+                       sum(calls[i].seconds for i in missing))
+
+
 class ClusterPoints(Points):
     """Points as the row chunks of a dask array on a cluster.
 
@@ -504,17 +512,20 @@ class ClusterPoints(Points):
         done = _prepared.setdefault(client, set())
         workers = client.scheduler_info()["workers"]
         todo = [a for a in workers if any((a, i) not in done for i in indices)]
-        if not todo:
-            return
-        missing = client.run(missing_kernels, indices, workers=todo)
         calls = kernel_calls()
-        plan = _compile_plan(missing, {a: w.get("host", a) for a, w in workers.items()}, calls)
-        if plan:
-            logger.warning(_COMPILING, describe_kernels(
-                sorted({i for part in plan.values() for i in part})),
-                max(sum(calls[i].seconds for i in part) for part in plan.values()))
-            client.run(_compile_on_worker, plan, workers=list(plan))
-        done.update((a, i) for a in todo for i in indices)
+        if todo:
+            missing = client.run(missing_kernels, indices, workers=todo)
+            plan = _compile_plan(missing, {a: w.get("host", a) for a, w in workers.items()},
+                                 calls)
+            if plan:
+                logger.warning(_COMPILING, describe_kernels(
+                    sorted({i for part in plan.values() for i in part})),
+                    max(sum(calls[i].seconds for i in part) for part in plan.values()))
+                client.run(_compile_on_worker, plan, workers=list(plan))
+            done.update((a, i) for a in todo for i in indices)
+        # Kernels this process calls: on the workers' machine, loaded from the cache they
+        # just filled; elsewhere, said to compile here.
+        _announce_here([i for i in indices if calls[i].on_client])
 
     @property
     def in_place(self) -> bool:
