@@ -18,6 +18,7 @@ quadratic forms used for the diagonal and spherical types.
 
 from __future__ import annotations
 
+import functools
 
 import numpy as np
 from scipy.special import logsumexp
@@ -43,6 +44,7 @@ __all__ = [
     "weighted_kmeans_plusplus",
     "sample_rows",
     "distinct_rows",
+    "thread_pools",
     "plane_histograms",
 ]
 
@@ -471,6 +473,18 @@ def distinct_rows(X: np.ndarray, weights: np.ndarray | None) -> int:
     if weights is not None:
         X = X[weights > 0]
     return int(np.unique(X, axis=0).shape[0]) if X.shape[0] else 0
+
+
+@functools.cache
+def thread_pools():
+    """This process's BLAS and OpenMP thread pools (a ``threadpoolctl.ThreadpoolController``),
+    found once: ``threadpool_limits`` looks for them again on every call, reading the
+    process's memory map (1.5-8 ms, 3 ms of every fit on a cluster). Found after
+    scikit-learn's compiled modules are loaded, so that its OpenMP runtime is among them."""
+    import sklearn.cluster  # noqa: F401 - loads the OpenMP runtime KMeans uses
+    from threadpoolctl import ThreadpoolController
+
+    return ThreadpoolController()
 
 
 # ---------------------------------------------------------------------------- plot histograms

@@ -27,8 +27,6 @@ Nothing here imports Dask.
 
 from __future__ import annotations
 
-import functools
-
 import numpy as np
 
 from distgmm._fused import _jit, _jit_ordered, use_fused
@@ -108,22 +106,13 @@ def _sklearn_kmeans_labels(X: np.ndarray, w: np.ndarray, n_clusters: int, n_init
     machine)."""
     from sklearn.cluster import KMeans
 
-    from distgmm._kernels import distinct_rows
+    from distgmm._kernels import distinct_rows, thread_pools
 
     if distinct_rows(X, w) < n_clusters:
         return None
-    with _thread_pools().limit(limits=1):
+    with thread_pools().limit(limits=1):
         return KMeans(n_clusters, n_init=n_init, random_state=seed).fit(
             X, sample_weight=w).labels_.astype(np.int64)
-
-
-@functools.cache
-def _thread_pools():
-    """This process's BLAS and OpenMP thread pools (scikit-learn's KMeans loaded), found
-    once: ``threadpool_limits`` looks for them again on every call (1.5-8 ms)."""
-    from threadpoolctl import ThreadpoolController
-
-    return ThreadpoolController()
 
 
 # ---------------------------------------------------------------------------- compiled

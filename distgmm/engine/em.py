@@ -39,7 +39,6 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import numpy as np
-from threadpoolctl import threadpool_limits
 
 from distgmm._bayesian import (
     BayesianPriors,
@@ -49,7 +48,7 @@ from distgmm._bayesian import (
     variational_m_step,
 )
 from distgmm._fused import fit_kernels
-from distgmm._kernels import CollapsedComponentError
+from distgmm._kernels import CollapsedComponentError, thread_pools
 from distgmm._scores import ScoreProfile, ScoreSketch, merge_scores, score_upper_bound, \
     scored_statistics
 from distgmm._statistics import (
@@ -80,7 +79,7 @@ def single_threaded_blas(fn: Callable) -> Callable:
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
-        with threadpool_limits(limits=1, user_api="blas"):
+        with thread_pools().limit(limits=1, user_api="blas"):
             return fn(*args, **kwargs)
 
     return wrapper
