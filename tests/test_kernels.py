@@ -474,7 +474,7 @@ def test_a_fresh_cache_lacks_the_fit_kernels_until_compiled(tmp_path):
         "logging.basicConfig(stream=sys.stdout, format='%(message)s')\n"
         "from distgmm._fused import compile_kernels, fit_kernels, missing_kernels\n"
         "from distgmm.engine import local_points\n"
-        "wanted = fit_kernels('float64', [('full', 2, 2)])\n"
+        "wanted = fit_kernels('float64', [('full', 2, 2)], sample_kmeans=True)\n"
         "missing = missing_kernels(wanted)\n"
         "print('missing', len(missing), len(wanted))\n"
         "local_points(np.zeros((10, 2)), None).prepare_kernels(wanted)\n"
@@ -483,8 +483,9 @@ def test_a_fresh_cache_lacks_the_fit_kernels_until_compiled(tmp_path):
     env.pop("DISTGMM_KERNEL", None)
     first = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True,
                            text=True, check=True).stdout
-    assert "missing 2 2" in first
-    assert "compiling kernels (validation, E-step for float64 points; first run" in first
+    assert "missing 4 4" in first
+    assert ("compiling kernels (validation, E-step for float64 points, sample k-means; "
+            "first run") in first
     second = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True,
                             text=True, check=True).stdout
-    assert "missing 0 2" in second and "compiling" not in second
+    assert "missing 0 4" in second and "compiling" not in second
